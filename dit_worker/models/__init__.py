@@ -1,0 +1,1 @@
+"""DiT transformer and VAE decoder modules."""
