@@ -1,0 +1,92 @@
+"""Reading checkpoint files safely, with one clear error per failure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from dit_worker.checkpoints.errors import CheckpointError
+
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+SHARD_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"missing {path.name}: expected {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def describe_validation(err: ValidationError) -> str:
+    """One line per problem: `field: message (got value)`."""
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        parts.append(f"{where}: {e['msg']}{got}")
+    return "; ".join(parts)
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({err}); it may be truncated or corrupt, download it again"
+        ) from None
+
+
+def torch_load_weights(path: Path) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers, never arbitrary objects.
+
+    argparse.Namespace is allowed because DiT's train.py stores its arguments in training
+    checkpoints; it only carries attributes and runs no code when unpickled.
+    """
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: refusing to load, the file needs arbitrary unpickling ({first}). Only tensors, plain "
+            "containers and argparse.Namespace are accepted; re-save it with torch.save(model.state_dict())"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err}); it may be truncated") from None
+
+
+def load_weights_dir(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of one diffusers component folder: single or sharded safetensors, or a .bin."""
+    index = folder / SHARD_INDEX
+    if index.is_file():
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        if not shards:
+            raise CheckpointError(f"{index}: weight_map is empty")
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_safetensors(folder / shard))
+        return state
+    for name in WEIGHT_NAMES:
+        path = folder / name
+        if path.is_file():
+            if name.endswith(".safetensors"):
+                return load_safetensors(path)
+            state = torch_load_weights(path)
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+            return state
+    raise CheckpointError(f"{folder}: no weights found; expected one of {', '.join(WEIGHT_NAMES)} or {SHARD_INDEX}")

@@ -1,0 +1,47 @@
+"""Where a checkpoint lives: a local path, a Hugging Face hub id, or an s3:// prefix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dit_worker.checkpoints.errors import CheckpointError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Only what loading reads: the encoder-only or fp16 variants of big repos are never fetched.
+HUB_PATTERNS = [
+    "model_index.json",
+    "config.json",
+    "*/config.json",
+    "scheduler/*.json",
+    "*.safetensors",
+    "*/*.safetensors",
+    "*.safetensors.index.json",
+    "*/*.safetensors.index.json",
+]
+
+
+def resolve_source(spec: str, what: str = "model") -> Path:
+    """A local path for `spec`; hub and s3 sources are fetched once per node into a local cache."""
+    if spec.startswith("s3://"):
+        from dit_worker.storage import cache_s3_prefix
+
+        return cache_s3_prefix(spec)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if HUB_ID.match(spec) and path.suffix != ".pt":
+        return _hub_snapshot(spec, what)
+    raise CheckpointError(f"{what} {spec!r}: no such file or directory (nor a hub id org/name or an s3:// prefix)")
+
+
+def _hub_snapshot(repo_id: str, what: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{what} {repo_id!r}: not a local path, and fetching it from the Hugging Face hub failed ({err})"
+        ) from None

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import random_original_state_dict, random_transformer, random_vae, save_diffusers_pipeline
+
+# The product pins nothing about threads; tests do, so float32 CPU results are reproducible run to run.
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny DiT in the diffusers layout (shared embedding, learned sigma, 16x16 images)."""
+    return save_diffusers_pipeline(tmp_path_factory.mktemp("tiny") / "dit")
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("vae") / "vae"
+    random_vae().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def original_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random DiT-S/8 on 16x16 latents with facebookresearch/DiT key names, saved as a bare state dict."""
+    path = tmp_path_factory.mktemp("orig") / "DiT-S-8.pt"
+    torch.save(random_original_state_dict(depth=12, hidden=384, patch=8, input_size=16, seed=3), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_transformer():
+    return random_transformer()
