@@ -21,16 +21,29 @@ class SamplingSettings(BaseModel):
     # DiT's released code guides 3 of the 4 latent channels (SPEC section 2).
     cfg_channels: Literal[3, 4] = 3
     eta: float = Field(0.0, ge=0.0)
+    # Guidance only for model timesteps lo <= t <= hi, conditional-only elsewhere (Kynkäänniemi et al.
+    # 2024, "Applying Guidance in a Limited Interval"). This CHANGES the sampling protocol: leave it
+    # unset to reproduce the DiT paper or diffusers.
+    guidance_interval: tuple[int, int] | None = None
 
     @model_validator(mode="after")
-    def _eta(self) -> SamplingSettings:
+    def _check(self) -> SamplingSettings:
         if self.eta and self.sampler != "ddim":
             raise ValueError(f"eta applies to the ddim sampler only, not {self.sampler}")
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            if not 0 <= lo <= hi <= 999:
+                raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 999, got {self.guidance_interval}")
         return self
 
     @property
     def guided(self) -> bool:
         return self.cfg_scale > 1.0
+
+    def guided_at(self, t: int) -> bool:
+        if not self.guided:
+            return False
+        return self.guidance_interval is None or self.guidance_interval[0] <= t <= self.guidance_interval[1]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

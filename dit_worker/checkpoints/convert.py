@@ -1,4 +1,5 @@
-"""Write an original DiT checkpoint (+ VAE) as a diffusers-layout directory in safetensors."""
+"""Writing checkpoints in the diffusers layout (safetensors): conversion of original DiT files,
+and random-weight checkpoints for benchmarks."""
 
 from __future__ import annotations
 
@@ -6,14 +7,23 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
-from dit_worker.checkpoints.diffusers_layout import to_diffusers_names, transformer_config_json, vae_config
+from dit_worker.checkpoints.diffusers_layout import (
+    to_diffusers_names,
+    transformer_config_json,
+    vae_config,
+    vae_config_json,
+)
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import load_weights_dir, read_json
 from dit_worker.checkpoints.original import load_original
 from dit_worker.checkpoints.sources import resolve_source
+from dit_worker.models.dit import DiT, DiTConfig, dit_config
+from dit_worker.models.vae import VAEDecoder, VAEDecoderConfig
 from dit_worker.sampling.schedule import ScheduleConfig
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -32,22 +42,54 @@ def convert_original(src: str, vae: str, out: Path, *, id2label: dict[int, str] 
     vae_dir = vae_dir / "vae" if (vae_dir / "vae" / "config.json").is_file() else vae_dir
     vae_config(vae_dir)  # refuse an unusable VAE before writing anything
     config, state = load_original(pt)
+    vae_files = (read_json(vae_dir / "config.json"), load_weights_dir(vae_dir))
+    return write_diffusers_layout(out, config, state, *vae_files, id2label=id2label)
+
+
+def random_checkpoint_dir(name: str, out: Path, *, image_size: int = 256, seed: int = 0) -> Path:
+    """A registry-size DiT (e.g. "DiT-XL/2") and a full SD VAE decoder with random weights.
+
+    Weights are N(0, 0.02) so activations keep realistic magnitudes; only the VAE decoder half is
+    written (diffusers initialises the unused encoder itself).
+    """
+    config = dit_config(name, input_size=image_size // 8)
+    vae = VAEDecoderConfig()
+    g = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        shapes = {**DiT(config).state_dict(), **{f"vae.{k}": v for k, v in VAEDecoder(vae).state_dict().items()}}
+    state = {k: torch.randn(v.shape, generator=g) * (0.02 if v.ndim > 1 else 0.01) for k, v in shapes.items()}
+    for key, value in state.items():
+        if key.endswith(("norm1.weight", "norm2.weight", "norm_out.weight", "group_norm.weight")):
+            value.add_(1.0)  # GroupNorm gains around 1, as trained
+    vae_state = {k.removeprefix("vae."): state.pop(k) for k in list(state) if k.startswith("vae.")}
+    return write_diffusers_layout(out, config, state, vae_config_json(vae), vae_state)
+
+
+def write_diffusers_layout(
+    out: Path,
+    config: DiTConfig,
+    state: dict[str, torch.Tensor],
+    vae_json: dict[str, Any],
+    vae_weights: dict[str, torch.Tensor],
+    *,
+    id2label: dict[int, str] | None = None,
+) -> Path:
+    """Write atomically: a temporary sibling folder renamed into place once complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".write-", dir=out.parent))
     try:
-        (tmp / "transformer").mkdir()
-        (tmp / "vae").mkdir()
-        (tmp / "scheduler").mkdir()
+        for sub in ("transformer", "vae", "scheduler"):
+            (tmp / sub).mkdir()
         weights = {k: v.contiguous() for k, v in to_diffusers_names(state, config).items()}
         save_file(weights, str(tmp / "transformer" / WEIGHTS))
         _write_json(tmp / "transformer" / "config.json", transformer_config_json(config))
-        save_file({k: v.contiguous() for k, v in load_weights_dir(vae_dir).items()}, str(tmp / "vae" / WEIGHTS))
-        _write_json(tmp / "vae" / "config.json", read_json(vae_dir / "config.json"))
+        save_file({k: v.contiguous() for k, v in vae_weights.items()}, str(tmp / "vae" / WEIGHTS))
+        _write_json(tmp / "vae" / "config.json", vae_json)
         schedule = ScheduleConfig().model_dump(
             include={"num_train_timesteps", "beta_start", "beta_end", "beta_schedule"}
         )
         _write_json(tmp / "scheduler" / "scheduler_config.json", {"_class_name": "DDIMScheduler", **schedule})
-        index = {
+        index: dict[str, Any] = {
             "_class_name": "DiTPipeline",
             "transformer": ["diffusers", "DiTTransformer2DModel"],
             "vae": ["diffusers", "AutoencoderKL"],
@@ -57,7 +99,7 @@ def convert_original(src: str, vae: str, out: Path, *, id2label: dict[int, str] 
             index["id2label"] = {str(k): v for k, v in sorted(id2label.items())}
         _write_json(tmp / "model_index.json", index)
         if out.exists():
-            out.rmdir()
+            out.rmdir()  # callers only pass an empty or missing folder
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -65,5 +107,5 @@ def convert_original(src: str, vae: str, out: Path, *, id2label: dict[int, str] 
     return out
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -233,3 +233,23 @@ def transformer_config_json(config: DiTConfig) -> dict[str, Any]:
         "norm_elementwise_affine": False,
         "norm_eps": 1e-6,
     }
+
+
+def vae_config_json(config: VAEDecoderConfig) -> dict[str, Any]:
+    """AutoencoderKL config.json for a decoder config (the encoder half mirrors it)."""
+    n = len(config.block_out_channels)
+    return {
+        "_class_name": "AutoencoderKL",
+        "in_channels": config.out_channels,
+        "out_channels": config.out_channels,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(config.block_out_channels),
+        "layers_per_block": config.layers_per_block,
+        "act_fn": "silu",
+        "latent_channels": config.latent_channels,
+        "norm_num_groups": config.norm_num_groups,
+        "scaling_factor": config.scaling_factor,
+        "mid_block_add_attention": config.mid_block_add_attention,
+        "use_post_quant_conv": config.use_post_quant_conv,
+    }

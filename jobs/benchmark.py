@@ -1,0 +1,232 @@
+"""python -m jobs.benchmark: sampling throughput, FLOP utilisation, and a side-by-side with diffusers.
+
+Prints one JSON object per line: one per (implementation, batch size), plus a `compare` line with
+the images/s ratio when `--compare diffusers` is given. Ours and the reference run alternately in
+the same process on the same weights, dtype, sampler, steps and batch; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dit_worker.checkpoints import CheckpointError
+from dit_worker.checkpoints.convert import random_checkpoint_dir
+from dit_worker.models.flops import dit_paper_gflops, transformer_flops, vae_decode_flops
+from dit_worker.pipeline import DiTPipeline, load_pipeline
+from dit_worker.settings import SamplingSettings
+
+# Dense tensor-core peaks from the vendor datasheets (TFLOP/s), used for MFU unless --peak-tflops.
+PEAK_TFLOPS = {
+    ("H100", "bfloat16"): 989.4,
+    ("H100", "float16"): 989.4,
+    ("H100", "float32"): 494.7,  # TF32
+    ("H200", "bfloat16"): 989.4,
+    ("H200", "float16"): 989.4,
+    ("H200", "float32"): 494.7,
+    ("A100", "bfloat16"): 312.0,
+    ("A100", "float16"): 312.0,
+    ("A100", "float32"): 156.0,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.benchmark", description=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint: diffusers dir, original .pt (with --vae), hub id or s3://")
+    src.add_argument("--random", metavar="NAME", help="registry size with random weights, e.g. DiT-XL/2")
+    p.add_argument("--vae", help="VAE for an original .pt checkpoint")
+    p.add_argument("--image-size", type=int, default=256, choices=(256, 512), help="with --random")
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm-solver"))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg-scale", type=float, default=1.5)
+    p.add_argument("--cfg-channels", type=int, default=4, choices=(3, 4))
+    p.add_argument("--batch-sizes", default="32", help="comma-separated sizes, or 'auto'")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile + CUDA graphs (default: on for CUDA, off for CPU)")  # fmt: skip
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--compare", choices=("diffusers",))
+    p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: datasheet value by GPU name)")
+    return p.parse_args(argv)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    return next((v for (gpu, dt), v in PEAK_TFLOPS.items() if gpu in name and dt == dtype_name), None)
+
+
+class Timer:
+    """Wall time of a GPU/CPU region, synchronised at both ends."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[float, Any]:
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(self.device)
+        return time.perf_counter() - t0, out
+
+
+def measure_ours(pipe: DiTPipeline, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
+    plan = pipe.plan(settings)
+    classes = [(7 * i) % pipe.config.num_classes for i in range(batch)]
+    seeds = list(range(batch))
+    t_sample, latents = timer(lambda: pipe.sample_latents(classes, seeds, settings, plan))
+    t_decode, _ = timer(lambda: pipe.decode(latents).cpu())
+    return {"sample_s": t_sample, "decode_s": t_decode, "total_s": t_sample + t_decode}
+
+
+def reference_pipeline(path: Path, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    from diffusers import DDIMScheduler, DDPMScheduler, DiTPipeline, DPMSolverMultistepScheduler
+
+    ref = DiTPipeline.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=False).to(device)
+    schedulers = {"ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
+    ref.scheduler = schedulers[args.sampler].from_config(ref.scheduler.config)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+def measure_reference(ref: Any, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
+    classes = [(7 * i) % 1000 for i in range(batch)]
+    gens = [torch.Generator("cpu").manual_seed(s) for s in range(batch)]
+    total, _ = timer(
+        lambda: ref(
+            class_labels=classes,
+            guidance_scale=settings.cfg_scale,
+            generator=gens,
+            num_inference_steps=settings.steps,
+            output_type="np",
+        )
+    )
+    # Its decode, timed on its own, splits the total into sampling and decoding like ours.
+    latents = torch.randn(batch, 4, ref.transformer.config.sample_size, ref.transformer.config.sample_size)
+    latents = latents.to(ref.device, ref.transformer.dtype)
+    t_decode, _ = timer(lambda: ref.vae.decode(latents / ref.vae.config.scaling_factor).sample.cpu())
+    return {"sample_s": total - t_decode, "decode_s": t_decode, "total_s": total}
+
+
+def summarise(
+    impl: str,
+    runs: list[dict[str, float]],
+    pipe: DiTPipeline,
+    settings: SamplingSettings,
+    batch: int,
+    peak: float | None,
+) -> dict[str, Any]:
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    rows = batch * (2 if settings.guided else 1)
+    loop_flops = settings.steps * transformer_flops(pipe.config, rows)
+    tflops = loop_flops / med["sample_s"] / 1e12
+    return {
+        "impl": impl,
+        "batch_size": batch,
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "device": str(pipe.device),
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "cfg_scale": settings.cfg_scale,
+        "images_per_s": batch / med["total_s"],
+        "sampling_images_per_s": batch / med["sample_s"],
+        "s_per_step": med["sample_s"] / settings.steps,
+        "decode_s": med["decode_s"],
+        "tflops": tflops,
+        "mfu": tflops / peak if peak else None,
+        "peak_tflops": peak,
+        "gflops_per_forward": transformer_flops(pipe.config, 1) / 1e9,
+        "dit_paper_gflops": dit_paper_gflops(pipe.config),
+        "vae_gflops_per_image": vae_decode_flops(pipe.vae_config, pipe.config.input_size) / 1e9,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(pipe.device) / 2**30 if pipe.device.type == "cuda" else None,
+        "repeats": len(runs),
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    settings = SamplingSettings(
+        sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, cfg_channels=args.cfg_channels
+    )
+    with tempfile.TemporaryDirectory(prefix="dit-bench-") as tmp:
+        model = args.model
+        if args.random:
+            model = str(random_checkpoint_dir(args.random, Path(tmp) / "random", image_size=args.image_size))
+        pipe = load_pipeline(model, args.vae, device=args.device, dtype=args.dtype)
+        compile_ = pipe.device.type == "cuda" if args.compile is None else args.compile
+        if compile_:
+            pipe.compile()
+        if args.guidance_interval:
+            settings = settings.model_copy(update={"guidance_interval": tuple(args.guidance_interval)})
+        ref = reference_pipeline(Path(model), args, pipe.device, pipe.dtype) if args.compare else None
+        timer = Timer(pipe.device)
+        peak = peak_tflops(pipe.device, pipe.dtype, args.peak_tflops)
+        sizes = (
+            [pipe.max_batch_size(settings)]
+            if args.batch_sizes == "auto"
+            else [int(b) for b in args.batch_sizes.split(",")]
+        )
+        lines = []
+        for batch in sizes:
+            for _ in range(args.warmup):
+                measure_ours(pipe, settings, batch, timer)
+                if ref is not None:
+                    measure_reference(ref, settings, batch, timer)
+            ours, theirs = [], []
+            if pipe.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(pipe.device)
+            for _ in range(args.repeats):  # alternate, so drift in clocks or load hits both alike
+                ours.append(measure_ours(pipe, settings, batch, timer))
+                if ref is not None:
+                    theirs.append(measure_reference(ref, settings, batch, timer))
+            line = summarise("dit_worker", ours, pipe, settings, batch, peak) | {"compiled": compile_}
+            lines.append(line)
+            if ref is not None:
+                ref_line = summarise("diffusers", theirs, pipe, settings, batch, peak) | {"compiled": False}
+                lines.append(ref_line)
+                lines.append(
+                    {
+                        "compare": "dit_worker/diffusers",
+                        "batch_size": batch,
+                        "ratio": line["images_per_s"] / ref_line["images_per_s"],
+                        "sampling_ratio": line["sampling_images_per_s"] / ref_line["sampling_images_per_s"],
+                    }
+                )
+            for entry in lines[-3 if ref is not None else -1 :]:
+                print(json.dumps(entry), flush=True)
+        return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
