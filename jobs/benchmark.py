@@ -79,26 +79,37 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None
 
 
 class Timer:
-    """Wall time of a GPU/CPU region, synchronised at both ends."""
+    """Wall time of a GPU/CPU region, synchronised at both ends; tracks the peak GPU memory of the
+    regions timed since `reset` (ours and the reference alternate on one device)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.peak = 0
+
+    def reset(self) -> None:
+        self.peak = 0
 
     def __call__(self, fn: Callable[[], Any]) -> tuple[float, Any]:
         sync(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         out = fn()
         sync(self.device)
-        return time.perf_counter() - t0, out
+        elapsed = time.perf_counter() - t0
+        if self.device.type == "cuda":
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
+        return elapsed, out
 
 
 def measure_ours(pipe: DiTPipeline, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
+    timer.reset()
     plan = pipe.plan(settings)
     classes = [(7 * i) % pipe.config.num_classes for i in range(batch)]
     seeds = list(range(batch))
     t_sample, latents = timer(lambda: pipe.sample_latents(classes, seeds, settings, plan))
     t_decode, _ = timer(lambda: pipe.decode(latents).cpu())
-    return {"sample_s": t_sample, "decode_s": t_decode, "total_s": t_sample + t_decode}
+    return {"sample_s": t_sample, "decode_s": t_decode, "total_s": t_sample + t_decode, "peak_bytes": timer.peak}
 
 
 def reference_pipeline(path: Path, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
@@ -112,6 +123,7 @@ def reference_pipeline(path: Path, args: argparse.Namespace, device: torch.devic
 
 
 def measure_reference(ref: Any, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
+    timer.reset()
     classes = [(7 * i) % 1000 for i in range(batch)]
     gens = [torch.Generator("cpu").manual_seed(s) for s in range(batch)]
     total, _ = timer(
@@ -127,7 +139,7 @@ def measure_reference(ref: Any, settings: SamplingSettings, batch: int, timer: T
     latents = torch.randn(batch, 4, ref.transformer.config.sample_size, ref.transformer.config.sample_size)
     latents = latents.to(ref.device, ref.transformer.dtype)
     t_decode, _ = timer(lambda: ref.vae.decode(latents / ref.vae.config.scaling_factor).sample.cpu())
-    return {"sample_s": total - t_decode, "decode_s": t_decode, "total_s": total}
+    return {"sample_s": total - t_decode, "decode_s": t_decode, "total_s": total, "peak_bytes": timer.peak}
 
 
 def summarise(
@@ -138,7 +150,7 @@ def summarise(
     batch: int,
     peak: float | None,
 ) -> dict[str, Any]:
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    med = {k: statistics.median(r[k] for r in runs) for k in ("sample_s", "decode_s", "total_s")}
     rows = batch * (2 if settings.guided else 1)
     loop_flops = settings.steps * transformer_flops(pipe.config, rows)
     tflops = loop_flops / med["sample_s"] / 1e12
@@ -160,7 +172,7 @@ def summarise(
         "gflops_per_forward": transformer_flops(pipe.config, 1) / 1e9,
         "dit_paper_gflops": dit_paper_gflops(pipe.config),
         "vae_gflops_per_image": vae_decode_flops(pipe.vae_config, pipe.config.input_size) / 1e9,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(pipe.device) / 2**30 if pipe.device.type == "cuda" else None,
+        "peak_mem_gib": max(r["peak_bytes"] for r in runs) / 2**30 if pipe.device.type == "cuda" else None,
         "repeats": len(runs),
     }
 
@@ -194,8 +206,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if ref is not None:
                     measure_reference(ref, settings, batch, timer)
             ours, theirs = [], []
-            if pipe.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(pipe.device)
             for _ in range(args.repeats):  # alternate, so drift in clocks or load hits both alike
                 ours.append(measure_ours(pipe, settings, batch, timer))
                 if ref is not None:
