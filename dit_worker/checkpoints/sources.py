@@ -8,17 +8,8 @@ from pathlib import Path
 from dit_worker.checkpoints.errors import CheckpointError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Only what loading reads: the encoder-only or fp16 variants of big repos are never fetched.
-HUB_PATTERNS = [
-    "model_index.json",
-    "config.json",
-    "*/config.json",
-    "scheduler/*.json",
-    "*.safetensors",
-    "*/*.safetensors",
-    "*.safetensors.index.json",
-    "*/*.safetensors.index.json",
-]
+CONFIG_PATTERNS = ["model_index.json", "config.json", "*/config.json", "scheduler/*.json"]
+WEIGHT_NAME = "diffusion_pytorch_model"
 
 
 def resolve_source(spec: str, what: str = "model") -> Path:
@@ -40,8 +31,30 @@ def _hub_snapshot(repo_id: str, what: str) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_PATTERNS + _weight_patterns(repo_id)))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         raise CheckpointError(
             f"{what} {repo_id!r}: not a local path, and fetching it from the Hugging Face hub failed ({err})"
         ) from None
+
+
+def _weight_patterns(repo_id: str) -> list[str]:
+    """Only the weights loading reads: safetensors where a folder has them, else the .bin.
+
+    Offline (or when listing fails) both are allowed, and the cache holds whichever was fetched.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        files = HfApi().list_repo_files(repo_id)
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError):
+        return [f"*{WEIGHT_NAME}*.safetensors*", f"*{WEIGHT_NAME}*.bin*"]
+    folders = {f.rpartition("/")[0] for f in files if f.rpartition("/")[2].startswith(WEIGHT_NAME)}
+    patterns = []
+    for folder in sorted(folders):
+        prefix = f"{folder}/" if folder else ""
+        names = [f.rpartition("/")[2] for f in files if f.rpartition("/")[0] == folder]
+        kind = "safetensors" if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names) else "bin"
+        patterns.append(f"{prefix}{WEIGHT_NAME}.{kind}*")
+    return patterns
