@@ -173,3 +173,20 @@ def test_converted_layout_loads_in_diffusers(tmp_path: Path, original_pt: Path, 
     with torch.no_grad():
         assert_rel_close(ours(x, t, y), ref(x, timestep=t, class_labels=y).sample, 1e-5)
     copy.deepcopy(ours)  # a plain nn.Module: picklable for Ray actors
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_upsample_equals_nearest_upsampling_then_conv(channels_last: bool, dtype: torch.dtype) -> None:
+    from dit_worker.models.vae import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(16).to(dtype)
+    x = torch.randn(2, 16, 5, 7, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = up.conv(torch.nn.functional.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(dtype))
+        actual = up(x)
+    assert actual.shape == (2, 16, 10, 14)
+    assert_rel_close(actual.float(), expected.float(), 1e-6 if dtype == torch.float32 else 1e-2)
