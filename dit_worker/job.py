@@ -1,0 +1,138 @@
+"""A generation job from start to `_SUCCESS`: validate everything, then write, then run what is pending.
+
+Nothing is written under OUT until the model, the sampling settings, the manifest, the output
+location and (on Ray) the worker placement have all been checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from dit_worker.job_config import JobConfig
+from dit_worker.job_record import check_resumable, job_record
+from dit_worker.layout import JOB_KEY, SUCCESS_KEY, committed_shards
+from dit_worker.manifest import Samples, from_classes, parse_classes, read_manifest
+from dit_worker.model_info import ModelInfo, inspect_model
+from dit_worker.progress import progress_bar
+from dit_worker.shard_worker import RunStats, ShardResult, WorkerSpec
+from dit_worker.sharding import ShardQueue, num_shards
+from dit_worker.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+
+class JobError(ValueError):
+    """Input refused before anything is written; the message names the value and what would do."""
+
+
+class Runner(Protocol):
+    def start(self) -> None: ...
+
+    def run(self, samples: Samples, shard_size: int, queue: ShardQueue, on_done: Any) -> RunStats: ...
+
+
+def build_samples(config: JobConfig, info: ModelInfo) -> Samples:
+    if config.manifest is not None:
+        return read_manifest(config.manifest, info.names)
+    assert config.per_class is not None
+    return from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
+
+
+def run_job(config: JobConfig) -> dict[str, Any]:
+    """Run (or resume) the job; returns the `_SUCCESS` summary."""
+    started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+    info = inspect_model(config.model, config.vae)
+    try:
+        info.check_settings(config.sampling)
+    except ValueError as err:
+        raise JobError(f"sampling settings: {err}") from None
+    samples = build_samples(config, info)
+    storage = open_storage(config.out, s3_endpoint=config.s3_endpoint, retry_mode=config.s3_retry_mode)
+    storage.check_writable()
+
+    record = job_record(config, info, samples)
+    stored = json.loads(storage.get(JOB_KEY)) if storage.exists(JOB_KEY) else None
+    committed = committed_shards(storage)
+    if stored is not None:
+        check_resumable(stored, record, storage.child(JOB_KEY))
+    elif committed:
+        raise JobError(f"{storage.url} holds metadata parts but no {JOB_KEY}; pick an empty --out")
+    total = num_shards(len(samples), config.shard_size)
+    pending = [k for k in range(total) if k not in committed]
+    if not pending and storage.exists(SUCCESS_KEY):
+        log.info("%s is complete: all %d shards committed", storage.url, total)
+        return json.loads(storage.get(SUCCESS_KEY))
+
+    runner = _runner(config)
+    runner.start()
+    if stored is None:
+        storage.put(JOB_KEY, json.dumps(record, indent=2).encode())
+    pending_samples = sum(len(samples[k * config.shard_size : (k + 1) * config.shard_size]) for k in pending)
+    log.info(
+        "%s: %d samples in %d shards, %d shard(s) already committed, %d to run",
+        storage.url, len(samples), total, total - len(pending), len(pending),
+    )  # fmt: skip
+    queue = ShardQueue(pending, config.max_tries)
+    with progress_bar(len(samples), done=len(samples) - pending_samples) as bar:
+
+        def on_done(result: ShardResult) -> None:
+            bar.update(result.samples)
+
+        stats = runner.run(samples, config.shard_size, queue, on_done)
+
+    missing = sorted(set(range(total)) - committed_shards(storage))
+    if missing:
+        raise RuntimeError(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
+    wall = time.perf_counter() - t0
+    summary = {
+        "samples": len(samples),
+        "shards": total,
+        "samples_generated": pending_samples,
+        "shards_generated": len(pending),
+        "shards_skipped": total - len(pending),
+        "num_workers": stats.num_workers,
+        "wall_time_s": round(wall, 3),
+        "images_per_s": round(pending_samples / wall, 3),
+        "images_per_s_per_worker": round(pending_samples / wall / stats.num_workers, 3),
+        "worker_seconds": round(stats.worker_seconds, 3),
+        "retries": stats.retries,
+        "fingerprint_sha256": record["fingerprint_sha256"],
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    storage.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _runner(config: JobConfig) -> Runner:
+    spec = WorkerSpec(
+        model=config.model,
+        vae=config.vae,
+        device=config.worker_device,
+        dtype=config.worker_dtype,
+        sampling=config.sampling,
+        batch_size=config.batch_size,
+        out=config.out,
+        s3_endpoint=config.s3_endpoint,
+        retry_mode=config.s3_retry_mode,
+        format=config.format,
+    )
+    if config.local:
+        from dit_worker.local_runner import LocalRunner
+
+        return LocalRunner(spec)
+    from dit_worker.driver import RayRunner
+
+    # --s3-endpoint must reach the workers' model cache (s3:// sources) too, which reads the environment.
+    env = {"AWS_ENDPOINT_URL": config.s3_endpoint} if config.s3_endpoint else {}
+    return RayRunner(
+        spec,
+        num_workers=config.num_workers,
+        num_gpus=config.num_gpus_per_worker,
+        placement_timeout=config.placement_timeout,
+        env=env,
+    )
