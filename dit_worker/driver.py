@@ -99,7 +99,7 @@ class RayRunner:
         load = [0] * len(self.actors)
         inflight: dict[ray.ObjectRef, tuple[int, int]] = {}  # task -> (shard, worker)
         last_start_error = ""
-        worker_seconds = 0.0
+        start, waiting = time.perf_counter(), 0.0
         while queue or inflight:
             for i in sorted(alive, key=load.__getitem__):
                 while queue and load[i] < SHARDS_IN_FLIGHT:
@@ -108,7 +108,9 @@ class RayRunner:
                     load[i] += 1
             if not alive and not starting:
                 raise RuntimeError(f"every worker failed to start; last error: {last_start_error}")
+            t = time.perf_counter()
             done, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=WAIT_S)
+            waiting += time.perf_counter() - t
             for ref in done:
                 if ref in starting:
                     i = starting.pop(ref)
@@ -136,9 +138,8 @@ class RayRunner:
                     log.warning("shard %05d failed on worker %d: %s", shard, i, _reason(err))
                     queue.failed(shard, _reason(err))
                 else:
-                    worker_seconds += result.seconds
                     on_done(result)
-        return RunStats(self.num_workers, queue.retries, worker_seconds)
+        return RunStats(self.num_workers, time.perf_counter() - start, waiting)
 
 
 def _room(per_worker: dict[str, float]) -> tuple[int, list[dict], dict[str, float]]:

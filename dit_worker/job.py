@@ -77,9 +77,12 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         storage.url, len(samples), total, total - len(pending), len(pending),
     )  # fmt: skip
     queue = ShardQueue(pending, config.max_tries)
+    worker_seconds = 0.0
     with progress_bar(len(samples), done=len(samples) - pending_samples) as bar:
 
         def on_done(result: ShardResult) -> None:
+            nonlocal worker_seconds
+            worker_seconds += result.seconds
             bar.update(result.samples)
 
         stats = runner.run(samples, config.shard_size, queue, on_done)
@@ -98,8 +101,10 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         "wall_time_s": round(wall, 3),
         "images_per_s": round(pending_samples / wall, 3),
         "images_per_s_per_worker": round(pending_samples / wall / stats.num_workers, 3),
-        "worker_seconds": round(stats.worker_seconds, 3),
-        "retries": stats.retries,
+        "run_time_s": round(stats.seconds, 3),  # the dispatch loop: worker start-up to the last commit
+        "worker_seconds": round(worker_seconds, 3),  # inside the workers, summed over shards
+        "driver_seconds_per_shard": round((stats.seconds - stats.waiting_seconds) / len(pending), 6),
+        "retries": queue.retries,
         "fingerprint_sha256": record["fingerprint_sha256"],
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -26,7 +27,7 @@ class LocalRunner:
         self, samples: Samples, shard_size: int, queue: ShardQueue, on_done: Callable[[ShardResult], None]
     ) -> RunStats:
         assert self.worker is not None, "start() first"
-        worker_seconds = 0.0
+        start, waiting = time.perf_counter(), 0.0
         # Two shards in flight, as on an actor: one samples while the other commits.
         with ThreadPoolExecutor(SHARDS_IN_FLIGHT, thread_name_prefix="shard") as pool:
             inflight: dict[Future[ShardResult], int] = {}
@@ -34,7 +35,9 @@ class LocalRunner:
                 while queue and len(inflight) < SHARDS_IN_FLIGHT:
                     shard = queue.take()
                     inflight[pool.submit(self.worker.run, shard_task(samples, shard, shard_size))] = shard
+                t = time.perf_counter()
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                waiting += time.perf_counter() - t
                 for future in done:
                     shard = inflight.pop(future)
                     try:
@@ -43,6 +46,5 @@ class LocalRunner:
                         log.warning("shard %05d failed: %s: %s", shard, type(err).__name__, err)
                         queue.failed(shard, f"{type(err).__name__}: {err}")
                     else:
-                        worker_seconds += result.seconds
                         on_done(result)
-        return RunStats(1, queue.retries, worker_seconds)
+        return RunStats(1, time.perf_counter() - start, waiting)

@@ -66,9 +66,11 @@ class ShardResult:
 
 @dataclass(frozen=True)
 class RunStats:
+    """What a runner measured. The driver's own cost per shard is (seconds - waiting_seconds) / shards."""
+
     num_workers: int
-    retries: int
-    worker_seconds: float  # summed over the shards committed by this run, as measured in the workers
+    seconds: float  # the dispatch loop, from its start to the last commit
+    waiting_seconds: float  # of which blocked, waiting for workers
 
 
 class ShardWorker:

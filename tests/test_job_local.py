@@ -225,3 +225,24 @@ def test_images_depend_on_class_and_seed_only(tiny_ckpt: Path, tmp_path: Path) -
         digests.append([hashlib.sha256((out / k).read_bytes()).hexdigest() for k in table["image_key"].to_pylist()])
     assert digests[0] == digests[1] == digests[2]
     assert len(set(digests[0])) == 5 and np.unique(rows["class_id"]).size == 4
+
+
+def test_a_shard_failing_every_try_fails_the_job_and_keeps_committed_shards(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    blocker = out / "images" / "00001" / "00000003.png"
+    blocker.mkdir(parents=True)  # a folder where one of shard 1's images must go: every put fails
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2", "--per-class", "3", *FAST, "--shard-size", "2"]
+    assert generate(*args, "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "shard 00001 failed 3 time(s)" in err and "IsADirectoryError" in err, err
+    parts = sorted(p.name for p in (out / "metadata").iterdir())
+    assert "part-00000.parquet" in parts and "part-00001.parquet" not in parts
+    assert not (out / "_SUCCESS").exists()
+
+    kept = {k: v for k, v in snapshot(out).items() if k.startswith(("metadata/", "images/00000/"))}
+    blocker.rmdir()
+    assert generate(*args, "--out", out) == 0
+    assert {k: snapshot(out)[k] for k in kept} == kept
+    assert metadata(out)["sample_id"].to_pylist() == list(range(6))

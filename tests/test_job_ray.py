@@ -178,6 +178,20 @@ def test_more_workers_than_the_cluster_can_place_is_refused(
     assert "Contents" not in s3_server.client().list_objects_v2(Bucket=s3_bucket)
 
 
+def test_a_shard_failing_every_try_fails_the_job(ray_cluster, s3_server, tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"  # a local folder: the one machine is the whole cluster
+    (out / "images" / "00001" / "00000003.png").mkdir(parents=True)  # every put of this image fails
+    args = ["--model", tiny_ckpt, "--classes", "1,2", "--per-class", "3", "--sampler", "ddim", "--steps", "2"]
+    sid, proc = generate(
+        ray_cluster, s3_server, *args, *CPU_WORKERS, "--num-workers", 1, "--shard-size", 2, "--out", out
+    )
+    assert proc.returncode != 0 and ray_cluster.job_status(sid) == "FAILED"
+    logs = ray_cluster.job_logs(sid)
+    assert "error: shard 00001 failed 3 time(s), giving up; last error: IsADirectoryError" in logs, logs[-3000:]
+    assert (out / "metadata" / "part-00000.parquet").is_file()
+    assert not (out / "metadata" / "part-00001.parquet").exists() and not (out / "_SUCCESS").exists()
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_workers(request: pytest.FixtureRequest) -> None:
     """Each test starts with no worker of an earlier job still alive (they share one head)."""
