@@ -48,6 +48,23 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
         proc.wait(timeout)
 
 
+def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, what: str, timeout: float) -> None:
+    """Poll `url` until it answers 200; fail early, with the log's tail, if the process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer on {url} within {timeout} s")
+        time.sleep(0.25)
+
+
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str
@@ -96,19 +113,7 @@ def seaweedfs(data_dir: Path, access_key: str = "test-access", secret_key: str =
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{s3}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {proc.returncode}: {(data_dir / 'weed.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{endpoint}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("SeaweedFS did not become healthy within 60 s")
-            time.sleep(0.25)
+        wait_until_serving(proc, f"{endpoint}/healthz", data_dir / "weed.log", "SeaweedFS", timeout=60)
         yield S3Server(endpoint, access_key, secret_key)
     finally:
         stop(proc)
@@ -205,21 +210,7 @@ def ray_head(temp_dir: Path, num_cpus: int = 2) -> Iterator[RayHead]:
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     head = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"ray start exited with {proc.returncode}: {(temp_dir / 'head.log').read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{head.dashboard}/api/jobs/", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Ray head did not answer on its dashboard within 120 s")
-            time.sleep(0.5)
+        wait_until_serving(proc, f"{head.dashboard}/api/jobs/", temp_dir / "head.log", "the Ray head", timeout=120)
         yield head
     finally:
         stop(proc, timeout=30)
