@@ -17,12 +17,13 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from dit_worker.manifest import Samples
 from dit_worker.shard_worker import SHARDS_IN_FLIGHT, RunStats, ShardResult, ShardWorker, WorkerSpec
-from dit_worker.sharding import ShardQueue, shard_task
+from dit_worker.sharding import JobFailed, ShardQueue, shard_task
 
 log = logging.getLogger(__name__)
 
 CPUS_PER_WORKER = 1.0  # a scheduling token, so that CPU-only workers cannot be over-placed
-WAIT_S = 5.0  # how often the loop wakes without news, to log stalls and poll the autoscaler
+WAIT_S = 5.0  # how often the loops wake without news (dispatch, autoscaler polling)
+STALL_LOG_S = 60.0
 
 
 class PlacementError(ValueError):
@@ -31,7 +32,13 @@ class PlacementError(ValueError):
 
 class RayRunner:
     def __init__(
-        self, spec: WorkerSpec, *, num_workers: int | None, num_gpus: float, placement_timeout: float, env: dict
+        self,
+        spec: WorkerSpec,
+        *,
+        num_workers: int | None,
+        num_gpus: float,
+        placement_timeout: float,
+        env: dict[str, str],
     ) -> None:
         self.spec, self.requested, self.placement_timeout, self.env = spec, num_workers, placement_timeout, env
         self.per_worker = {"CPU": CPUS_PER_WORKER, "GPU": num_gpus}
@@ -99,7 +106,7 @@ class RayRunner:
         load = [0] * len(self.actors)
         inflight: dict[ray.ObjectRef, tuple[int, int]] = {}  # task -> (shard, worker)
         last_start_error = ""
-        start, waiting = time.perf_counter(), 0.0
+        start, waiting, last_stall_log = time.perf_counter(), 0.0, 0.0
         while queue or inflight:
             for i in sorted(alive, key=load.__getitem__):
                 while queue and load[i] < SHARDS_IN_FLIGHT:
@@ -107,10 +114,13 @@ class RayRunner:
                     inflight[self.actors[i].run.remote(shard_task(samples, shard, shard_size))] = (shard, i)
                     load[i] += 1
             if not alive and not starting:
-                raise RuntimeError(f"every worker failed to start; last error: {last_start_error}")
+                raise JobFailed(f"every worker failed to start; last error: {last_start_error}")
             t = time.perf_counter()
             done, _ = ray.wait([*inflight, *starting], num_returns=1, timeout=WAIT_S)
             waiting += time.perf_counter() - t
+            if not done and not alive and t - last_stall_log > STALL_LOG_S:
+                last_stall_log = t  # e.g. lost nodes whose workers wait for room to restart
+                log.warning("no worker running; waiting for %d worker(s) to (re)start", len(starting))
             for ref in done:
                 if ref in starting:
                     i = starting.pop(ref)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -19,8 +20,8 @@ from dit_worker.manifest import Samples, from_classes, parse_classes, read_manif
 from dit_worker.model_info import ModelInfo, inspect_model
 from dit_worker.progress import progress_bar
 from dit_worker.shard_worker import RunStats, ShardResult, WorkerSpec
-from dit_worker.sharding import ShardQueue, num_shards
-from dit_worker.storage import open_storage
+from dit_worker.sharding import JobFailed, ShardQueue, num_shards
+from dit_worker.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,23 @@ def build_samples(config: JobConfig, info: ModelInfo) -> Samples:
     return from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
 
 
-def run_job(config: JobConfig) -> dict[str, Any]:
-    """Run (or resume) the job; returns the `_SUCCESS` summary."""
-    started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+@dataclass(frozen=True)
+class JobPlan:
+    """A validated job: what to make, where, and which shards are still to run."""
+
+    storage: Storage
+    samples: Samples
+    record: dict[str, Any]
+    resuming: bool  # OUT already holds this job's job.json
+    num_shards: int
+    pending: list[int]
+
+    def pending_samples(self, shard_size: int) -> int:
+        return sum(len(self.samples[k * shard_size : (k + 1) * shard_size]) for k in self.pending)
+
+
+def plan_job(config: JobConfig) -> JobPlan:
+    """Check the model, settings, samples and output, and read what OUT already holds; writes nothing."""
     info = inspect_model(config.model, config.vae)
     try:
         info.check_settings(config.sampling)
@@ -55,7 +70,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     storage.check_writable()
 
     record = job_record(config, info, samples)
-    stored = json.loads(storage.get(JOB_KEY)) if storage.exists(JOB_KEY) else None
+    stored = _read_json(storage, JOB_KEY)
     committed = committed_shards(storage)
     if stored is not None:
         check_resumable(stored, record, storage.child(JOB_KEY))
@@ -63,54 +78,74 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         raise JobError(f"{storage.url} holds metadata parts but no {JOB_KEY}; pick an empty --out")
     total = num_shards(len(samples), config.shard_size)
     pending = [k for k in range(total) if k not in committed]
-    if not pending and storage.exists(SUCCESS_KEY):
-        log.info("%s is complete: all %d shards committed", storage.url, total)
-        return json.loads(storage.get(SUCCESS_KEY))
+    return JobPlan(storage, samples, record, stored is not None, total, pending)
 
-    runner = _runner(config)
-    runner.start()
-    if stored is None:
-        storage.put(JOB_KEY, json.dumps(record, indent=2).encode())
-    pending_samples = sum(len(samples[k * config.shard_size : (k + 1) * config.shard_size]) for k in pending)
+
+def run_job(config: JobConfig) -> dict[str, Any]:
+    """Run (or resume) the job; returns the `_SUCCESS` summary."""
+    started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+    plan = plan_job(config)
+    storage = plan.storage
+    done = _read_json(storage, SUCCESS_KEY)
+    if not plan.pending and done is not None:
+        log.info("%s is complete: all %d shards committed", storage.url, plan.num_shards)
+        return done
+
+    runner = _runner(config) if plan.pending else None
+    if runner is not None:
+        runner.start()  # on Ray, refuses a pool the cluster cannot place: still nothing written
+    if not plan.resuming:
+        storage.put(JOB_KEY, json.dumps(plan.record, indent=2).encode())
+    todo = plan.pending_samples(config.shard_size)
     log.info(
         "%s: %d samples in %d shards, %d shard(s) already committed, %d to run",
-        storage.url, len(samples), total, total - len(pending), len(pending),
+        storage.url, len(plan.samples), plan.num_shards, plan.num_shards - len(plan.pending), len(plan.pending),
     )  # fmt: skip
-    queue = ShardQueue(pending, config.max_tries)
-    worker_seconds = 0.0
-    with progress_bar(len(samples), done=len(samples) - pending_samples) as bar:
+    queue = ShardQueue(plan.pending, config.max_tries)
+    stats, worker_seconds = RunStats(0, 0.0, 0.0), 0.0
+    if runner is not None:
+        with progress_bar(len(plan.samples), done=len(plan.samples) - todo) as bar:
 
-        def on_done(result: ShardResult) -> None:
-            nonlocal worker_seconds
-            worker_seconds += result.seconds
-            bar.update(result.samples)
+            def on_done(result: ShardResult) -> None:
+                nonlocal worker_seconds
+                worker_seconds += result.seconds
+                bar.update(result.samples)
 
-        stats = runner.run(samples, config.shard_size, queue, on_done)
+            stats = runner.run(plan.samples, config.shard_size, queue, on_done)
 
-    missing = sorted(set(range(total)) - committed_shards(storage))
+    missing = sorted(set(range(plan.num_shards)) - committed_shards(storage))
     if missing:
-        raise RuntimeError(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
+        raise JobFailed(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
     wall = time.perf_counter() - t0
     summary = {
-        "samples": len(samples),
-        "shards": total,
-        "samples_generated": pending_samples,
-        "shards_generated": len(pending),
-        "shards_skipped": total - len(pending),
+        "samples": len(plan.samples),
+        "shards": plan.num_shards,
+        "samples_generated": todo,
+        "shards_generated": len(plan.pending),
+        "shards_skipped": plan.num_shards - len(plan.pending),
         "num_workers": stats.num_workers,
         "wall_time_s": round(wall, 3),
-        "images_per_s": round(pending_samples / wall, 3),
-        "images_per_s_per_worker": round(pending_samples / wall / stats.num_workers, 3),
+        "images_per_s": round(todo / wall, 3),
+        "images_per_s_per_worker": round(todo / wall / max(stats.num_workers, 1), 3),
         "run_time_s": round(stats.seconds, 3),  # the dispatch loop: worker start-up to the last commit
         "worker_seconds": round(worker_seconds, 3),  # inside the workers, summed over shards
-        "driver_seconds_per_shard": round((stats.seconds - stats.waiting_seconds) / len(pending), 6),
+        "driver_seconds_per_shard": round((stats.seconds - stats.waiting_seconds) / max(len(plan.pending), 1), 6),
         "retries": queue.retries,
-        "fingerprint_sha256": record["fingerprint_sha256"],
+        "fingerprint_sha256": plan.record["fingerprint_sha256"],
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     storage.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
+    if not storage.exists(key):
+        return None
+    try:
+        return json.loads(storage.get(key))
+    except ValueError as err:
+        raise JobError(f"{storage.child(key)}: not valid JSON ({err}); was OUT written by another tool?") from None
 
 
 def _runner(config: JobConfig) -> Runner:

@@ -25,8 +25,12 @@ def shard_task(samples: Samples, shard: int, shard_size: int) -> ShardTask:
     return ShardTask(shard, samples[shard * shard_size : (shard + 1) * shard_size])
 
 
-class ShardFailed(RuntimeError):
-    """A shard that failed `max_tries` times; committed shards stay in place for a rerun."""
+class JobFailed(RuntimeError):
+    """The job stopped before every shard was committed; committed shards stay in place for a rerun."""
+
+
+class ShardFailed(JobFailed):
+    """A shard that failed `max_tries` times."""
 
 
 class ShardQueue:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dit_worker.job_config import JobConfig, describe_config_error
-from dit_worker.sharding import ShardFailed
+from dit_worker.sharding import JobFailed
 from dit_worker.storage import StorageError
 
 SAMPLING_FLAGS = ("sampler", "steps", "cfg_scale", "cfg_channels", "eta")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except ShardFailed as err:
+    except JobFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary))

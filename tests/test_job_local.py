@@ -105,6 +105,13 @@ def test_resume_runs_only_the_pending_shards(tiny_ckpt: Path, tmp_path: Path) ->
     assert {k: (out / k).read_bytes() for k in shard2} == shard2
     assert metadata(out)["sample_id"].to_pylist() == list(range(9))
 
+    # A driver that died after the last commit, before _SUCCESS: the rerun only writes the summary.
+    (out / "_SUCCESS").unlink()
+    before = snapshot(out)
+    assert generate(*args, "--batch-size", "2", "--out", out) == 0
+    assert json.loads((out / "_SUCCESS").read_text())["shards_generated"] == 0
+    assert {k: v for k, v in snapshot(out).items() if k != "_SUCCESS"} == before
+
 
 def test_rerun_with_a_different_configuration_is_refused(
     tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
@@ -121,6 +128,9 @@ def test_rerun_with_a_different_configuration_is_refused(
     assert generate(*args, *FAST, "--shard-size", "2", "--seed", "1") == 2
     assert "manifest_sha256" in capsys.readouterr().err
     assert snapshot(out) == before
+    (out / "job.json").unlink()  # parts of an unknown job: refused too
+    assert generate(*args, *FAST, "--shard-size", "2") == 2
+    assert "holds metadata parts but no job.json" in capsys.readouterr().err
 
 
 def test_webdataset_commits_one_tar_per_shard(tiny_ckpt: Path, tmp_path: Path) -> None:
