@@ -39,11 +39,12 @@ def wait_for(fetch: Callable[[], T], timeout: float, what: str) -> T:
     return value
 
 
-def generate(ray_cluster, s3_server, *args: object, wait: bool = True, submission_id: str | None = None):
-    sid = submission_id or f"dit-{uuid.uuid4().hex[:12]}"
+def generate(ray_cluster, s3_server, *args: object, wait: bool = True, env: dict[str, str] | None = None):
+    """`ray job submit` of the job; S3 endpoint and credentials reach it through the runtime env."""
+    sid = f"dit-{uuid.uuid4().hex[:12]}"
     entrypoint = ["python", "-m", "jobs.generate", *map(str, args)]
-    proc = ray_cluster.submit(entrypoint, working_dir=REPO, env_vars=s3_server.env(), submission_id=sid, wait=wait)
-    return sid, proc
+    env_vars = s3_server.env() | (env or {})
+    return sid, ray_cluster.submit(entrypoint, working_dir=REPO, env_vars=env_vars, submission_id=sid, wait=wait)
 
 
 def finish(ray_cluster, sid: str, timeout: float = 240) -> str:
@@ -100,10 +101,17 @@ def test_job_submit_end_to_end_and_sharding_invariance(
         for i, name in enumerate(["umbrella", "golden retriever", "otter", "white shark"] * 3)
     ]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    fast = ["--manifest", manifest, "--sampler", "ddim", "--steps", "3", "--model", tiny_ckpt]
+    client = s3_server.client()
+    for path in tiny_ckpt.rglob("*"):  # the model too comes from S3, cached once on this (only) node
+        if path.is_file():
+            client.put_object(
+                Bucket=s3_bucket, Key=f"models/tiny/{path.relative_to(tiny_ckpt)}", Body=path.read_bytes()
+            )
+    cache = tmp_path / "cache"
+    fast = ["--manifest", manifest, "--sampler", "ddim", "--steps", "3"]
     _, proc = generate(
-        ray_cluster, s3_server, *fast, *CPU_WORKERS, "--num-workers", 2, "--shard-size", 4, "--batch-size", 2,
-        "--out", f"s3://{s3_bucket}/ray",
+        ray_cluster, s3_server, *fast, "--model", f"s3://{s3_bucket}/models/tiny", *CPU_WORKERS, "--num-workers", 2,
+        "--shard-size", 4, "--batch-size", 2, "--out", f"s3://{s3_bucket}/ray", env={"DIT_WORKER_CACHE": str(cache)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "samples: 100%|" in proc.stdout  # the progress bar, as `ray job logs` shows it
@@ -112,10 +120,12 @@ def test_job_submit_end_to_end_and_sharding_invariance(
     assert table["class_name"].to_pylist()[:4] == ["umbrella", "golden retriever", "otter", "great white shark"]
     summary = success(s3_server, s3_bucket, "ray")
     assert (summary["samples"], summary["shards"], summary["num_workers"], summary["retries"]) == (12, 3, 2, 0)
+    assert [p.name for p in cache.rglob(".complete")] == [".complete"]  # one copy for the driver and both workers
 
     # The same manifest in one local process, other shard and batch sizes: the same PNG bytes.
     local = tmp_path / "local"
-    assert main([*map(str, fast), "--local", "--shard-size", "5", "--batch-size", "3", "--out", str(local)]) == 0
+    args = [*fast, "--model", tiny_ckpt, "--local", "--shard-size", 5, "--batch-size", 3, "--out", local]
+    assert main([str(a) for a in args]) == 0
     local_table = ds.dataset(local / "metadata").to_table().sort_by("sample_id")
     assert local_table["sample_id"].to_pylist() == table["sample_id"].to_pylist()
     assert local_table["sha256"].to_pylist() == table["sha256"].to_pylist()
