@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -33,7 +34,9 @@ class JobError(ValueError):
 class Runner(Protocol):
     def start(self) -> None: ...
 
-    def run(self, samples: Samples, shard_size: int, queue: ShardQueue, on_done: Any) -> RunStats: ...
+    def run(
+        self, samples: Samples, shard_size: int, queue: ShardQueue, on_done: Callable[[ShardResult], None]
+    ) -> RunStats: ...
 
 
 def build_samples(config: JobConfig, info: ModelInfo) -> Samples:

@@ -2,7 +2,7 @@
 
 The same class runs as a Ray actor and, for --local, inside the driver's process. Two shards may be
 in flight: one samples while the previous one finishes its uploads and commits, so the accelerator
-never waits on PNG encoding or storage.
+does not wait on PNG encoding or storage (unless storage falls behind; see IOPool).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from dit_worker.job_config import OutputFormat
 from dit_worker.manifest import Samples
 from dit_worker.pipeline import load_pipeline
 from dit_worker.settings import SamplingSettings
@@ -50,10 +51,10 @@ class WorkerSpec:
     out: str
     s3_endpoint: str | None
     retry_mode: RetryMode
-    format: str
+    format: OutputFormat
     io_threads: int = 4
     # Factories of extra batch consumers, one instance per shard (none yet).
-    extra_sinks: tuple[Callable[[ShardTask], BatchSink], ...] = field(default=())
+    extra_sinks: tuple[Callable[[ShardTask], BatchSink], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ class ShardResult:
     shard: int
     samples: int
     seconds: float  # inside the worker, from taking the task to the committed metadata part
-    pid: int
 
 
 @dataclass(frozen=True)
@@ -109,4 +109,4 @@ class ShardWorker:
         for sink in extras:
             sink.close()
         writer.commit()
-        return ShardResult(task.shard, len(task.samples), time.perf_counter() - start, os.getpid())
+        return ShardResult(task.shard, len(task.samples), time.perf_counter() - start)

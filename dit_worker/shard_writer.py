@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from dit_worker.job_config import OutputFormat
 from dit_worker.labels import ClassNames
 from dit_worker.layout import image_key, member_name, part_key, tar_key
 from dit_worker.manifest import Samples
@@ -85,7 +86,7 @@ class ShardWriter:
         storage: Storage,
         pool: IOPool,
         *,
-        fmt: str,
+        fmt: OutputFormat,
         names: ClassNames,
         settings: SamplingSettings,
         image_size: int,
