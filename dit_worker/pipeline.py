@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from dit_worker.checkpoints import Checkpoint, build_models, load_checkpoint
 from dit_worker.checkpoints.files import describe_validation
 from dit_worker.labels import ClassNames
+from dit_worker.models.dit import DiTConfig
 from dit_worker.models.vae import to_uint8
 from dit_worker.sampling import Sampler, make_sampler
 from dit_worker.sampling.guidance import guided_eps
@@ -61,22 +62,7 @@ class DiTPipeline:
 
     def plan(self, settings: SamplingSettings) -> Sampler:
         """The sampler for these settings; raises ValueError for settings this checkpoint cannot honour."""
-        if settings.guided and settings.cfg_channels > self.config.in_channels:
-            raise ValueError(
-                f"cfg_channels {settings.cfg_channels} exceeds the model's {self.config.in_channels} latent channels"
-            )
-        try:
-            return make_sampler(
-                settings.sampler,
-                settings.steps,
-                self.scheduler_config,
-                learned_sigma=self.config.learn_sigma,
-                eta=settings.eta,
-            )
-        except ValidationError as err:
-            raise ValueError(
-                f"scheduler config not supported by {settings.sampler}: {describe_validation(err)}"
-            ) from None
+        return plan_sampler(settings, self.config, self.scheduler_config)
 
     def generate(
         self,
@@ -177,6 +163,21 @@ class DiTPipeline:
         free, _ = torch.cuda.mem_get_info(self.device)
         fits = int((0.9 * free - (peaks[0] - 4 * per_sample)) // per_sample)
         return max(8, min(limit, fits // 8 * 8))
+
+
+def plan_sampler(settings: SamplingSettings, config: DiTConfig, scheduler_config: dict[str, Any]) -> Sampler:
+    """The sampler for these settings on a model with `config`, without its weights (a job driver
+    validates with this before any worker loads the model); raises ValueError when not honourable."""
+    if settings.guided and settings.cfg_channels > config.in_channels:
+        raise ValueError(
+            f"cfg_channels {settings.cfg_channels} exceeds the model's {config.in_channels} latent channels"
+        )
+    try:
+        return make_sampler(
+            settings.sampler, settings.steps, scheduler_config, learned_sigma=config.learn_sigma, eta=settings.eta
+        )
+    except ValidationError as err:
+        raise ValueError(f"scheduler config not supported by {settings.sampler}: {describe_validation(err)}") from None
 
 
 def _settings(**fields: Any) -> SamplingSettings:

@@ -57,3 +57,20 @@ def s3_bucket(s3_server, request: pytest.FixtureRequest) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     s3_server.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray head for the session (2 CPUs, no GPU), in a short temp dir of its own."""
+    import shutil
+    import tempfile
+
+    from servers import ray_head
+
+    # Ray's unix sockets live below the temp dir: keep its path short.
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    try:
+        with ray_head(temp_dir) as head:
+            yield head
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)

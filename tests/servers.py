@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -45,6 +46,23 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout)
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, log: Path, what: str, timeout: float) -> None:
+    """Poll `url` until it answers 200; fail early, with the log's tail, if the process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer on {url} within {timeout} s")
+        time.sleep(0.25)
 
 
 @dataclass(frozen=True)
@@ -95,20 +113,105 @@ def seaweedfs(data_dir: Path, access_key: str = "test-access", secret_key: str =
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{s3}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {proc.returncode}: {(data_dir / 'weed.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{endpoint}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("SeaweedFS did not become healthy within 60 s")
-            time.sleep(0.25)
+        wait_until_serving(proc, f"{endpoint}/healthz", data_dir / "weed.log", "SeaweedFS", timeout=60)
         yield S3Server(endpoint, access_key, secret_key)
     finally:
         stop(proc)
+        log.close()
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # GCS, host:port
+    dashboard: str  # http://127.0.0.1:port, where jobs are submitted
+
+    def env(self) -> dict[str, str]:
+        """Environment for `ray job ...` commands aimed at this head."""
+        return os.environ | {
+            "RAY_ADDRESS": self.dashboard,
+            "RAY_AUTH_MODE": "disabled",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def submit(
+        self,
+        entrypoint: list[str],
+        *,
+        working_dir: Path,
+        env_vars: dict[str, str],
+        submission_id: str,
+        wait: bool = True,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        """`ray job submit`; with wait=True it returns once the job ends (an unplaceable job never
+        would, hence the timeout)."""
+        cmd = [
+            str(BIN / "ray"), "job", "submit", "--submission-id", submission_id, "--working-dir", str(working_dir),
+            "--runtime-env-json", json.dumps({"env_vars": env_vars}), *([] if wait else ["--no-wait"]),
+            "--", *entrypoint,
+        ]  # fmt: skip
+        return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False)
+
+    def job_status(self, submission_id: str) -> str:
+        with urllib.request.urlopen(f"{self.dashboard}/api/jobs/{submission_id}", timeout=10) as r:
+            return json.load(r)["status"]
+
+    def job_logs(self, submission_id: str) -> str:
+        with urllib.request.urlopen(f"{self.dashboard}/api/jobs/{submission_id}/logs", timeout=10) as r:
+            return json.load(r)["logs"]
+
+    def stop_job(self, submission_id: str, timeout: float = 60) -> None:
+        """`ray job stop`, which waits until the job has stopped."""
+        cmd = [str(BIN / "ray"), "job", "stop", submission_id]
+        subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout, check=True)
+
+    def actor_pids(self, class_name: str) -> list[int]:
+        """PIDs of this cluster's alive actors of one class (the state API, over the dashboard)."""
+        from ray.util.state import list_actors
+
+        filters = [("class_name", "=", class_name), ("state", "=", "ALIVE")]
+        return [a.pid for a in list_actors(address=self.dashboard, filters=filters, raise_on_missing_output=False)]
+
+    def running_task_pids(self, name: str) -> list[int]:
+        """PIDs of the workers running a task or actor method (`Class.method`) right now."""
+        from ray.util.state import list_tasks
+
+        filters = [("func_or_class_name", "=", name), ("state", "=", "RUNNING")]
+        tasks = list_tasks(address=self.dashboard, filters=filters, raise_on_missing_output=False)
+        return sorted({t.worker_pid for t in tasks if t.worker_pid})
+
+
+@contextmanager
+def ray_head(temp_dir: Path, num_cpus: int = 2) -> Iterator[RayHead]:
+    """A Ray head on 127.0.0.1 only (every port chosen free), in its own process group, with its own
+    temp dir, so it can run beside other heads on the machine; stopped by PID, never `ray stop`."""
+    gcs, dash, objm, nodem, agent, agent_grpc, renv, metrics, client, *workers = free_ports(9 + 24)
+    cmd = [
+        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+        f"--object-manager-port={objm}", f"--node-manager-port={nodem}", f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={renv}",
+        f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
+        f"--worker-port-list={','.join(map(str, workers))}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+        "--object-store-memory=200000000", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]  # fmt: skip
+    env = os.environ | {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # On SIGTERM, stop at once rather than first draining the node for 30 s.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        # Jobs run the `python` that this PATH finds: the test's virtual environment.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("RAY_ADDRESS", None)
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    log = open(temp_dir / "head.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}")
+    try:
+        wait_until_serving(proc, f"{head.dashboard}/api/jobs/", temp_dir / "head.log", "the Ray head", timeout=120)
+        yield head
+    finally:
+        stop(proc, timeout=30)
         log.close()

@@ -35,8 +35,13 @@ class Checkpoint:
     source: str
 
 
-def load_checkpoint(model: str | Path, vae: str | Path | None = None) -> Checkpoint:
-    """Read a diffusers-layout directory or an original `.pt` (+ VAE directory) into CPU tensors."""
+def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights: bool = True) -> Checkpoint:
+    """Read a diffusers-layout directory or an original `.pt` (+ VAE directory) into CPU tensors.
+
+    weights=False reads only the configs of a diffusers-layout directory (a job driver validating its
+    inputs); both state dicts are then empty. An original `.pt` is always read whole: its
+    architecture is inferred from the tensors.
+    """
     root = resolve_source(str(model), "model")
     if root.is_file():
         if vae is None:
@@ -62,7 +67,7 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None) -> Checkpo
         id2label = read_id2label(read_json(index), index) if index.is_file() else {}
         sched = root / "scheduler" / "scheduler_config.json"
         scheduler = read_json(sched) if sched.is_file() else {}
-        config, state = transformer_state(tdir, config)
+        config, state = transformer_state(tdir, config) if weights else (config, {})
     if vcfg.latent_channels != config.in_channels:
         raise CheckpointError(
             f"{vae_dir}: VAE latent_channels {vcfg.latent_channels} does not match the transformer's "
@@ -71,7 +76,8 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None) -> Checkpo
     bad = [i for i in id2label if not 0 <= i < config.num_classes]
     if bad:
         raise CheckpointError(f"{root}: id2label has class ids {bad[:5]} outside 0..{config.num_classes - 1}")
-    return Checkpoint(config, state, vcfg, vae_state(vae_dir), scheduler, id2label, str(model))
+    vstate = vae_state(vae_dir) if weights else {}
+    return Checkpoint(config, state, vcfg, vstate, scheduler, id2label, str(model))
 
 
 def _vae_folder(path: Path) -> Path:

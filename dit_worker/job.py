@@ -1,0 +1,181 @@
+"""A generation job from start to `_SUCCESS`: validate everything, then write, then run what is pending.
+
+Nothing is written under OUT until the model, the sampling settings, the manifest, the output
+location and (on Ray) the worker placement have all been checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from dit_worker.job_config import JobConfig
+from dit_worker.job_record import check_resumable, job_record
+from dit_worker.layout import JOB_KEY, SUCCESS_KEY, committed_shards
+from dit_worker.manifest import Samples, from_classes, parse_classes, read_manifest
+from dit_worker.model_info import ModelInfo, inspect_model
+from dit_worker.progress import progress_bar
+from dit_worker.shard_worker import RunStats, ShardResult, WorkerSpec
+from dit_worker.sharding import JobFailed, ShardQueue, num_shards
+from dit_worker.storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+
+class JobError(ValueError):
+    """Input refused before anything is written; the message names the value and what would do."""
+
+
+class Runner(Protocol):
+    def start(self) -> None: ...
+
+    def run(
+        self, samples: Samples, shard_size: int, queue: ShardQueue, on_done: Callable[[ShardResult], None]
+    ) -> RunStats: ...
+
+
+def build_samples(config: JobConfig, info: ModelInfo) -> Samples:
+    if config.manifest is not None:
+        return read_manifest(config.manifest, info.names)
+    assert config.per_class is not None
+    return from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A validated job: what to make, where, and which shards are still to run."""
+
+    storage: Storage
+    samples: Samples
+    record: dict[str, Any]
+    resuming: bool  # OUT already holds this job's job.json
+    num_shards: int
+    pending: list[int]
+
+    def pending_samples(self, shard_size: int) -> int:
+        return sum(len(self.samples[k * shard_size : (k + 1) * shard_size]) for k in self.pending)
+
+
+def plan_job(config: JobConfig) -> JobPlan:
+    """Check the model, settings, samples and output, and read what OUT already holds; writes nothing."""
+    info = inspect_model(config.model, config.vae)
+    try:
+        info.check_settings(config.sampling)
+    except ValueError as err:
+        raise JobError(f"sampling settings: {err}") from None
+    samples = build_samples(config, info)
+    storage = open_storage(config.out, s3_endpoint=config.s3_endpoint, retry_mode=config.s3_retry_mode)
+    storage.check_writable()
+
+    record = job_record(config, info, samples)
+    stored = _read_json(storage, JOB_KEY)
+    committed = committed_shards(storage)
+    if stored is not None:
+        check_resumable(stored, record, storage.child(JOB_KEY))
+    elif committed:
+        raise JobError(f"{storage.url} holds metadata parts but no {JOB_KEY}; pick an empty --out")
+    total = num_shards(len(samples), config.shard_size)
+    pending = [k for k in range(total) if k not in committed]
+    return JobPlan(storage, samples, record, stored is not None, total, pending)
+
+
+def run_job(config: JobConfig) -> dict[str, Any]:
+    """Run (or resume) the job; returns the `_SUCCESS` summary."""
+    started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+    plan = plan_job(config)
+    storage = plan.storage
+    done = _read_json(storage, SUCCESS_KEY)
+    if not plan.pending and done is not None:
+        log.info("%s is complete: all %d shards committed", storage.url, plan.num_shards)
+        return done
+
+    runner = _runner(config) if plan.pending else None
+    if runner is not None:
+        runner.start()  # on Ray, refuses a pool the cluster cannot place: still nothing written
+    if not plan.resuming:
+        storage.put(JOB_KEY, json.dumps(plan.record, indent=2).encode())
+    todo = plan.pending_samples(config.shard_size)
+    log.info(
+        "%s: %d samples in %d shards, %d shard(s) already committed, %d to run",
+        storage.url, len(plan.samples), plan.num_shards, plan.num_shards - len(plan.pending), len(plan.pending),
+    )  # fmt: skip
+    queue = ShardQueue(plan.pending, config.max_tries)
+    stats, worker_seconds = RunStats(0, 0.0, 0.0), 0.0
+    if runner is not None:
+        with progress_bar(len(plan.samples), done=len(plan.samples) - todo) as bar:
+
+            def on_done(result: ShardResult) -> None:
+                nonlocal worker_seconds
+                worker_seconds += result.seconds
+                bar.update(result.samples)
+
+            stats = runner.run(plan.samples, config.shard_size, queue, on_done)
+
+    missing = sorted(set(range(plan.num_shards)) - committed_shards(storage))
+    if missing:
+        raise JobFailed(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
+    wall = time.perf_counter() - t0
+    summary = {
+        "samples": len(plan.samples),
+        "shards": plan.num_shards,
+        "samples_generated": todo,
+        "shards_generated": len(plan.pending),
+        "shards_skipped": plan.num_shards - len(plan.pending),
+        "num_workers": stats.num_workers,
+        "wall_time_s": round(wall, 3),
+        "images_per_s": round(todo / wall, 3),
+        "images_per_s_per_worker": round(todo / wall / max(stats.num_workers, 1), 3),
+        "run_time_s": round(stats.seconds, 3),  # the dispatch loop: worker start-up to the last commit
+        "worker_seconds": round(worker_seconds, 3),  # inside the workers, summed over shards
+        "driver_seconds_per_shard": round((stats.seconds - stats.waiting_seconds) / max(len(plan.pending), 1), 6),
+        "retries": queue.retries,
+        "fingerprint_sha256": plan.record["fingerprint_sha256"],
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    storage.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
+    if not storage.exists(key):
+        return None
+    try:
+        return json.loads(storage.get(key))
+    except ValueError as err:
+        raise JobError(f"{storage.child(key)}: not valid JSON ({err}); was OUT written by another tool?") from None
+
+
+def _runner(config: JobConfig) -> Runner:
+    spec = WorkerSpec(
+        model=config.model,
+        vae=config.vae,
+        device=config.worker_device,
+        dtype=config.worker_dtype,
+        sampling=config.sampling,
+        batch_size=config.batch_size,
+        out=config.out,
+        s3_endpoint=config.s3_endpoint,
+        retry_mode=config.s3_retry_mode,
+        format=config.format,
+    )
+    if config.local:
+        from dit_worker.local_runner import LocalRunner
+
+        return LocalRunner(spec)
+    from dit_worker.driver import RayRunner
+
+    # --s3-endpoint must reach the workers' model cache (s3:// sources) too, which reads the environment.
+    env = {"AWS_ENDPOINT_URL": config.s3_endpoint} if config.s3_endpoint else {}
+    return RayRunner(
+        spec,
+        num_workers=config.num_workers,
+        num_gpus=config.num_gpus_per_worker,
+        placement_timeout=config.placement_timeout,
+        env=env,
+    )

@@ -1,0 +1,113 @@
+"""A generation job's configuration (SPEC section 4): one pydantic model, validated once at the edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dit_worker.manifest import MAX_GLOBAL_SEED
+from dit_worker.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
+from dit_worker.storage import RetryMode
+
+OutputFormat = Literal["png", "webdataset"]
+
+# What each preset fixes; the flags it fixes cannot be passed next to it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fid50k": {
+        "per_class": 50,
+        "sampling": {"sampler": "ddpm", "steps": 250, "cfg_scale": 1.5, "cfg_channels": 3},
+    },
+}
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    vae: str | None = None
+    out: str = Field(min_length=1)
+    s3_endpoint: str | None = None
+    s3_retry_mode: RetryMode = "standard"
+
+    classes: tuple[str, ...] | None = None  # ids or names; None is every class of the model
+    per_class: int | None = Field(None, ge=1)
+    manifest: Path | None = None
+    seed: int = Field(0, ge=0, lt=MAX_GLOBAL_SEED)
+    preset: Literal["fid50k"] | None = None
+    sampling: SamplingSettings = SamplingSettings()
+
+    batch_size: int = Field(32, ge=1)
+    shard_size: int = Field(1000, ge=1)
+    num_workers: int | None = Field(None, ge=1)  # None: one per GPU in the cluster
+    num_gpus_per_worker: float = Field(1.0, ge=0)
+    device: str | None = None
+    dtype: DTypeName | None = None
+    local: bool = False
+    format: OutputFormat = "png"
+    max_tries: int = Field(3, ge=1)
+    placement_timeout: float = Field(0.0, ge=0)  # seconds to wait for an autoscaler to add room
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") not in PRESETS:
+            return data
+        fixed = PRESETS[data["preset"]]
+        given = [flag(k) for k in ("classes", "per_class", "manifest") if data.get(k) is not None]
+        given += [flag(k) for k in (data.get("sampling") or {}) if k in fixed["sampling"]]
+        if given:
+            raise ValueError(f"--preset {data['preset']} fixes {', '.join(given)}; drop them or drop --preset")
+        sampling = {**(data.get("sampling") or {}), **fixed["sampling"]}
+        return {**data, "per_class": fixed["per_class"], "sampling": sampling}
+
+    @model_validator(mode="after")
+    def _check(self) -> JobConfig:
+        if self.manifest is not None and (self.per_class is not None or self.classes is not None):
+            raise ValueError("--manifest lists the samples itself; drop --classes and --per-class")
+        if self.manifest is None and self.per_class is None:
+            raise ValueError("say which samples to make: --per-class N (with --classes), --manifest FILE or --preset")
+        if self.local:
+            if self.num_workers is not None:
+                raise ValueError("--num-workers applies to Ray runs; drop it with --local")
+            resolve_device(self.device)
+        else:
+            if self.device not in (None, "cpu", "cuda"):
+                raise ValueError(f"--device {self.device!r}: on Ray use cpu or cuda (Ray assigns each worker its GPU)")
+            if self.device == "cuda" and self.num_gpus_per_worker == 0:
+                raise ValueError("--device cuda needs --num-gpus-per-worker > 0")
+            if self.num_workers is None and self.num_gpus_per_worker == 0:
+                raise ValueError("--num-gpus-per-worker 0 needs an explicit --num-workers")
+        return self
+
+    @property
+    def worker_device(self) -> str:
+        """The device every worker samples on."""
+        if self.local:
+            return str(resolve_device(self.device))
+        return self.device or ("cuda" if self.num_gpus_per_worker > 0 else "cpu")
+
+    @property
+    def worker_dtype(self) -> DTypeName:
+        """The resolved dtype name: bfloat16 on GPU and float32 on CPU unless --dtype says otherwise."""
+        resolved = resolve_dtype(self.dtype, torch.device(self.worker_device))
+        return next(name for name, dtype in DTYPES.items() if dtype == resolved)
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def describe_config_error(err: ValidationError) -> str:
+    """One line per problem, each naming the command-line flag and the rejected value."""
+    parts = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"] or e["loc"][-1] == "sampling":  # a whole-model check names its flags itself
+            parts.append(msg)
+            continue
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        parts.append(f"{flag(str(e['loc'][-1]))}: {msg}{got}")
+    return "; ".join(parts)

@@ -1,0 +1,35 @@
+"""Where a job's objects live below OUT (SPEC section 5). Every key is derived from a shard index or
+a sample id, so a retried shard overwrites exactly the objects of its first try."""
+
+from __future__ import annotations
+
+import re
+
+from dit_worker.storage import Storage
+
+JOB_KEY = "job.json"
+SUCCESS_KEY = "_SUCCESS"
+METADATA_PREFIX = "metadata/part-"
+_PART = re.compile(r"^metadata/part-(\d+)\.parquet$")
+
+
+def image_key(shard: int, sample_id: int) -> str:
+    return f"images/{shard:05d}/{sample_id:08d}.png"
+
+
+def tar_key(shard: int) -> str:
+    return f"shards/{shard:05d}.tar"
+
+
+def member_name(sample_id: int, extension: str) -> str:
+    """A webdataset member: samples are grouped by the name before the extension."""
+    return f"{sample_id:08d}.{extension}"
+
+
+def part_key(shard: int) -> str:
+    return f"{METADATA_PREFIX}{shard:05d}.parquet"
+
+
+def committed_shards(storage: Storage) -> set[int]:
+    """Shards whose metadata part exists: the part is written last, so these are complete."""
+    return {int(m[1]) for obj in storage.list(METADATA_PREFIX) if (m := _PART.match(obj.key))}

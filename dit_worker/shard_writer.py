@@ -1,0 +1,146 @@
+"""Storing a shard off the sampling thread, and committing it with its metadata part, written last."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from dit_worker.job_config import OutputFormat
+from dit_worker.labels import ClassNames
+from dit_worker.layout import image_key, member_name, part_key, tar_key
+from dit_worker.manifest import Samples
+from dit_worker.metadata import parquet_bytes, shard_table
+from dit_worker.settings import SamplingSettings
+from dit_worker.sharding import ShardTask
+from dit_worker.storage import Storage
+
+T = TypeVar("T")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless and deterministic: Pillow writes no timestamp, so equal pixels give equal bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+class IOPool:
+    """Threads for PNG encoding and uploads. At most `max_queued` jobs wait: when storage falls
+    behind, sampling slows down to its pace instead of piling images up in memory."""
+
+    def __init__(self, threads: int, max_queued: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="shard-io")
+        self._slots = threading.BoundedSemaphore(max_queued)
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        self._slots.acquire()
+        future = self._pool.submit(fn, *args)
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class HostBatch:
+    """A uint8 image batch on its way to host memory. On CUDA the copy is asynchronous (pinned
+    memory + an event the IO threads wait on), so the sampling thread never blocks on it."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self._ready: torch.cuda.Event | None = None
+        if images.device.type == "cuda":
+            self._host = torch.empty(images.shape, dtype=torch.uint8, pin_memory=True)
+            self._host.copy_(images, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host = images
+
+    def numpy(self) -> np.ndarray:
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.numpy()
+
+
+class ShardWriter:
+    """Collects one shard's batches; `commit` stores what is left and then the metadata part.
+
+    Images are encoded and (for --format png) uploaded on the IO pool as each batch arrives. For
+    --format webdataset the PNGs wait in memory for the shard's tar, written at commit.
+    """
+
+    def __init__(
+        self,
+        task: ShardTask,
+        storage: Storage,
+        pool: IOPool,
+        *,
+        fmt: OutputFormat,
+        names: ClassNames,
+        settings: SamplingSettings,
+        image_size: int,
+    ) -> None:
+        self.task, self.storage, self.pool, self.fmt = task, storage, pool, fmt
+        self.names, self.settings, self.image_size = names, settings, image_size
+        self._stored: list[Future[tuple[str, bytes | None]]] = []
+
+    def add(self, rows: Samples, images: torch.Tensor) -> None:
+        batch = HostBatch(images)
+        for i, sample_id in enumerate(rows.sample_id.tolist()):
+            self._stored.append(self.pool.submit(self._store, batch, i, sample_id))
+
+    def _store(self, batch: HostBatch, index: int, sample_id: int) -> tuple[str, bytes | None]:
+        data = encode_png(batch.numpy()[index])
+        if self.fmt == "png":
+            self.storage.put(image_key(self.task.shard, sample_id), data)
+            return hashlib.sha256(data).hexdigest(), None
+        return hashlib.sha256(data).hexdigest(), data
+
+    def commit(self) -> None:
+        """Wait for every image, then write the tar (webdataset) and last the metadata part."""
+        stored = [f.result() for f in self._stored]  # re-raises the first failed encode or upload
+        samples, shard = self.task.samples, self.task.shard
+        if len(stored) != len(samples):
+            raise RuntimeError(f"shard {shard:05d}: {len(stored)} images stored for {len(samples)} samples")
+        ids = samples.sample_id.tolist()
+        if self.fmt == "png":
+            keys = [image_key(shard, i) for i in ids]
+        else:
+            keys = [f"{tar_key(shard)}#{member_name(i, 'png')}" for i in ids]
+        table = shard_table(
+            shard,
+            samples,
+            [self.names.name(c) for c in samples.class_id.tolist()],
+            keys,
+            [sha for sha, _ in stored],
+            self.image_size,
+            self.settings,
+        )
+        if self.fmt == "webdataset":
+            self.storage.put(tar_key(shard), webdataset_tar(table, [png for _, png in stored]))
+        self.storage.put(part_key(shard), parquet_bytes(table))
+
+
+def webdataset_tar(table: pa.Table, pngs: list[bytes | None]) -> bytes:
+    """`<sample_id>.png` + `<sample_id>.json` per sample, with fixed owner and times so a retried
+    shard writes the same bytes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row, png in zip(table.drop_columns(["image_key"]).to_pylist(), pngs, strict=True):
+            assert png is not None
+            for ext, data in (("png", png), ("json", json.dumps(row, sort_keys=True).encode())):
+                info = tarfile.TarInfo(member_name(row["sample_id"], ext))
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

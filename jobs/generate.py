@@ -1,0 +1,99 @@
+"""python -m jobs.generate: make a set of class-conditional DiT samples, on a Ray cluster or --local.
+
+Under `ray job submit` the driver joins the cluster from RAY_ADDRESS. Rerunning the same command on
+the same --out resumes: committed shards are skipped. See README.md, "The generation job".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from dit_worker.job_config import JobConfig, describe_config_error
+from dit_worker.sharding import JobFailed
+from dit_worker.storage import StorageError
+
+SAMPLING_FLAGS = ("sampler", "steps", "cfg_scale", "cfg_channels", "eta")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.generate", description=__doc__.split("\n")[0])
+    model = p.add_argument_group("model")
+    model.add_argument("--model", required=True, help="diffusers DiT directory, original .pt, hub id or s3:// prefix")
+    model.add_argument("--vae", help="AutoencoderKL directory or hub id (required with an original .pt)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, help="local folder or s3://bucket/prefix")
+    out.add_argument("--format", help="png (default) or webdataset (one tar per shard)")
+    out.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL, else AWS)")
+    out.add_argument("--s3-retry-mode", help="botocore retry mode: standard (default) or adaptive")
+    samples = p.add_argument_group("samples")
+    samples.add_argument("--classes", help="comma-separated class ids or names (default: every class)")
+    samples.add_argument("--per-class", type=int, help="samples per chosen class")
+    samples.add_argument("--manifest", help="Parquet, CSV or JSONL with class_id (or class_name), seed[, sample_id]")
+    samples.add_argument("--seed", type=int, help="global seed: per-sample seed = seed * 2**32 + sample_id (default 0)")
+    samples.add_argument("--preset", help="fid50k: 50 per class x all classes, ddpm, 250 steps, cfg 1.5 on 3 channels")
+    sampling = p.add_argument_group("sampling (SPEC section 2)")
+    sampling.add_argument("--sampler", help="ddpm (default), ddim or dpm-solver")
+    sampling.add_argument("--steps", type=int, help="sampling steps (default 250)")
+    sampling.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale; <= 1 is off (default 1.5)")
+    sampling.add_argument("--cfg-channels", type=int, help="3 (DiT, default) or 4 (diffusers) guided latent channels")
+    sampling.add_argument("--eta", type=float, help="DDIM eta (default 0)")
+    run = p.add_argument_group("execution")
+    run.add_argument("--batch-size", type=int, help="samples per forward batch (default 32)")
+    run.add_argument("--shard-size", type=int, help="samples per shard, the unit of commit and retry (default 1000)")
+    run.add_argument("--num-workers", type=int, help="Ray actors (default: one per GPU in the cluster)")
+    run.add_argument("--num-gpus-per-worker", type=float, help="GPUs per actor (default 1; 0 for CPU-only clusters)")
+    run.add_argument("--device", help="cpu or cuda (--local also cuda:N); default: cuda when the worker has a GPU")
+    run.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)")
+    run.add_argument("--local", action="store_true", default=None, help="run in this process, without Ray")
+    run.add_argument("--max-tries", type=int, help="tries per shard before the job fails (default 3)")
+    run.add_argument(
+        "--placement-timeout", type=float, help="seconds to wait for an autoscaler to fit --num-workers (default 0)"
+    )
+    return p
+
+
+def config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags the user passed (absent ones keep the model's defaults, so presets can see them)."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    sampling = {k: given.pop(k) for k in SAMPLING_FLAGS if k in given}
+    if sampling:
+        given["sampling"] = sampling
+    if "classes" in given:
+        given["classes"] = tuple(given["classes"].split(","))
+    return given
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        config = JobConfig.model_validate(config_fields(args))
+    except ValidationError as err:
+        print(f"error: {describe_config_error(err)}", file=sys.stderr)
+        return 2
+    if config.s3_endpoint:  # s3:// model sources read the endpoint from the environment
+        os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint
+
+    from dit_worker.job import run_job
+
+    try:
+        summary = run_job(config)
+    except (ValueError, StorageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except JobFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""`python -m jobs.generate --local`: output layout, resume, refusals and bad inputs, on local folders
+and SeaweedFS. The job's own entry point runs in-process (main) or as a subprocess; nothing is faked."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from test_storage import unwritable_folder
+
+from dit_worker.storage import open_storage
+from jobs.generate import main
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--dtype", "float32"]
+METADATA_TYPES = {
+    "sample_id": pa.int64(),
+    "class_id": pa.int32(),
+    "class_name": pa.string(),
+    "seed": pa.int64(),
+    "image_key": pa.string(),
+    "width": pa.int32(),
+    "height": pa.int32(),
+    "sha256": pa.string(),
+    "sampler": pa.string(),
+    "steps": pa.int32(),
+    "cfg_scale": pa.float32(),
+}
+
+
+def generate(*args: object) -> int:
+    return main([str(a) for a in args])
+
+
+def snapshot(out: Path) -> dict[str, str]:
+    """key -> etag (size + mtime_ns) of every object under OUT."""
+    return {o.key: o.etag for o in open_storage(str(out)).list("")}
+
+
+def metadata(out: Path) -> pa.Table:
+    return ds.dataset(out / "metadata", format="parquet").to_table().sort_by("sample_id")
+
+
+def test_local_run_writes_the_spec_layout(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "jobs.generate", "--local", "--model", str(tiny_ckpt),
+        "--classes", "golden retriever,umbrella", "--per-class", "3", "--sampler", "ddim", "--steps", "2",
+        "--shard-size", "4", "--batch-size", "3", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "samples: 100%" in proc.stderr  # the progress bar, one line per redraw off a terminal
+
+    job = json.loads((out / "job.json").read_text())
+    assert job["fingerprint"]["steps"] == 2 and job["num_shards"] == 2
+    table = metadata(out)
+    assert {name: table.schema.field(name).type for name in METADATA_TYPES} == METADATA_TYPES
+    assert table["sample_id"].to_pylist() == list(range(6))
+    assert table["class_id"].to_pylist() == [207] * 3 + [879] * 3
+    assert table["class_name"].to_pylist() == ["golden retriever"] * 3 + ["umbrella"] * 3
+    assert table["seed"].to_pylist() == list(range(6))  # --seed 0: seed = 0 * 2**32 + sample_id
+    expected_keys = [f"images/{i // 4:05d}/{i:08d}.png" for i in range(6)]
+    assert table["image_key"].to_pylist() == expected_keys
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")) == expected_keys
+    assert sorted(p.name for p in (out / "metadata").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    for row in table.to_pylist():
+        data = (out / row["image_key"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+        assert Image.open(io.BytesIO(data)).size == (row["width"], row["height"]) == (16, 16)
+    summary = json.loads((out / "_SUCCESS").read_text())
+    assert summary["samples"] == 6 and summary["shards"] == 2 and summary["retries"] == 0
+    assert summary["images_per_s"] > 0 and summary["images_per_s_per_worker"] > 0
+    assert json.loads(proc.stdout) == summary
+
+
+def test_resume_runs_only_the_pending_shards(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2,3", "--per-class", "3", *FAST, "--shard-size", "2"]
+    assert generate(*args, "--batch-size", "2", "--out", out) == 0
+    first = snapshot(out)
+    shard2 = {k: (out / k).read_bytes() for k in first if k.startswith("images/00002/")}
+    # A shard whose worker died before its commit: images maybe written, no metadata part.
+    (out / "metadata" / "part-00002.parquet").unlink()
+    (out / "images" / "00002" / "00000004.png").unlink()
+    (out / "_SUCCESS").unlink()
+
+    assert generate(*args, "--batch-size", "1", "--out", out) == 0  # batch size may change on resume
+    summary = json.loads((out / "_SUCCESS").read_text())
+    assert (summary["shards_generated"], summary["shards_skipped"], summary["samples_generated"]) == (1, 4, 2)
+    after = snapshot(out)
+    untouched = {k: v for k, v in first.items() if "00002" not in k and k != "_SUCCESS"}
+    assert {k: after[k] for k in untouched} == untouched
+    assert {k: (out / k).read_bytes() for k in shard2} == shard2
+    assert metadata(out)["sample_id"].to_pylist() == list(range(9))
+
+    # A driver that died after the last commit, before _SUCCESS: the rerun only writes the summary.
+    (out / "_SUCCESS").unlink()
+    before = snapshot(out)
+    assert generate(*args, "--batch-size", "2", "--out", out) == 0
+    assert json.loads((out / "_SUCCESS").read_text())["shards_generated"] == 0
+    assert {k: v for k, v in snapshot(out).items() if k != "_SUCCESS"} == before
+
+
+def test_rerun_with_a_different_configuration_is_refused(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2", "--per-class", "2", "--out", out]
+    assert generate(*args, *FAST, "--shard-size", "2") == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert generate(*args, "--sampler", "ddim", "--steps", "3", "--dtype", "float32", "--shard-size", "3") == 2
+    err = capsys.readouterr().err
+    assert "different configuration" in err
+    assert "steps: 2 there, 3 now" in err and "shard_size: 2 there, 3 now" in err
+    assert generate(*args, *FAST, "--shard-size", "2", "--seed", "1") == 2
+    assert "manifest_sha256" in capsys.readouterr().err
+    assert snapshot(out) == before
+    (out / "job.json").unlink()  # parts of an unknown job: refused too
+    assert generate(*args, *FAST, "--shard-size", "2") == 2
+    assert "holds metadata parts but no job.json" in capsys.readouterr().err
+
+
+def test_webdataset_commits_one_tar_per_shard(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--local", "--model", tiny_ckpt, "--classes", "207", "--per-class", "5", *FAST, "--shard-size", "3"]
+    assert generate(*args, "--format", "webdataset", "--out", out) == 0
+    assert not (out / "images").exists()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.tar", "00001.tar"]
+    table = metadata(out)
+    for row in table.to_pylist():
+        tar_key, member = row["image_key"].split("#")
+        with tarfile.open(out / tar_key) as tar:
+            png = tar.extractfile(member).read()
+            meta = json.load(tar.extractfile(member.replace(".png", ".json")))
+        assert hashlib.sha256(png).hexdigest() == row["sha256"]
+        assert (meta["sample_id"], meta["class_id"], meta["seed"]) == (row["sample_id"], 207, row["seed"])
+    with tarfile.open(out / "shards" / "00001.tar") as tar:
+        assert tar.getnames() == ["00000003.png", "00000003.json", "00000004.png", "00000004.json"]
+
+    png_out = tmp_path / "png"
+    assert generate(*args, "--out", png_out) == 0  # same pixels either way
+    assert table["sha256"].to_pylist() == metadata(png_out)["sha256"].to_pylist()
+
+
+def manifest_file(tmp_path: Path, rows: dict) -> Path:
+    path = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table(rows), path)
+    return path
+
+
+BAD_INPUTS = {
+    "class id 1000": (["--classes", "1000", "--per-class", "1"], r"class ids must lie in 0..999, got [1000]"),
+    "class id -1": (["--classes", "-1", "--per-class", "1"], r"class ids must lie in 0..999, got [-1]"),
+    "unknown class name": (["--classes", "umbrela", "--per-class", "1"], "unknown class name 'umbrela'"),
+    "manifest without seed": ({"class_id": [1, 2]}, "missing column 'seed'"),
+    "duplicate sample_id": ({"class_id": [1, 2], "seed": [1, 2], "sample_id": [5, 5]}, "duplicate sample_id [5]"),
+    "manifest seed < 0": ({"class_id": [1], "seed": [-1]}, "seed must be [0, 2**63), got -1"),
+    "manifest seed >= 2**63": (
+        {"class_id": [1], "seed": pa.array([2**63], pa.uint64())},
+        "seed must be [0, 2**63), got 9223372036854775808",
+    ),
+    "global seed < 0": (["--classes", "1", "--per-class", "1", "--seed", "-1"], "--seed: Input should be greater"),
+    "steps 0": (["--classes", "1", "--per-class", "1", "--steps", "0"], "--steps: Input should be greater than or"),
+    "negative cfg": (["--classes", "1", "--per-class", "1", "--cfg-scale", "-0.5"], "--cfg-scale: Input should be"),
+    "shard size 0": (["--classes", "1", "--per-class", "1", "--shard-size", "0"], "--shard-size: Input should be"),
+    "batch size 0": (["--classes", "1", "--per-class", "1", "--batch-size", "0"], "--batch-size: Input should be"),
+    "no samples": (["--classes", "1"], "say which samples to make"),
+    "preset and steps": (["--preset", "fid50k", "--steps", "10"], "--preset fid50k fixes --steps"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_before_anything_is_written(
+    case: str, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    given, message = BAD_INPUTS[case]
+    args = given if isinstance(given, list) else ["--manifest", manifest_file(tmp_path, given)]
+    out = tmp_path / "out"
+    assert generate("--local", "--model", tiny_ckpt, "--out", out, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unwritable_folder_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = unwritable_folder(tmp_path)
+    assert generate("--local", "--model", tiny_ckpt, "--classes", "1", "--per-class", "1", "--out", out) == 2
+    assert "folder is not writable" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "wrong credentials"])
+def test_bad_s3_output_is_refused(
+    case: str, tiny_ckpt: Path, s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    env = s3_server.env()
+    if case == "wrong credentials":
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    bucket = "no-such-bucket" if case == "missing bucket" else s3_bucket
+    # The Ray path: refused before the driver even connects to a cluster.
+    args = ["--num-workers", "1", "--num-gpus-per-worker", "0", "--classes", "1", "--per-class", "1"]
+    assert generate("--model", tiny_ckpt, "--out", f"s3://{bucket}/run", *args) == 2
+    err = capsys.readouterr().err
+    assert ("bucket 'no-such-bucket' does not exist" if case == "missing bucket" else "access denied") in err
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket=s3_bucket)
+
+
+def test_images_depend_on_class_and_seed_only(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """Sharding invariance in one process: other shard and batch sizes, same PNG bytes."""
+    rows = {"sample_id": [10, 11, 12, 13, 14], "class_id": [5, 6, 5, 7, 8], "seed": [3, 1, 4, 1, 5]}
+    manifest = manifest_file(tmp_path, rows)
+    digests = []
+    for shard_size, batch_size in [(5, 5), (2, 1), (3, 2)]:
+        out = tmp_path / f"out-{shard_size}-{batch_size}"
+        args = ["--shard-size", shard_size, "--batch-size", batch_size, "--out", out]
+        assert generate("--local", "--model", tiny_ckpt, "--manifest", manifest, *FAST, *args) == 0
+        table = metadata(out)
+        assert table["sample_id"].to_pylist() == rows["sample_id"]
+        digests.append([hashlib.sha256((out / k).read_bytes()).hexdigest() for k in table["image_key"].to_pylist()])
+    assert digests[0] == digests[1] == digests[2]
+    assert len(set(digests[0])) == 5 and np.unique(rows["class_id"]).size == 4
+
+
+def test_a_shard_failing_every_try_fails_the_job_and_keeps_committed_shards(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    blocker = out / "images" / "00001" / "00000003.png"
+    blocker.mkdir(parents=True)  # a folder where one of shard 1's images must go: every put fails
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2", "--per-class", "3", *FAST, "--shard-size", "2"]
+    assert generate(*args, "--out", out) == 1
+    err = capsys.readouterr().err
+    assert "shard 00001 failed 3 time(s)" in err and "IsADirectoryError" in err, err
+    parts = sorted(p.name for p in (out / "metadata").iterdir())
+    assert "part-00000.parquet" in parts and "part-00001.parquet" not in parts
+    assert not (out / "_SUCCESS").exists()
+
+    kept = {k: v for k, v in snapshot(out).items() if k.startswith(("metadata/", "images/00000/"))}
+    blocker.rmdir()
+    assert generate(*args, "--out", out) == 0
+    assert {k: snapshot(out)[k] for k in kept} == kept
+    assert metadata(out)["sample_id"].to_pylist() == list(range(6))

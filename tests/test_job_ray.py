@@ -1,0 +1,210 @@
+"""The distributed job for real: a Ray head on 127.0.0.1, jobs sent with `ray job submit`, output in
+SeaweedFS with enforced credentials. Workers are killed by PID and drivers stopped mid-run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from pyarrow.fs import S3FileSystem
+
+from jobs.generate import main
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
+CPU_WORKERS = ["--num-gpus-per-worker", "0", "--device", "cpu", "--dtype", "float32"]
+# Long enough per shard (4 samples x 400 DDPM steps, about a second on one CPU thread) that a job of
+# 16 shards is still running when the tests act on it after its first commit.
+SLOW_JOB = ["--classes", "1,2,3,4", "--per-class", "16", "--sampler", "ddpm", "--steps", "400", "--shard-size", "4"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def wait_for(fetch: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll until `fetch` returns something truthy, and return it."""
+    deadline = time.monotonic() + timeout
+    while not (value := fetch()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout} s waiting for {what}")
+        time.sleep(0.25)
+    return value
+
+
+def generate(ray_cluster, s3_server, *args: object, wait: bool = True, env: dict[str, str] | None = None):
+    """`ray job submit` of the job; S3 endpoint and credentials reach it through the runtime env."""
+    sid = f"dit-{uuid.uuid4().hex[:12]}"
+    entrypoint = ["python", "-m", "jobs.generate", *map(str, args)]
+    env_vars = s3_server.env() | (env or {})
+    return sid, ray_cluster.submit(entrypoint, working_dir=REPO, env_vars=env_vars, submission_id=sid, wait=wait)
+
+
+def finish(ray_cluster, sid: str, timeout: float = 240) -> str:
+    wait_for(lambda: ray_cluster.job_status(sid) in TERMINAL, timeout, f"job {sid} to end")
+    return ray_cluster.job_status(sid)
+
+
+def objects(s3_server, bucket: str, prefix: str) -> dict[str, tuple[str, float]]:
+    """key below prefix -> (ETag, LastModified) for every stored object."""
+    out = {}
+    for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        for o in page.get("Contents", []):
+            out[o["Key"][len(prefix) + 1 :]] = (o["ETag"], o["LastModified"].timestamp())
+    return out
+
+
+def committed(s3_server, bucket: str, prefix: str) -> list[str]:
+    return [k for k in objects(s3_server, bucket, prefix) if k.startswith("metadata/part-")]
+
+
+def check_complete(s3_server, bucket: str, prefix: str, num_samples: int) -> pa.Table:
+    """Every sample exactly once: one PNG and one metadata row each, the row's sha256 that of the PNG."""
+    fs = S3FileSystem(
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+        endpoint_override=s3_server.endpoint.removeprefix("http://"),
+        scheme="http",
+        region=s3_server.region,
+    )
+    table = ds.dataset(f"{bucket}/{prefix}/metadata", filesystem=fs, format="parquet").to_table().sort_by("sample_id")
+    ids = table["sample_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == num_samples
+    keys = set(objects(s3_server, bucket, prefix))
+    pngs = {k for k in keys if k.startswith("images/")}
+    assert pngs == set(table["image_key"].to_pylist())
+    assert {"job.json", "_SUCCESS"} <= keys
+    client = s3_server.client()
+    for key, sha in zip(table["image_key"].to_pylist(), table["sha256"].to_pylist(), strict=True):
+        data = client.get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == sha, key
+    return table
+
+
+def success(s3_server, bucket: str, prefix: str) -> dict:
+    return json.loads(s3_server.client().get_object(Bucket=bucket, Key=f"{prefix}/_SUCCESS")["Body"].read())
+
+
+def test_job_submit_end_to_end_and_sharding_invariance(
+    ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [
+        {"sample_id": 100 + i, "class_name": name, "seed": 1000 + 7 * i}
+        for i, name in enumerate(["umbrella", "golden retriever", "otter", "white shark"] * 3)
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    client = s3_server.client()
+    for path in tiny_ckpt.rglob("*"):  # the model too comes from S3, cached once on this (only) node
+        if path.is_file():
+            client.put_object(
+                Bucket=s3_bucket, Key=f"models/tiny/{path.relative_to(tiny_ckpt)}", Body=path.read_bytes()
+            )
+    cache = tmp_path / "cache"
+    fast = ["--manifest", manifest, "--sampler", "ddim", "--steps", "3"]
+    _, proc = generate(
+        ray_cluster, s3_server, *fast, "--model", f"s3://{s3_bucket}/models/tiny", *CPU_WORKERS, "--num-workers", 2,
+        "--shard-size", 4, "--batch-size", 2, "--out", f"s3://{s3_bucket}/ray", env={"DIT_WORKER_CACHE": str(cache)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "samples: 100%|" in proc.stdout  # the progress bar, as `ray job logs` shows it
+    table = check_complete(s3_server, s3_bucket, "ray", len(rows))
+    assert table["class_id"].to_pylist() == [879, 207, 360, 2] * 3
+    assert table["class_name"].to_pylist()[:4] == ["umbrella", "golden retriever", "otter", "great white shark"]
+    summary = success(s3_server, s3_bucket, "ray")
+    assert (summary["samples"], summary["shards"], summary["num_workers"], summary["retries"]) == (12, 3, 2, 0)
+    assert [p.name for p in cache.rglob(".complete")] == [".complete"]  # one copy for the driver and both workers
+
+    # The same manifest in one local process, other shard and batch sizes: the same PNG bytes.
+    local = tmp_path / "local"
+    args = [*fast, "--model", tiny_ckpt, "--local", "--shard-size", 5, "--batch-size", 3, "--out", local]
+    assert main([str(a) for a in args]) == 0
+    local_table = ds.dataset(local / "metadata").to_table().sort_by("sample_id")
+    assert local_table["sample_id"].to_pylist() == table["sample_id"].to_pylist()
+    assert local_table["sha256"].to_pylist() == table["sha256"].to_pylist()
+    assert local_table["image_key"].to_pylist() != table["image_key"].to_pylist()  # other shards, same pixels
+
+
+def test_killed_worker_has_its_shards_rerun(ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path) -> None:
+    out = f"s3://{s3_bucket}/kill"
+    sid, _ = generate(
+        ray_cluster, s3_server, "--model", tiny_ckpt, *SLOW_JOB, *CPU_WORKERS, "--num-workers", 2, "--out", out,
+        wait=False,
+    )  # fmt: skip
+    wait_for(lambda: len(committed(s3_server, s3_bucket, "kill")) >= 1, 180, "a first committed shard")
+    busy = wait_for(lambda: ray_cluster.running_task_pids("ShardWorker.run"), 60, "a worker running a shard")
+    assert len(committed(s3_server, s3_bucket, "kill")) < 14  # mid-run: shards still queued on every worker
+    os.kill(busy[0], signal.SIGKILL)
+    assert finish(ray_cluster, sid) == "SUCCEEDED", ray_cluster.job_logs(sid)[-3000:]
+    check_complete(s3_server, s3_bucket, "kill", 64)
+    summary = success(s3_server, s3_bucket, "kill")
+    assert summary["retries"] >= 1 and summary["shards_generated"] == 16
+    assert "died" in ray_cluster.job_logs(sid)
+
+
+def test_stopped_driver_resumes_with_the_same_command(ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path) -> None:
+    args = ["--model", tiny_ckpt, *SLOW_JOB, *CPU_WORKERS, "--num-workers", 2, "--out", f"s3://{s3_bucket}/stop"]
+    sid, _ = generate(ray_cluster, s3_server, *args, wait=False)
+    wait_for(lambda: len(committed(s3_server, s3_bucket, "stop")) >= 1, 180, "a first committed shard")
+    ray_cluster.stop_job(sid)
+    assert ray_cluster.job_status(sid) == "STOPPED"
+    wait_for(lambda: not ray_cluster.actor_pids("ShardWorker"), 60, "the stopped job's workers to exit")
+
+    before = objects(s3_server, s3_bucket, "stop")
+    parts = [k for k in before if k.startswith("metadata/part-")]
+    assert 1 <= len(parts) < 16 and "_SUCCESS" not in before
+    shards = {k.removeprefix("metadata/part-").removesuffix(".parquet") for k in parts}
+    kept = {
+        k: v
+        for k, v in before.items()
+        if k in parts or k == "job.json" or (k.startswith("images/") and k.split("/")[1] in shards)
+    }
+
+    _, proc = generate(ray_cluster, s3_server, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = objects(s3_server, s3_bucket, "stop")
+    assert {k: after[k] for k in kept} == kept  # committed objects untouched: same ETag and LastModified
+    check_complete(s3_server, s3_bucket, "stop", 64)
+    summary = success(s3_server, s3_bucket, "stop")
+    assert summary["shards_skipped"] >= len(parts)
+    assert summary["shards_generated"] == 16 - summary["shards_skipped"]
+
+
+def test_more_workers_than_the_cluster_can_place_is_refused(
+    ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path
+) -> None:
+    args = ["--model", tiny_ckpt, "--classes", "1", "--per-class", "2", "--num-workers", 3, *CPU_WORKERS]
+    sid, proc = generate(ray_cluster, s3_server, *args, "--out", f"s3://{s3_bucket}/big")
+    assert proc.returncode != 0 and ray_cluster.job_status(sid) == "FAILED"
+    logs = ray_cluster.job_logs(sid)
+    assert "--num-workers 3 cannot be placed" in logs and "room for 2" in logs, logs[-3000:]
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket=s3_bucket)
+
+
+def test_a_shard_failing_every_try_fails_the_job(ray_cluster, s3_server, tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"  # a local folder: the one machine is the whole cluster
+    (out / "images" / "00001" / "00000003.png").mkdir(parents=True)  # every put of this image fails
+    args = ["--model", tiny_ckpt, "--classes", "1,2", "--per-class", "3", "--sampler", "ddim", "--steps", "2"]
+    sid, proc = generate(
+        ray_cluster, s3_server, *args, *CPU_WORKERS, "--num-workers", 1, "--shard-size", 2, "--out", out
+    )
+    assert proc.returncode != 0 and ray_cluster.job_status(sid) == "FAILED"
+    logs = ray_cluster.job_logs(sid)
+    assert "error: shard 00001 failed 3 time(s), giving up; last error: IsADirectoryError" in logs, logs[-3000:]
+    assert (out / "metadata" / "part-00000.parquet").is_file()
+    assert not (out / "metadata" / "part-00001.parquet").exists() and not (out / "_SUCCESS").exists()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_workers(request: pytest.FixtureRequest) -> None:
+    """Each test starts with no worker of an earlier job still alive (they share one head)."""
+    if "ray_cluster" in request.fixturenames:
+        head = request.getfixturevalue("ray_cluster")
+        wait_for(lambda: not head.actor_pids("ShardWorker"), 60, "earlier jobs' workers to exit")
