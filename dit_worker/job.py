@@ -159,6 +159,7 @@ def _runner(config: JobConfig) -> Runner:
         dtype=config.worker_dtype,
         sampling=config.sampling,
         batch_size=config.batch_size,
+        compile=config.worker_compile,
         out=config.out,
         s3_endpoint=config.s3_endpoint,
         retry_mode=config.s3_retry_mode,

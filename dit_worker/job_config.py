@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dit_worker.manifest import MAX_GLOBAL_SEED
 from dit_worker.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
@@ -39,7 +39,7 @@ class JobConfig(BaseModel):
     preset: Literal["fid50k"] | None = None
     sampling: SamplingSettings = SamplingSettings()
 
-    batch_size: int = Field(32, ge=1)
+    batch_size: int | Literal["auto"] = 32  # auto: the largest that fits, measured by each worker
     shard_size: int = Field(1000, ge=1)
     num_workers: int | None = Field(None, ge=1)  # None: one per GPU in the cluster
     num_gpus_per_worker: float = Field(1.0, ge=0)
@@ -49,6 +49,14 @@ class JobConfig(BaseModel):
     format: OutputFormat = "png"
     max_tries: int = Field(3, ge=1)
     placement_timeout: float = Field(0.0, ge=0)  # seconds to wait for an autoscaler to add room
+    compile: bool | None = None  # torch.compile + CUDA graphs; None: on for CUDA workers
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> int | str:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("must be a positive integer or 'auto'")
 
     @model_validator(mode="before")
     @classmethod
@@ -88,6 +96,10 @@ class JobConfig(BaseModel):
         if self.local:
             return str(resolve_device(self.device))
         return self.device or ("cuda" if self.num_gpus_per_worker > 0 else "cpu")
+
+    @property
+    def worker_compile(self) -> bool:
+        return self.worker_device.startswith("cuda") if self.compile is None else self.compile
 
     @property
     def worker_dtype(self) -> DTypeName:

@@ -21,15 +21,10 @@ class ConfigMismatch(ValueError):
 def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[str, Any]:
     """What makes the bytes under OUT: not the worker count, batch size or retries, which may change
     between a run and its resume without changing a single image."""
-    s = config.sampling
     return {
         "model": config.model,
         "vae": config.vae,
-        "sampler": s.sampler,
-        "steps": s.steps,
-        "cfg_scale": s.cfg_scale,
-        "cfg_channels": s.cfg_channels,
-        "eta": s.eta,
+        **config.sampling.model_dump(mode="json"),  # every sampling setting changes the images
         "dtype": config.worker_dtype,
         "image_size": info.image_size,
         "num_samples": len(samples),

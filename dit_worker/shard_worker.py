@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -47,11 +47,12 @@ class WorkerSpec:
     device: str
     dtype: str
     sampling: SamplingSettings
-    batch_size: int
+    batch_size: int | Literal["auto"]
     out: str
     s3_endpoint: str | None
     retry_mode: RetryMode
     format: OutputFormat
+    compile: bool = False
     io_threads: int = 4
     # Factories of extra batch consumers, one instance per shard (none yet).
     extra_sinks: tuple[Callable[[ShardTask], BatchSink], ...] = ()
@@ -77,14 +78,21 @@ class ShardWorker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.pipe = load_pipeline(spec.model, spec.vae, device=spec.device, dtype=spec.dtype)
+        if spec.compile:
+            self.pipe.compile()
         self.plan = self.pipe.plan(spec.sampling)
+        auto = spec.batch_size == "auto"
+        self.batch_size = self.pipe.max_batch_size(spec.sampling) if auto else int(spec.batch_size)
         self.storage = open_storage(spec.out, s3_endpoint=spec.s3_endpoint, retry_mode=spec.retry_mode)
-        self.pool = IOPool(spec.io_threads, max_queued=SHARDS_IN_FLIGHT * spec.batch_size)
+        self.pool = IOPool(spec.io_threads, max_queued=SHARDS_IN_FLIGHT * self.batch_size)
         self._sampling = threading.Lock()
 
     def describe(self) -> str:
         """Answers once the pipeline is loaded: the driver feeds only workers that answered."""
-        return f"pid {os.getpid()} on {socket.gethostname()} ({self.pipe.device}, {self.pipe.dtype})"
+        return (
+            f"pid {os.getpid()} on {socket.gethostname()} ({self.pipe.device}, {self.pipe.dtype}, "
+            f"batch {self.batch_size}{', compiled' if self.spec.compile else ''})"
+        )
 
     def run(self, task: ShardTask) -> ShardResult:
         start = time.perf_counter()
@@ -100,8 +108,8 @@ class ShardWorker:
         )
         extras = [make(task) for make in spec.extra_sinks]
         with self._sampling:
-            for lo in range(0, len(task.samples), spec.batch_size):
-                rows = task.samples[lo : lo + spec.batch_size]
+            for lo in range(0, len(task.samples), self.batch_size):
+                rows = task.samples[lo : lo + self.batch_size]
                 images = self.pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), spec.sampling, self.plan)
                 writer.add(rows, images)
                 for sink in extras:

@@ -19,7 +19,7 @@ from dit_worker.job_config import JobConfig, describe_config_error
 from dit_worker.sharding import JobFailed
 from dit_worker.storage import StorageError
 
-SAMPLING_FLAGS = ("sampler", "steps", "cfg_scale", "cfg_channels", "eta")
+SAMPLING_FLAGS = ("sampler", "steps", "cfg_scale", "cfg_channels", "eta", "guidance_interval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale; <= 1 is off (default 1.5)")
     sampling.add_argument("--cfg-channels", type=int, help="3 (DiT, default) or 4 (diffusers) guided latent channels")
     sampling.add_argument("--eta", type=float, help="DDIM eta (default 0)")
+    sampling.add_argument(
+        "--guidance-interval",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="guide only at model timesteps LO..HI; CHANGES the sampling protocol (off: paper/diffusers)",
+    )
     run = p.add_argument_group("execution")
-    run.add_argument("--batch-size", type=int, help="samples per forward batch (default 32)")
+    run.add_argument("--batch-size", type=batch_size, help="samples per forward batch, or auto (default 32)")
     run.add_argument("--shard-size", type=int, help="samples per shard, the unit of commit and retry (default 1000)")
     run.add_argument("--num-workers", type=int, help="Ray actors (default: one per GPU in the cluster)")
     run.add_argument("--num-gpus-per-worker", type=float, help="GPUs per actor (default 1; 0 for CPU-only clusters)")
@@ -54,9 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true", default=None, help="run in this process, without Ray")
     run.add_argument("--max-tries", type=int, help="tries per shard before the job fails (default 3)")
     run.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the model, with CUDA graphs on GPU (default: on for CUDA workers)",
+    )
+    run.add_argument(
         "--placement-timeout", type=float, help="seconds to wait for an autoscaler to fit --num-workers (default 0)"
     )
     return p
+
+
+def batch_size(text: str) -> int | str:
+    """An int, or "auto"; anything else is left for the configuration to refuse with a clear message."""
+    return text if text == "auto" else int(text) if text.lstrip("-").isdigit() else text
 
 
 def config_fields(args: argparse.Namespace) -> dict[str, Any]:

@@ -67,3 +67,25 @@ def test_benchmark_reports_both_implementations(tiny_ckpt: Path, capsys: pytest.
         assert line["dtype"] == "float32" and line["mfu"] is None  # no peak known for a CPU
     ours, theirs, ratio = lines[:3]
     assert ratio["ratio"] == pytest.approx(ours["images_per_s"] / theirs["images_per_s"])
+
+
+def test_job_with_auto_batch_and_compile(tmp_path: Path, tiny_ckpt: Path) -> None:
+    """The job's fast-path flags: each worker measures its batch size and compiles its model."""
+    from PIL import Image
+
+    from jobs.generate import main
+
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2,3", "--per-class", "3", "--sampler", "ddim",
+            "--steps", "3", "--device", "cpu", "--dtype", "float32", "--shard-size", "4"]  # fmt: skip
+    assert main([str(a) for a in [*args, "--batch-size", "2", "--out", tmp_path / "eager"]]) == 0
+    fast = tmp_path / "fast"
+    assert main([str(a) for a in [*args, "--batch-size", "auto", "--compile", "--out", fast]]) == 0
+    record = json.loads((fast / "job.json").read_text())
+    assert record["config"]["batch_size"] == "auto" and record["config"]["compile"] is True
+    eager_pngs = sorted((tmp_path / "eager" / "images").rglob("*.png"))
+    fast_pngs = sorted(fast.joinpath("images").rglob("*.png"))
+    assert [p.relative_to(tmp_path / "eager") for p in eager_pngs] == [p.relative_to(fast) for p in fast_pngs]
+    assert len(fast_pngs) == 9
+    for a, b in zip(eager_pngs, fast_pngs, strict=True):
+        diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+        assert diff.max() <= 1  # float32, only fusion-order rounding differs

@@ -176,7 +176,10 @@ BAD_INPUTS = {
     "steps 0": (["--classes", "1", "--per-class", "1", "--steps", "0"], "--steps: Input should be greater than or"),
     "negative cfg": (["--classes", "1", "--per-class", "1", "--cfg-scale", "-0.5"], "--cfg-scale: Input should be"),
     "shard size 0": (["--classes", "1", "--per-class", "1", "--shard-size", "0"], "--shard-size: Input should be"),
-    "batch size 0": (["--classes", "1", "--per-class", "1", "--batch-size", "0"], "--batch-size: Input should be"),
+    "batch size 0": (
+        ["--classes", "1", "--per-class", "1", "--batch-size", "0"],
+        "--batch-size: must be a positive integer or 'auto'",
+    ),
     "no samples": (["--classes", "1"], "say which samples to make"),
     "preset and steps": (["--preset", "fid50k", "--steps", "10"], "--preset fid50k fixes --steps"),
 }
