@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from dit_worker.manifest import Samples
+from dit_worker.pipeline import DiTPipeline
 from dit_worker.shard_worker import SHARDS_IN_FLIGHT, RunStats, ShardResult, ShardWorker, WorkerSpec
 from dit_worker.sharding import ShardQueue, shard_task
 
@@ -15,12 +16,13 @@ log = logging.getLogger(__name__)
 
 
 class LocalRunner:
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, pipe: DiTPipeline | None = None) -> None:
         self.spec = spec
+        self.pipe = pipe
         self.worker: ShardWorker | None = None
 
     def start(self) -> None:
-        self.worker = ShardWorker(self.spec)
+        self.worker = ShardWorker(self.spec, self.pipe)
         log.info("local worker ready: %s", self.worker.describe())
 
     def run(

@@ -19,7 +19,7 @@ import torch
 
 from dit_worker.job_config import OutputFormat
 from dit_worker.manifest import Samples
-from dit_worker.pipeline import load_pipeline
+from dit_worker.pipeline import DiTPipeline, load_pipeline
 from dit_worker.settings import SamplingSettings
 from dit_worker.shard_writer import IOPool, ShardWriter
 from dit_worker.sharding import ShardTask
@@ -75,9 +75,10 @@ class RunStats:
 
 
 class ShardWorker:
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, pipe: DiTPipeline | None = None) -> None:
+        """`pipe`: an already loaded pipeline for `spec` (the benchmark reuses its own)."""
         self.spec = spec
-        self.pipe = load_pipeline(spec.model, spec.vae, device=spec.device, dtype=spec.dtype)
+        self.pipe = pipe or load_pipeline(spec.model, spec.vae, device=spec.device, dtype=spec.dtype)
         if spec.compile:
             self.pipe.compile()
         self.plan = self.pipe.plan(spec.sampling)

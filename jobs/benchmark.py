@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--compare", choices=("diffusers",))
     p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: datasheet value by GPU name)")
+    p.add_argument(
+        "--e2e-out",
+        help="also run the job's shard loop (PNG encoding + uploads on its IO pool) into this local folder or "
+        "s3:// prefix, and report its images/s next to pure sampling",
+    )
+    p.add_argument("--e2e-shards", type=int, default=4, help="shards of 2 batches each for --e2e-out")
     return p.parse_args(argv)
 
 
@@ -140,6 +146,45 @@ def measure_reference(ref: Any, settings: SamplingSettings, batch: int, timer: T
     latents = latents.to(ref.device, ref.transformer.dtype)
     t_decode, _ = timer(lambda: ref.vae.decode(latents / ref.vae.config.scaling_factor).sample.cpu())
     return {"sample_s": total - t_decode, "decode_s": t_decode, "total_s": total, "peak_bytes": timer.peak}
+
+
+def measure_end_to_end(
+    pipe: DiTPipeline, settings: SamplingSettings, batch: int, out: str, shards: int, timer: Timer
+) -> dict[str, Any]:
+    """The job's own shard loop (two shards in flight, IO pool, metadata last) on this pipeline,
+    against the same samples generated without writing anything."""
+    from dit_worker.local_runner import LocalRunner
+    from dit_worker.manifest import from_classes
+    from dit_worker.shard_worker import WorkerSpec
+    from dit_worker.sharding import ShardQueue
+
+    shard_size = 2 * batch
+    samples = from_classes(list(range(shards)), shard_size, global_seed=1)
+    plan = pipe.plan(settings)
+
+    def pure() -> None:
+        for lo in range(0, len(samples), batch):
+            rows = samples[lo : lo + batch]
+            pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), settings, plan).cpu()
+
+    fmt = "png"
+    spec = WorkerSpec(model="", vae=None, device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."),
+                      sampling=settings, batch_size=batch, out=out, s3_endpoint=None, retry_mode="standard",
+                      format=fmt)  # fmt: skip
+    runner = LocalRunner(spec, pipe)
+    runner.start()
+    t_pure, _ = timer(pure)
+    t_job, _ = timer(lambda: runner.run(samples, shard_size, ShardQueue(range(shards), 1), lambda _: None))
+    return {
+        "impl": "dit_worker-job",
+        "batch_size": batch,
+        "samples": len(samples),
+        "output": out,
+        "format": fmt,
+        "sampling_only_images_per_s": len(samples) / t_pure,
+        "job_images_per_s": len(samples) / t_job,
+        "job_over_sampling": t_pure / t_job,
+    }
 
 
 def summarise(
@@ -225,6 +270,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
             for entry in lines[-3 if ref is not None else -1 :]:
                 print(json.dumps(entry), flush=True)
+            if args.e2e_out:
+                lines.append(measure_end_to_end(pipe, settings, batch, args.e2e_out, args.e2e_shards, timer))
+                print(json.dumps(lines[-1]), flush=True)
         return lines
 
 

@@ -51,17 +51,23 @@ def test_guidance_interval(tiny_ckpt: Path) -> None:
         SamplingSettings(guidance_interval=(600, 100))
 
 
-def test_benchmark_reports_both_implementations(tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_benchmark_reports_both_implementations(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from jobs.benchmark import main
 
     argv = ["--model", str(tiny_ckpt), "--device", "cpu", "--dtype", "float32", "--steps", "3",
-            "--batch-sizes", "2,3", "--repeats", "1", "--warmup", "0", "--compare", "diffusers"]  # fmt: skip
+            "--batch-sizes", "2,3", "--repeats", "1", "--warmup", "0", "--compare", "diffusers",
+            "--e2e-out", str(tmp_path / "e2e"), "--e2e-shards", "2"]  # fmt: skip
     assert main(argv) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(x.get("impl") or x["compare"], x["batch_size"]) for x in lines] == [
-        ("dit_worker", 2), ("diffusers", 2), ("dit_worker/diffusers", 2),
-        ("dit_worker", 3), ("diffusers", 3), ("dit_worker/diffusers", 3),
+        ("dit_worker", 2), ("diffusers", 2), ("dit_worker/diffusers", 2), ("dit_worker-job", 2),
+        ("dit_worker", 3), ("diffusers", 3), ("dit_worker/diffusers", 3), ("dit_worker-job", 3),
     ]  # fmt: skip
+    job = lines[3]
+    assert job["samples"] == 8 and job["job_images_per_s"] > 0 and job["sampling_only_images_per_s"] > 0
+    assert len(list((tmp_path / "e2e" / "metadata").glob("part-*.parquet"))) == 2  # the real shard loop ran
     for line in lines[:2]:
         assert line["images_per_s"] > 0 and line["s_per_step"] > 0 and line["tflops"] > 0
         assert line["dtype"] == "float32" and line["mfu"] is None  # no peak known for a CPU
