@@ -109,4 +109,5 @@ class NpzArrayReader:
         if len(data) != want:
             raise ValueError(f"{self.name}: truncated, expected {want} bytes, got {len(data)}")
         self.rows_read += rows
-        return np.frombuffer(data, dtype=self.dtype).reshape(rows, *self.shape[1:])
+        # bytearray: a writable buffer (torch.from_numpy refuses read-only ones), without a second copy.
+        return np.frombuffer(bytearray(data), dtype=self.dtype).reshape(rows, *self.shape[1:])
