@@ -3,13 +3,14 @@
 FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})   (Heusel et al. 2017).
 
 The reference implementations (TTUR, pytorch-fid, ADM's evaluator) take `scipy.linalg.sqrtm(S1 @ S2)`
-and fall back to adding 1e-6 to the diagonals when the result is not finite. We use the identity
-tr((S1 S2)^{1/2}) = tr((R S2 R)^{1/2}) with R = S1^{1/2}: R S2 R is symmetric positive semi-definite,
-so its square-root trace is the sum of the square roots of its (real, non-negative) eigenvalues,
-from symmetric eigensolvers only.
-Eigenvalues below the rounding noise of the decomposition are set to zero; that makes the result
-exact for rank-deficient covariances (fewer samples than feature dimensions, e.g. per-class FID),
-where sqrtm returns sqrt(noise) terms. The test checks agreement with float64 sqrtm to 1e-6.
+and fall back to adding 1e-6 to the diagonals when the result is not finite. We factor S1 = F F^T
+with LAPACK's rank-revealing pivoted Cholesky (dpstrf, F is D x r): S1 S2 = F F^T S2 has the
+non-zero eigenvalues of the symmetric positive semi-definite r x r matrix F^T S2 F, so the trace is
+the sum of the square roots of that matrix's eigenvalues, from a symmetric eigensolver. Directions
+of S1 below rounding noise are dropped by the factorization (and noise eigenvalues are set to zero),
+which is what makes the result exact for rank-deficient covariances (fewer samples than feature
+dimensions, e.g. per-class FID), where sqrtm returns sqrt(noise) terms. It is also several times
+faster than sqrtm. The tests check agreement with float64 sqrtm to 1e-6 relative.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.lapack import dpstrf
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,19 @@ def _psd_eigenvalues(eigenvalues: np.ndarray) -> np.ndarray:
     return np.where(eigenvalues > noise, eigenvalues, 0.0)
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr((sigma1 @ sigma2)^{1/2}) for symmetric PSD matrices.
+def psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """F [D, r] with sigma = F F^T, r the numerical rank (pivoted Cholesky, LAPACK's default tolerance)."""
+    lower, piv, rank, info = dpstrf((sigma + sigma.T) / 2, lower=1)
+    if info < 0:
+        raise ValueError(f"dpstrf: argument {-info} is invalid")
+    factor = np.empty((sigma.shape[0], rank), np.float64)
+    factor[piv - 1] = np.tril(lower)[:, :rank]  # sigma = P L L^T P^T
+    return factor
 
-    With sigma1 = V diag(w) V^T and F = V_r diag(w_r)^{1/2} over its r non-zero eigenvalues,
-    sigma1 sigma2 = F F^T sigma2 has the non-zero eigenvalues of the symmetric PSD r x r matrix
-    F^T sigma2 F. For a full-rank sigma1 that is R sigma2 R with R = sigma1^{1/2} rotated; for a
-    rank-deficient one (fewer samples than dimensions) it is smaller and cheaper.
-    """
-    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
-    w = _psd_eigenvalues(w)
-    keep = w > 0
-    factor = v[:, keep] * np.sqrt(w[keep])
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr((sigma1 @ sigma2)^{1/2}) for symmetric PSD matrices."""
+    factor = psd_factor(sigma1)
     middle = factor.T @ sigma2 @ factor
     middle = (middle + middle.T) / 2
     return float(np.sum(np.sqrt(_psd_eigenvalues(np.linalg.eigvalsh(middle)))))
