@@ -36,8 +36,12 @@ def write_output_set(
     fmt: str = "png",
     complete: bool = True,
     shards: Sequence[int] | None = None,
+    member_in_key: bool = True,
 ) -> None:
-    """Samples i go to shard i // shard_size; `shards` limits which shards get committed."""
+    """Samples i go to shard i // shard_size; `shards` limits which shards get committed.
+
+    fmt "webdataset": image_key is "<tar key>#<member>" as jobs.generate writes, or the tar key
+    alone with `member_in_key=False` (the member is then found by the sample id in its name)."""
     n = images.shape[0]
     ids = list(range(n)) if sample_ids is None else list(sample_ids)
     store.put("job.json", json.dumps({"format": fmt, "shard_size": shard_size, "num_samples": n}).encode())
@@ -52,8 +56,8 @@ def write_output_set(
                 if fmt == "png":
                     key = f"images/{shard:05d}/{ids[i]:08d}.png"
                     store.put(key, data)
-                else:
-                    key = f"shards/{shard:05d}.tar"
+                else:  # image_key "<tar key>#<member name>", as jobs.generate writes it
+                    key = f"shards/{shard:05d}.tar" + (f"#{ids[i]:08d}.png" if member_in_key else "")
                     for name, payload in ((f"{ids[i]:08d}.png", data), (f"{ids[i]:08d}.json", b"{}")):
                         info = tarfile.TarInfo(name)
                         info.size = len(payload)

@@ -34,10 +34,18 @@ def check_npz(path: Path, images: np.ndarray, ids: list[int], classes: list[int]
         np.testing.assert_array_equal(npz["arr_1"], np.asarray(classes)[order])
 
 
-@pytest.mark.parametrize("fmt", ["png", "webdataset"])
+@pytest.mark.parametrize("fmt", ["png", "webdataset", "webdataset, image_key = tar key only"])
 def test_export_npz_rows_are_the_images_in_sample_id_order(tmp_path: Path, fmt: str) -> None:
     images, ids, classes = scrambled_set()
-    write_output_set(open_storage(str(tmp_path / "out")), images, classes, shard_size=7, sample_ids=ids, fmt=fmt)
+    write_output_set(
+        open_storage(str(tmp_path / "out")),
+        images,
+        classes,
+        shard_size=7,
+        sample_ids=ids,
+        fmt=fmt.split(",")[0],
+        member_in_key="only" not in fmt,
+    )
     assert export_main(["--out", str(tmp_path / "out"), "--npz", str(tmp_path / "samples.npz")]) == 0
     check_npz(tmp_path / "samples.npz", images, ids, classes)
     # The ADM evaluator streams arr_0 with numpy.lib.format's header readers: ours must parse there too.

@@ -82,7 +82,8 @@ def _check_inputs(settings: FidSettings) -> tuple[OutputSet, Reference]:
         raise MetricsInputError(
             f"image size mismatch: the set {output.url} has {width}x{height} images, the reference {ref.url} has "
             f"{rw}x{rh}. FIDs against a reference of another resolution are not comparable; use the reference "
-            f"batch made at the set's resolution (e.g. VIRTUAL_imagenet{width}.npz)"
+            "batch made at the set's resolution (ADM: VIRTUAL_imagenet256_labeled.npz at 256, "
+            "VIRTUAL_imagenet512.npz at 512)"
         )
     if 0 < ref.num_images <= NEIGHBOURHOOD:
         raise MetricsInputError(
