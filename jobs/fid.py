@@ -33,7 +33,9 @@ def parse_settings(argv: list[str] | None) -> FidSettings:
         "default: downloaded by torch-fidelity's URL",
     )
     p.add_argument("--allow-partial", action="store_true", help="evaluate the committed shards of an unfinished set")
-    p.add_argument("--per-class", action="store_true", help=f"also write OUT/{'metrics_per_class.json'}")
+    p.add_argument(
+        "--per-class", action="store_true", help="also write OUT/metrics_per_class.json (FID per class, worst first)"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="compute features in this process (no Ray)")
     where.add_argument("--ray", action="store_true", help="compute features on Ray actors (RAY_ADDRESS or auto)")

@@ -57,7 +57,9 @@ def ray_head(env: dict[str, str] | None = None, num_cpus: int = 2) -> Iterator[s
             time.sleep(0.5)
         yield address
     finally:
-        stop(proc, timeout=10)  # a graceful stop can take a minute; the group holds only our head
+        # `ray start --block` rarely finishes a graceful stop within seconds; its group holds only our head
+        # (gcs, raylet, agents), and workers, which run in sessions of their own, exit when the raylet dies.
+        stop(proc, timeout=3)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -48,7 +48,7 @@ def adm_batch(path: Path, keys: tuple[str, ...] = ("mu", "sigma", "mu_s", "sigma
     return path
 
 
-def run_fid(capsys: pytest.CaptureFixture, out: Path, ref: Path, *extra: str) -> str:
+def run_fid(capsys: pytest.CaptureFixture, out: Path, ref: Path | str, *extra: str) -> str:
     rc = fid_main(["--out", str(out), "--ref", str(ref), "--inception-weights", MISSING_WEIGHTS, "--local", *extra])
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -133,3 +133,20 @@ def test_reference_folder_on_s3_reads_like_a_local_one(tmp_path: Path, s3_server
     a, b = open_reference(str(local)), open_reference(f"s3://{s3_bucket}/real")
     assert (a.kind, a.image_size, a.num_images, a.has_labels) == (b.kind, b.image_size, b.num_images, b.has_labels)
     assert a.keys == b.keys and a.class_ids == b.class_ids == (0, 0, 0, 1, 1, 1)  # type: ignore[attr-defined]
+
+
+def test_s3_reference_batch_and_weights_are_checked(
+    tmp_path: Path, small_set: Path, s3_server, s3_bucket: str, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DIT_WORKER_CACHE", str(tmp_path / "cache"))
+    bucket = open_storage(f"s3://{s3_bucket}/refs")
+    bucket.put("stats-only.npz", adm_batch(tmp_path / "a.npz", keys=("arr_0", "sigma")).read_bytes())
+    err = run_fid(capsys, small_set, f"s3://{s3_bucket}/refs/stats-only.npz")
+    assert "reference batch lacks mu, mu_s, sigma_s (it has arr_0, sigma)" in err
+    assert list((tmp_path / "cache" / "references").glob("*/stats-only.npz"))  # copied once to the node cache
+    ref = image_folder(tmp_path / "real", 6, side=16)
+    missing = f"s3://{s3_bucket}/weights/inception.pth"
+    assert fid_main(["--out", str(small_set), "--ref", str(ref), "--inception-weights", missing, "--local"]) == 2
+    assert f"--inception-weights {missing}: no such object" in capsys.readouterr().err

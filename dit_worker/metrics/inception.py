@@ -24,7 +24,7 @@ import torch
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import torch_load_weights
 from dit_worker.metrics.errors import MetricsInputError
-from dit_worker.storage import S3Storage, cache_root, open_storage
+from dit_worker.metrics.node_cache import local_file
 
 POOL_DIM = 2048
 LOGITS_DIM = 1008
@@ -82,20 +82,8 @@ def resolve_inception_weights(spec: str | None, *, s3_endpoint: str | None = Non
     """
     if spec is None:
         path = _download_default()
-    elif spec.startswith("s3://"):
-        parent, _, name = spec.rstrip("/").rpartition("/")
-        store = open_storage(parent, s3_endpoint=s3_endpoint)
-        assert isinstance(store, S3Storage)
-        info = store.stat(name)
-        if info is None:
-            raise MetricsInputError(f"--inception-weights {spec}: no such object")
-        path = cache_root() / "inception" / info.etag / name
-        if not path.is_file():
-            store.download(name, path)
     else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise MetricsInputError(f"--inception-weights {spec}: no such file")
+        path, _ = local_file(spec, flag="--inception-weights", cache="inception", s3_endpoint=s3_endpoint)
     try:
         state = torch_load_weights(path)
     except CheckpointError as err:

@@ -24,11 +24,12 @@ import numpy as np
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.frechet import Gaussian
 from dit_worker.metrics.inception import POOL_DIM, SPATIAL_DIM
+from dit_worker.metrics.node_cache import local_file
 from dit_worker.metrics.shard_statistics import ShardStatistics
 from dit_worker.metrics.tasks import FeatureTask, ImageArrayTask, ImageKeysTask, SetShardTask
 from dit_worker.npz_stream import open_npz_array
 from dit_worker.output_reader import IMAGE_SUFFIXES, OutputSet, decode_image
-from dit_worker.storage import S3Storage, Storage, StorageError, cache_root, open_storage
+from dit_worker.storage import Storage, StorageError, open_storage
 
 NPZ_STATS = {
     "mu": (POOL_DIM,),
@@ -190,8 +191,11 @@ def open_reference(url: str, *, s3_endpoint: str | None = None) -> Reference:
     """Open and check a reference before any feature is computed."""
     try:
         if url.lower().endswith(".npz"):
-            path, etag = _local_npz(url, s3_endpoint)
-            return AdmReference(url, path, etag)
+            # The ADM batches are ~1.5 GB: copied once per node from S3, read from local disk.
+            path, version = local_file(
+                url, flag="--ref", cache="references", s3_endpoint=s3_endpoint, hint=f"accepted: {ACCEPTED}"
+            )
+            return AdmReference(url, path, version)
         if not url.startswith("s3://") and not Path(url).expanduser().is_dir():
             raise MetricsInputError(f"--ref {url}: no such file or folder; accepted: {ACCEPTED}")
         storage = open_storage(url, s3_endpoint=s3_endpoint)
@@ -200,23 +204,3 @@ def open_reference(url: str, *, s3_endpoint: str | None = None) -> Reference:
         return ImageFolderReference(url, storage, s3_endpoint)
     except StorageError as err:
         raise MetricsInputError(f"--ref: {err}") from None
-
-
-def _local_npz(url: str, s3_endpoint: str | None) -> tuple[Path, str]:
-    """A local path to the .npz, copied once per node from S3 (the ADM batches are ~1.5 GB)."""
-    if not url.startswith("s3://"):
-        path = Path(url).expanduser()
-        if not path.is_file():
-            raise MetricsInputError(f"--ref {url}: no such file; accepted: {ACCEPTED}")
-        st = path.stat()
-        return path, f"{st.st_size}-{st.st_mtime_ns}"
-    parent, _, name = url.rpartition("/")
-    store = open_storage(parent, s3_endpoint=s3_endpoint)
-    assert isinstance(store, S3Storage)
-    info = store.stat(name)
-    if info is None:
-        raise MetricsInputError(f"--ref {url}: no such object; accepted: {ACCEPTED}")
-    path = cache_root() / "references" / info.etag / name
-    if not path.is_file():
-        store.download(name, path)
-    return path, info.etag
