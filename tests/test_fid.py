@@ -217,7 +217,8 @@ def test_stored_shard_statistics_are_the_seam(
     acc = FeatureAccumulator(InceptionFeatures(resolved.path, "cpu"), resolved.id)
     for lo in range(SHARD, 2 * SHARD, 3):
         hi = min(lo + 3, 2 * SHARD)
-        acc.add(generated[lo:hi], range(lo, hi), CLASSES[lo:hi])
+        batch = generated[lo:hi] if lo % 2 else torch.from_numpy(generated[lo:hi])  # numpy, or a generator's tensor
+        acc.add(batch, range(lo, hi), CLASSES[lo:hi])
     mine = acc.finish()
     stored = ShardStatistics.from_bytes((out / "features" / "part-00001.npz").read_bytes())  # written by jobs.fid
     assert stored.weights_id == mine.weights_id

@@ -132,13 +132,16 @@ class InceptionFeatures:
         self._spatial = output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(output.shape[0], -1).float()
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> FeatureBatch:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
+    def __call__(self, images: np.ndarray | torch.Tensor) -> FeatureBatch:
+        """images: uint8 [N, H, W, 3], a numpy array or a tensor on any device (e.g. the generating GPU,
+        which saves the generation job a copy to the host and back)."""
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(images))
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {tuple(images.shape)}")
         pools, logits, spatials = [], [], []
         for lo in range(0, images.shape[0], self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[lo : lo + self.batch_size]))
-            batch = batch.to(self.device).permute(0, 3, 1, 2).contiguous()
+            batch = images[lo : lo + self.batch_size].to(self.device).permute(0, 3, 1, 2).contiguous()
             pool, logit = self.net(batch)
             assert self._spatial is not None
             pools.append(pool.cpu().numpy())

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from dit_worker.metrics.inception import LOGITS_DIM, POOL_DIM, SPATIAL_DIM, InceptionFeatures
 from dit_worker.metrics.statistics import FeatureMoments
@@ -160,8 +161,10 @@ class FeatureAccumulator:
         self._pool_moments = FeatureMoments.zeros(POOL_DIM)
         self._spatial_moments = FeatureMoments.zeros(SPATIAL_DIM)
 
-    def add(self, images: np.ndarray, sample_ids: Iterable[int], class_ids: Iterable[int] | None = None) -> None:
-        """images: uint8 [N, H, W, 3] (e.g. `DiTPipeline.generate_batch(...).cpu().numpy()`)."""
+    def add(
+        self, images: np.ndarray | torch.Tensor, sample_ids: Iterable[int], class_ids: Iterable[int] | None = None
+    ) -> None:
+        """images: uint8 [N, H, W, 3], numpy or torch on any device (`DiTPipeline.generate_batch(...)` as is)."""
         ids = np.asarray(list(sample_ids), np.int64)
         classes = np.full(ids.shape, -1, np.int32) if class_ids is None else np.asarray(list(class_ids), np.int32)
         if not ids.shape[0] == classes.shape[0] == images.shape[0]:
