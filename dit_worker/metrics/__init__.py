@@ -1,0 +1,5 @@
+"""Sample-quality metrics of generated sets: FID, sFID, Inception Score, precision/recall.
+
+They follow the ADM evaluator suite (openai/guided-diffusion `evaluations/evaluator.py`), which the
+DiT paper used, with torch-fidelity's TensorFlow-faithful Inception-v3 as the feature network.
+"""

@@ -1,0 +1,213 @@
+"""One evaluation: generated set + reference -> FID, sFID, IS, precision/recall (+ per-class FID).
+
+Order matters: every input check (set complete, sizes, reference keys, labels, Inception weights)
+runs before the first image is read, so a bad command fails in seconds, not after an hour of
+feature extraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from dit_worker.metrics.config import FidSettings
+from dit_worker.metrics.errors import MetricsInputError
+from dit_worker.metrics.executors import Executor, LocalExecutor, RayExecutor
+from dit_worker.metrics.frechet import frechet_distance, frechet_distance_of_samples
+from dit_worker.metrics.inception import InceptionWeights, resolve_inception_weights
+from dit_worker.metrics.inception_score import SHUFFLE_SEED, SPLITS, inception_score
+from dit_worker.metrics.precision_recall import NEIGHBOURHOOD, precision_recall
+from dit_worker.metrics.reference import Reference, open_reference
+from dit_worker.metrics.shard_statistics import ShardStatistics, StatisticsMerger
+from dit_worker.metrics.tasks import FeatureTask, SetShardTask
+from dit_worker.output_reader import OutputSet
+from dit_worker.settings import resolve_device
+from dit_worker.storage import cache_root
+
+log = logging.getLogger(__name__)
+METRICS_KEY = "metrics.json"
+PER_CLASS_KEY = "metrics_per_class.json"
+
+
+def _collect(executor: Executor, tasks: Iterable[FeatureTask], total: int, what: str) -> ShardStatistics | None:
+    merger, done, start = StatisticsMerger(), 0, time.monotonic()
+    for part in executor.map(tasks):
+        merger.add(part)
+        done += 1
+        log.info("%s: %d/%d chunks (%d samples), %.0f s", what, done, total, part.count, time.monotonic() - start)
+    return merger.result() if done else None
+
+
+def reference_features(ref: Reference, weights: InceptionWeights, executor: Executor) -> ShardStatistics | None:
+    """Features of the reference images, cached per node by (reference content, weights)."""
+    key = hashlib.sha256(f"{ref.fingerprint()}|{weights.id}".encode()).hexdigest()[:32]
+    path = cache_root() / "fid-reference" / f"{key}.npz"
+    if path.is_file():
+        log.info("reference features from cache %s", path)
+        return ShardStatistics.from_bytes(path.read_bytes())
+    stats = _collect(executor, ref.tasks(), ref.num_tasks, "reference features")
+    if stats is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(stats.to_bytes())
+        os.replace(tmp, path)
+    return stats
+
+
+def _check_inputs(settings: FidSettings) -> tuple[OutputSet, Reference]:
+    try:
+        resolve_device(settings.device)
+    except ValueError as err:
+        raise MetricsInputError(f"--device: {err}") from None
+    output = OutputSet.open(settings.out, s3_endpoint=settings.s3_endpoint)
+    output.require_complete(settings.allow_partial)
+    output.check_unique_ids()
+    height, width = output.image_size()
+    minimum = max(SPLITS, NEIGHBOURHOOD + 1)
+    if output.num_samples < minimum:
+        raise MetricsInputError(
+            f"{output.url}: {output.num_samples} samples; the Inception Score's {SPLITS} splits and "
+            f"{NEIGHBOURHOOD}-NN precision/recall need at least {minimum}"
+        )
+    ref = open_reference(settings.ref, s3_endpoint=settings.s3_endpoint)
+    if ref.image_size is not None and ref.image_size != (height, width):
+        rh, rw = ref.image_size
+        raise MetricsInputError(
+            f"image size mismatch: the set {output.url} has {width}x{height} images, the reference {ref.url} has "
+            f"{rw}x{rh}. FIDs against a reference of another resolution are not comparable; use the reference "
+            "batch made at the set's resolution (ADM: VIRTUAL_imagenet256_labeled.npz at 256, "
+            "VIRTUAL_imagenet512.npz at 512)"
+        )
+    if 0 < ref.num_images <= NEIGHBOURHOOD:
+        raise MetricsInputError(
+            f"{ref.url}: {ref.num_images} reference images; {NEIGHBOURHOOD}-NN precision/recall need at least "
+            f"{NEIGHBOURHOOD + 1}"
+        )
+    if settings.per_class and not ref.has_labels:
+        raise MetricsInputError(
+            f"--per-class needs class ids for the reference images, and {ref.url} has none: use an ADM batch with "
+            "arr_1 labels, a folder with one sub-folder per class id (or the 1000 ImageNet WordNet ids), or a "
+            "dit-worker output"
+        )
+    return output, ref
+
+
+def _executor(settings: FidSettings, weights: InceptionWeights) -> Executor:
+    if settings.mode == "ray":
+        return RayExecutor(
+            weights,
+            address=settings.ray_address,
+            num_workers=settings.num_workers,
+            num_gpus_per_worker=settings.num_gpus_per_worker,
+            batch_size=settings.batch_size,
+        )
+    return LocalExecutor(weights, resolve_device(settings.device), settings.batch_size)
+
+
+def per_class_fid(samples: ShardStatistics, reference: ShardStatistics, names: dict[int, str]) -> list[dict[str, Any]]:
+    """FID of each class's samples against the same class's reference images, worst first.
+
+    With ~50 samples per class in 2048 dimensions the covariances are rank-deficient, so these values
+    are far above FID-50K and only meaningful relative to each other: they rank the classes.
+    """
+    rows = []
+    for class_id in np.unique(samples.class_ids):
+        mine = samples.pool[samples.class_ids == class_id]
+        theirs = reference.pool[reference.class_ids == class_id]
+        fid = frechet_distance_of_samples(mine, theirs) if len(mine) >= 2 and len(theirs) >= 2 else None
+        rows.append(
+            {
+                "class_id": int(class_id),
+                "class_name": names.get(int(class_id), ""),
+                "fid": fid,
+                "num_samples": len(mine),
+                "num_reference": len(theirs),
+            }
+        )
+    return sorted(rows, key=lambda r: -np.inf if r["fid"] is None else -r["fid"])
+
+
+def evaluate(settings: FidSettings) -> dict[str, Any]:
+    output, ref = _check_inputs(settings)
+    weights = resolve_inception_weights(settings.inception_weights, s3_endpoint=settings.s3_endpoint)
+    log.info(
+        "evaluating %s (%d samples, %d shards%s) against %s (%s)",
+        output.url,
+        output.num_samples,
+        len(output.shards),
+        "" if output.complete else ", partial",
+        ref.url,
+        ref.kind,
+    )
+    executor = _executor(settings, weights)
+    try:
+        tasks = (
+            SetShardTask(output.url, settings.s3_endpoint, shard, reuse=not settings.recompute_features)
+            for shard in output.shards
+        )
+        samples = _collect(executor, tasks, len(output.shards), "set features")
+        ref_features = reference_features(ref, weights, executor)
+    finally:
+        executor.close()
+    assert samples is not None
+    pool_ref, spatial_ref = ref.gaussians(ref_features)
+    is_mean, is_std = inception_score(samples.logits)
+    precision = recall = None
+    if ref_features is not None:
+        # On the driver: the k-NN distances need all features at once (50k x 2048 float32 = 400 MB).
+        device = resolve_device(settings.device if settings.mode == "local" else None)
+        precision, recall = precision_recall(ref_features.pool, samples.pool, device=device)
+    else:
+        log.warning("%s holds no reference images (no arr_0): precision and recall are not computed", ref.url)
+    metrics: dict[str, Any] = {
+        "fid": frechet_distance(samples.pool_moments.gaussian(), pool_ref),
+        "sfid": frechet_distance(samples.spatial_moments.gaussian(), spatial_ref),
+        "inception_score_mean": is_mean,
+        "inception_score_std": is_std,
+        "precision": precision,
+        "recall": recall,
+        "num_samples": samples.count,
+        "num_shards": len(output.shards),
+        "complete": output.complete,
+        "image_size": list(output.image_size()),
+        "reference": ref.describe() | {"num_reference_features": ref_features.count if ref_features else 0},
+        "inception_weights": {"source": weights.source, "sha256": weights.sha256},
+        "protocol": {
+            "features": "torch-fidelity inception-v3-compat: pool_3 (FID, precision/recall), mixed_6/conv[..., :7] "
+            "(sFID), pool_3 @ fc.weight (IS)",
+            "inception_score_splits": SPLITS,
+            "inception_score_shuffle_seed": SHUFFLE_SEED,
+            "precision_recall_k": NEIGHBOURHOOD,
+        },
+    }
+    if settings.per_class:
+        assert ref_features is not None
+        names: dict[int, str] = {}
+        for shard in output.shards:
+            if shard.class_names is not None:
+                names.update(zip(shard.class_ids.tolist(), shard.class_names, strict=True))
+        rows = per_class_fid(samples, ref_features, names)
+        output.storage.put(PER_CLASS_KEY, json.dumps(rows, indent=1).encode())
+        metrics["per_class_fid"] = PER_CLASS_KEY
+        worst = ", ".join(f"{r['class_id']} ({r['fid']:.1f})" for r in rows[:5] if r["fid"] is not None)
+        log.info("per-class FID written to %s; worst classes: %s", output.storage.child(PER_CLASS_KEY), worst)
+    output.storage.put(METRICS_KEY, json.dumps(metrics, indent=2).encode())
+    log.info(
+        "FID %.4f  sFID %.4f  IS %.3f ± %.3f  precision %s  recall %s  (%d samples) -> %s",
+        metrics["fid"],
+        metrics["sfid"],
+        is_mean,
+        is_std,
+        "n/a" if precision is None else f"{precision:.4f}",
+        "n/a" if recall is None else f"{recall:.4f}",
+        samples.count,
+        output.storage.child(METRICS_KEY),
+    )
+    return metrics

@@ -1,0 +1,262 @@
+"""Reading a generated set in the SPEC section 5 layout, from a local folder or an S3 prefix.
+
+OUT/metadata/part-<shard:05d>.parquet commits a shard (one row per sample: sample_id, class_id,
+image_key relative to OUT, width, height, sha256 of the stored bytes, ...); OUT/_SUCCESS marks the
+set complete. Images are PNG objects (`--format png`) or members of `shards/<shard:05d>.tar`
+(`--format webdataset`). Readers stream: at most a bounded window of decoded images, plus one tar's
+bytes for webdataset sets, is held at a time, never the whole set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import groupby
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from dit_worker.storage import Storage, open_storage
+
+PART_KEY = re.compile(r"metadata/part-(\d+)\.parquet")
+REQUIRED_COLUMNS = ("sample_id", "class_id", "image_key", "width", "height", "sha256")
+SUCCESS_KEY = "_SUCCESS"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+READ_WINDOW = 32  # images fetched and decoded concurrently (S3 latency, not bandwidth, bounds a serial reader)
+
+
+class OutputSetError(ValueError):
+    """A generated set that cannot be read as asked; the message names the set and what to do."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One committed shard's metadata, rows sorted by sample_id."""
+
+    index: int
+    sample_ids: np.ndarray  # int64
+    class_ids: np.ndarray  # int32
+    image_keys: tuple[str, ...]
+    sha256: tuple[str, ...]
+    heights: np.ndarray
+    widths: np.ndarray
+    class_names: tuple[str, ...] | None
+
+    def __len__(self) -> int:
+        return int(self.sample_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: int
+    class_id: int
+    image: np.ndarray  # uint8 [H, W, 3]
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """uint8 RGB [H, W, 3]; grey or RGBA inputs are converted as torch-fidelity's folder reader does."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise OutputSetError(f"{where}: not a readable image ({err})") from None
+
+
+def prefetch(fn: Callable, items: Iterable, window: int = READ_WINDOW) -> Iterator:
+    """`map(fn, items)` in order, with at most `window` calls in flight (threads: I/O and zlib release the GIL)."""
+    with ThreadPoolExecutor(max_workers=window) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        for fut in pending:
+            yield fut.result()
+
+
+def _split_tar_key(image_key: str) -> tuple[str, str] | None:
+    """`shards/00003.tar#00000042.png` (or `/`, `:` separators, or the tar alone) -> (tar key, member)."""
+    at = image_key.find(".tar")
+    if at < 0:
+        return None
+    return image_key[: at + 4], image_key[at + 4 :].lstrip("#/:")
+
+
+class _TarMembers:
+    """The image members of one webdataset tar, found by exact name or by the sample id in their name."""
+
+    def __init__(self, data: bytes, where: str) -> None:
+        self.where = where
+        self.files: dict[str, bytes] = {}
+        self.by_id: dict[int, str] = {}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    self.files[member.name] = f.read()
+                    base = member.name.rsplit("/", 1)[-1]
+                    stem, _, suffix = base.partition(".")
+                    if f".{suffix.lower()}" in IMAGE_SUFFIXES and stem.isdigit():
+                        self.by_id[int(stem)] = member.name
+        except tarfile.TarError as err:
+            raise OutputSetError(f"{where}: not a readable tar ({err})") from None
+
+    def get(self, member: str, sample_id: int) -> bytes:
+        name = member if member in self.files else self.by_id.get(sample_id)
+        if name is None:
+            raise OutputSetError(f"{self.where}: no image member for sample {sample_id}")
+        return self.files[name]
+
+
+class OutputSet:
+    def __init__(self, storage: Storage, shards: Sequence[Shard], complete: bool) -> None:
+        self.storage = storage
+        self.url = storage.url
+        self.shards = sorted(shards, key=lambda s: s.index)
+        self.complete = complete
+
+    @classmethod
+    def open(cls, url: str, *, s3_endpoint: str | None = None) -> OutputSet:
+        storage = open_storage(url, s3_endpoint=s3_endpoint)
+        parts = [(int(m.group(1)), o.key) for o in storage.list("metadata/") if (m := PART_KEY.fullmatch(o.key))]
+        complete = storage.exists(SUCCESS_KEY)
+        if not parts and not complete:
+            raise OutputSetError(
+                f"{storage.url}: not a dit-worker output (no metadata/part-*.parquet and no _SUCCESS); "
+                "pass the --out folder or s3:// prefix of a jobs.generate run"
+            )
+        return cls(storage, [cls._read_part(storage, index, key) for index, key in parts], complete)
+
+    @staticmethod
+    def _read_part(storage: Storage, index: int, key: str) -> Shard:
+        where = storage.child(key)
+        try:
+            table = pq.read_table(pa.BufferReader(storage.get(key)))
+        except (pa.ArrowException, OSError) as err:
+            raise OutputSetError(f"{where}: not a readable Parquet file ({err})") from None
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise OutputSetError(
+                f"{where}: missing metadata column(s) {', '.join(missing)}; SPEC section 5 requires "
+                f"{', '.join(REQUIRED_COLUMNS)}"
+            )
+        cols = {c: table.column(c).to_pylist() for c in table.column_names if c in (*REQUIRED_COLUMNS, "class_name")}
+        ids = np.asarray(cols["sample_id"], np.int64)
+        order = np.argsort(ids, kind="stable")
+
+        def pick(name: str) -> list:
+            return [cols[name][i] for i in order]
+
+        return Shard(
+            index=index,
+            sample_ids=ids[order],
+            class_ids=np.asarray(cols["class_id"], np.int32)[order],
+            image_keys=tuple(pick("image_key")),
+            sha256=tuple(pick("sha256")),
+            heights=np.asarray(cols["height"], np.int64)[order],
+            widths=np.asarray(cols["width"], np.int64)[order],
+            class_names=tuple(pick("class_name")) if "class_name" in cols else None,
+        )
+
+    # --- checks made before any heavy work -------------------------------------------------------
+
+    def require_complete(self, allow_partial: bool) -> None:
+        if self.complete:
+            return
+        n = sum(len(s) for s in self.shards)
+        if not allow_partial:
+            raise OutputSetError(
+                f"{self.url}: the set is incomplete (no _SUCCESS): {len(self.shards)} shard(s) committed "
+                f"({n} samples in metadata/part-*.parquet). Rerun the same jobs.generate command to finish it, "
+                "or pass --allow-partial to use the committed shards only"
+            )
+        if not self.shards:
+            raise OutputSetError(f"{self.url}: no committed shard (no metadata/part-*.parquet); nothing to read")
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) shared by every sample, from the metadata."""
+        sizes = {(int(h), int(w)) for s in self.shards for h, w in zip(s.heights, s.widths, strict=True)}
+        if len(sizes) != 1:
+            listed = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:5]) or "none"
+            raise OutputSetError(f"{self.url}: expected one image size across the set, found {listed}")
+        return sizes.pop()
+
+    def check_unique_ids(self) -> None:
+        ids = np.sort(np.concatenate([s.sample_ids for s in self.shards])) if self.shards else np.zeros(0, np.int64)
+        dup = ids[1:][ids[1:] == ids[:-1]]
+        if dup.size:
+            raise OutputSetError(f"{self.url}: sample ids committed more than once: {dup[:5].tolist()}")
+
+    # --- streaming reads -------------------------------------------------------------------------
+
+    def iter_samples(self, shards: Sequence[Shard] | None = None) -> Iterator[Sample]:
+        """Samples of `shards` (default: all) in ascending sample_id order.
+
+        Consecutive samples of one shard are read as one run: a webdataset tar is fetched once per
+        run. Shards holding contiguous id ranges (what jobs.generate writes) are one run each.
+        """
+        shards = self.shards if shards is None else list(shards)
+        rows = sorted(
+            ((int(sid), si, ri) for si, shard in enumerate(shards) for ri, sid in enumerate(shard.sample_ids)),
+        )
+        for si, run in groupby(rows, key=lambda r: r[1]):
+            yield from self._read_run(shards[si], [ri for _, _, ri in run])
+
+    def _read_run(self, shard: Shard, rows: list[int]) -> Iterator[Sample]:
+        tars: dict[str, _TarMembers] = {}
+
+        def load(ri: int) -> Sample:
+            key, sample_id = shard.image_keys[ri], int(shard.sample_ids[ri])
+            split = _split_tar_key(key)
+            if split is None:
+                where, data = self.storage.child(key), self.storage.get(key)
+            else:
+                tar_key, member = split
+                where = f"{self.storage.child(tar_key)}[{member or sample_id}]"
+                data = tars[tar_key].get(member, sample_id)
+            if hashlib.sha256(data).hexdigest() != shard.sha256[ri]:
+                raise OutputSetError(
+                    f"{where}: sha256 differs from metadata part-{shard.index:05d}; the image is corrupt"
+                )
+            image = decode_image(data, where)
+            expected = (int(shard.heights[ri]), int(shard.widths[ri]), 3)
+            if image.shape != expected:
+                raise OutputSetError(f"{where}: image is {image.shape}, metadata says {expected}")
+            return Sample(sample_id, int(shard.class_ids[ri]), image)
+
+        for key in dict.fromkeys(s[0] for r in rows if (s := _split_tar_key(shard.image_keys[r]))):
+            tars[key] = _TarMembers(self.storage.get(key), self.storage.child(key))
+        yield from prefetch(load, rows)
+
+
+def batched(samples: Iterable[Sample], size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(sample_ids, class_ids, images [n, H, W, 3]) batches of at most `size` samples."""
+    batch: list[Sample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == size:
+            yield _stack(batch)
+            batch = []
+    if batch:
+        yield _stack(batch)
+
+
+def _stack(batch: list[Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = np.asarray([s.sample_id for s in batch], np.int64)
+    classes = np.asarray([s.class_id for s in batch], np.int32)
+    return ids, classes, np.stack([s.image for s in batch])

@@ -1,0 +1,88 @@
+"""Generated sets in the SPEC section 5 layout, written through dit_worker.storage.
+
+This is test data in the real on-disk format that jobs.generate writes (its code lives on another
+branch): PNG objects or webdataset tars, one metadata Parquet part per shard, `_SUCCESS` last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from dit_worker.storage import Storage
+
+
+def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def write_output_set(
+    store: Storage,
+    images: np.ndarray,
+    class_ids: Sequence[int],
+    *,
+    shard_size: int,
+    sample_ids: Sequence[int] | None = None,
+    fmt: str = "png",
+    complete: bool = True,
+    shards: Sequence[int] | None = None,
+    member_in_key: bool = True,
+) -> None:
+    """Samples i go to shard i // shard_size; `shards` limits which shards get committed.
+
+    fmt "webdataset": image_key is "<tar key>#<member>" as jobs.generate writes, or the tar key
+    alone with `member_in_key=False` (the member is then found by the sample id in its name)."""
+    n = images.shape[0]
+    ids = list(range(n)) if sample_ids is None else list(sample_ids)
+    store.put("job.json", json.dumps({"format": fmt, "shard_size": shard_size, "num_samples": n}).encode())
+    num_shards = -(-n // shard_size)
+    for shard in range(num_shards) if shards is None else shards:
+        rows = range(shard * shard_size, min(n, (shard + 1) * shard_size))
+        keys, hashes, tar_buf = [], [], io.BytesIO()
+        with tarfile.open(fileobj=tar_buf, mode="w") as tar:
+            for i in rows:
+                data = png_bytes(images[i])
+                hashes.append(hashlib.sha256(data).hexdigest())
+                if fmt == "png":
+                    key = f"images/{shard:05d}/{ids[i]:08d}.png"
+                    store.put(key, data)
+                else:  # image_key "<tar key>#<member name>", as jobs.generate writes it
+                    key = f"shards/{shard:05d}.tar" + (f"#{ids[i]:08d}.png" if member_in_key else "")
+                    for name, payload in ((f"{ids[i]:08d}.png", data), (f"{ids[i]:08d}.json", b"{}")):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+                keys.append(key)
+        if fmt == "webdataset":
+            store.put(f"shards/{shard:05d}.tar", tar_buf.getvalue())
+        h, w = images.shape[1:3]
+        table = pa.table(
+            {
+                "sample_id": pa.array([ids[i] for i in rows], pa.int64()),
+                "class_id": pa.array([class_ids[i] for i in rows], pa.int32()),
+                "class_name": pa.array([f"class {class_ids[i]}" for i in rows], pa.string()),
+                "seed": pa.array([1000 + ids[i] for i in rows], pa.int64()),
+                "image_key": pa.array(keys, pa.string()),
+                "width": pa.array([w] * len(rows), pa.int32()),
+                "height": pa.array([h] * len(rows), pa.int32()),
+                "sha256": pa.array(hashes, pa.string()),
+                "sampler": pa.array(["ddim"] * len(rows), pa.string()),
+                "steps": pa.array([5] * len(rows), pa.int32()),
+                "cfg_scale": pa.array([1.0] * len(rows), pa.float32()),
+            }
+        )
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        store.put(f"metadata/part-{shard:05d}.parquet", buf.getvalue())
+    if complete:
+        store.put("_SUCCESS", json.dumps({"num_samples": n, "num_shards": num_shards}).encode())

@@ -1,0 +1,128 @@
+"""jobs.export_npz: the ADM evaluator's sample batch, streamed from local or S3 output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from output_sets import write_output_set
+
+from dit_worker.npz_stream import open_npz_array
+from dit_worker.storage import open_storage
+from jobs.export_npz import main as export_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scrambled_set(n: int = 30, h: int = 8, w: int = 12) -> tuple[np.ndarray, list[int], list[int]]:
+    """Non-square images (catches H/W swaps) whose sample ids interleave across shards."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    ids = (rng.permutation(n) * 3 + 5).tolist()
+    return images, ids, [i % 11 for i in ids]
+
+
+def check_npz(path: Path, images: np.ndarray, ids: list[int], classes: list[int]) -> None:
+    order = np.argsort(ids)
+    with np.load(path) as npz:
+        assert npz["arr_0"].dtype == np.uint8
+        assert npz["arr_0"].shape == images.shape
+        np.testing.assert_array_equal(npz["arr_0"], images[order])  # bytes and order
+        np.testing.assert_array_equal(npz["arr_1"], np.asarray(classes)[order])
+
+
+@pytest.mark.parametrize("fmt", ["png", "webdataset", "webdataset, image_key = tar key only"])
+def test_export_npz_rows_are_the_images_in_sample_id_order(tmp_path: Path, fmt: str) -> None:
+    images, ids, classes = scrambled_set()
+    write_output_set(
+        open_storage(str(tmp_path / "out")),
+        images,
+        classes,
+        shard_size=7,
+        sample_ids=ids,
+        fmt=fmt.split(",")[0],
+        member_in_key="only" not in fmt,
+    )
+    assert export_main(["--out", str(tmp_path / "out"), "--npz", str(tmp_path / "samples.npz")]) == 0
+    check_npz(tmp_path / "samples.npz", images, ids, classes)
+    # The ADM evaluator streams arr_0 with numpy.lib.format's header readers: ours must parse there too.
+    with open_npz_array(tmp_path / "samples.npz", "arr_0") as arr:
+        assert arr.shape == images.shape
+        np.testing.assert_array_equal(arr.read(4), images[np.argsort(ids)[:4]])
+
+
+def test_export_npz_from_s3(tmp_path: Path, s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    images, ids, classes = scrambled_set(n=12)
+    write_output_set(open_storage(f"s3://{s3_bucket}/run"), images, classes, shard_size=5, sample_ids=ids)
+    assert export_main(["--out", f"s3://{s3_bucket}/run", "--npz", str(tmp_path / "s3.npz")]) == 0
+    check_npz(tmp_path / "s3.npz", images, ids, classes)
+
+
+def test_export_npz_refuses_an_incomplete_set_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    images, ids, classes = scrambled_set(n=25)
+    out = tmp_path / "out"
+    write_output_set(
+        open_storage(str(out)), images, classes, shard_size=5, sample_ids=ids, complete=False, shards=[0, 2, 3]
+    )
+    assert export_main(["--out", str(out), "--npz", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "incomplete (no _SUCCESS): 3 shard(s) committed (15 samples" in err and "--allow-partial" in err
+    assert not (tmp_path / "x.npz").exists()
+    assert export_main(["--out", str(out), "--npz", str(tmp_path / "x.npz"), "--allow-partial"]) == 0
+    keep = [i for s in (0, 2, 3) for i in range(5 * s, 5 * s + 5)]
+    check_npz(tmp_path / "x.npz", images[keep], [ids[i] for i in keep], [classes[i] for i in keep])
+
+
+def test_export_npz_refuses_a_corrupt_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    images, ids, classes = scrambled_set(n=6)
+    store = open_storage(str(tmp_path / "out"))
+    write_output_set(store, images, classes, shard_size=3, sample_ids=ids)
+    key = f"images/00001/{ids[4]:08d}.png"
+    store.put(key, store.get(f"images/00000/{ids[0]:08d}.png"))  # a valid PNG, but not the committed one
+    assert export_main(["--out", str(tmp_path / "out"), "--npz", str(tmp_path / "x.npz")]) == 2
+    assert f"{key}: sha256 differs from metadata part-00001" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists() and not list(tmp_path.glob(".x.npz*"))
+
+
+def peak_rss_of_export(out: Path, npz: Path) -> int:
+    """Peak resident set (bytes) of a fresh `python -m jobs.export_npz` process.
+
+    VmHWM, the high-water mark of the process's own address space, not getrusage's ru_maxrss: Linux
+    carries ru_maxrss across fork+exec, so it would report the (large) pytest parent's size instead.
+    """
+    code = (
+        "import sys\n"
+        "from jobs.export_npz import main\n"
+        f"rc = main(['--out', {str(out)!r}, '--npz', {str(npz)!r}])\n"
+        "print('PEAK', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
+        "sys.exit(rc)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return int(run.stdout.split("PEAK")[-1]) * 1024  # kB
+
+
+def test_export_npz_peak_memory_does_not_grow_with_the_set(tmp_path: Path) -> None:
+    """2,000 images of 128x128 (94 MiB of pixels) vs 200: peak RSS grows by a small fraction of it."""
+    rng = np.random.default_rng(1)
+    side, shard = 128, 100
+    peaks, sizes = {}, {}
+    for n in (200, 2000):
+        images = rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+        write_output_set(
+            open_storage(str(tmp_path / f"out{n}")), images, [i % 1000 for i in range(n)], shard_size=shard
+        )
+        del images
+        peaks[n] = peak_rss_of_export(tmp_path / f"out{n}", tmp_path / f"s{n}.npz")
+        sizes[n] = n * side * side * 3
+        with open_npz_array(tmp_path / f"s{n}.npz", "arr_0") as arr:
+            assert arr.shape == (n, side, side, 3)
+    growth, data_growth = peaks[2000] - peaks[200], sizes[2000] - sizes[200]
+    print(f"peak RSS: 200 images {peaks[200] / 2**20:.1f} MiB, 2000 images {peaks[2000] / 2**20:.1f} MiB; "
+          f"growth {growth / 2**20:.1f} MiB for {data_growth / 2**20:.1f} MiB more pixels")  # fmt: skip
+    assert growth < 0.15 * data_growth
