@@ -10,7 +10,7 @@ from dit_worker.storage import Storage
 JOB_KEY = "job.json"
 SUCCESS_KEY = "_SUCCESS"
 METADATA_PREFIX = "metadata/part-"
-_PART = re.compile(r"^metadata/part-(\d+)\.parquet$")
+PART_KEY = re.compile(r"^metadata/part-(\d+)\.parquet$")
 
 
 def image_key(shard: int, sample_id: int) -> str:
@@ -32,4 +32,4 @@ def part_key(shard: int) -> str:
 
 def committed_shards(storage: Storage) -> set[int]:
     """Shards whose metadata part exists: the part is written last, so these are complete."""
-    return {int(m[1]) for obj in storage.list(METADATA_PREFIX) if (m := _PART.match(obj.key))}
+    return {int(m[1]) for obj in storage.list(METADATA_PREFIX) if (m := PART_KEY.match(obj.key))}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import tarfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,11 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from dit_worker.layout import METADATA_PREFIX, PART_KEY, SUCCESS_KEY
 from dit_worker.storage import Storage, open_storage
 
-PART_KEY = re.compile(r"metadata/part-(\d+)\.parquet")
 REQUIRED_COLUMNS = ("sample_id", "class_id", "image_key", "width", "height", "sha256")
-SUCCESS_KEY = "_SUCCESS"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 READ_WINDOW = 32  # images fetched and decoded concurrently (S3 latency, not bandwidth, bounds a serial reader)
 
@@ -129,7 +127,7 @@ class OutputSet:
     @classmethod
     def open(cls, url: str, *, s3_endpoint: str | None = None) -> OutputSet:
         storage = open_storage(url, s3_endpoint=s3_endpoint)
-        parts = [(int(m.group(1)), o.key) for o in storage.list("metadata/") if (m := PART_KEY.fullmatch(o.key))]
+        parts = [(int(m.group(1)), o.key) for o in storage.list(METADATA_PREFIX) if (m := PART_KEY.match(o.key))]
         complete = storage.exists(SUCCESS_KEY)
         if not parts and not complete:
             raise OutputSetError(

@@ -231,33 +231,22 @@ def test_stored_shard_statistics_are_the_seam(
     np.testing.assert_allclose(stored.spatial_moments.total, mine.spatial_moments.total, rtol=1e-4, atol=1e-6)
 
 
-def test_ray_actors_match_local(local_metrics: dict, out: Path, ref_dir: Path, weights: Path, workdir: Path) -> None:
+def test_ray_actors_match_local(
+    local_metrics: dict, out: Path, ref_dir: Path, weights: Path, workdir: Path, ray_cluster
+) -> None:
     """The real CLI as a user runs it on a cluster: RAY_ADDRESS set, no --local, features on actors."""
-    from ray_head import ray_head
-
     copy = copy_set(out, workdir / "ray-out")
     cache = workdir / "ray-cache"  # a fresh cache: the reference features are computed on the actors too
-    with ray_head() as address:
-        # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps the driver on the loopback address the head is bound to.
-        env = os.environ | {
-            "RAY_ADDRESS": address,
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "DIT_WORKER_CACHE": str(cache),
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "jobs.fid",
-            "--out",
-            str(copy),
-            "--ref",
-            str(ref_dir),
-            "--inception-weights",
-            str(weights),
-        ]
-        run = subprocess.run(
-            [*cmd, "--num-workers", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400
-        )
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps the driver on the loopback address the head is bound to.
+    env = os.environ | {
+        "RAY_ADDRESS": ray_cluster.address,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "DIT_WORKER_CACHE": str(cache),
+    }
+    cmd = [sys.executable, "-m", "jobs.fid", "--out", str(copy), "--ref", str(ref_dir), "--inception-weights",
+           str(weights), "--num-workers", "1"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Ray: 1 feature actor(s)" in run.stderr
     got = json.loads((copy / "metrics.json").read_text())
