@@ -68,6 +68,10 @@ def plan_job(config: JobConfig) -> JobPlan:
         info.check_settings(config.sampling)
     except ValueError as err:
         raise JobError(f"sampling settings: {err}") from None
+    if config.metrics:  # a bad weights file fails now, not on every worker after sampling started
+        from dit_worker.metrics.inception import resolve_inception_weights
+
+        resolve_inception_weights(config.inception_weights, s3_endpoint=config.s3_endpoint)
     samples = build_samples(config, info)
     storage = open_storage(config.out, s3_endpoint=config.s3_endpoint, retry_mode=config.s3_retry_mode)
     storage.check_writable()
@@ -160,6 +164,8 @@ def _runner(config: JobConfig) -> Runner:
         sampling=config.sampling,
         batch_size=config.batch_size,
         compile=config.worker_compile,
+        metrics=config.metrics,
+        inception_weights=config.inception_weights,
         out=config.out,
         s3_endpoint=config.s3_endpoint,
         retry_mode=config.s3_retry_mode,

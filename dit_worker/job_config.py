@@ -50,6 +50,8 @@ class JobConfig(BaseModel):
     max_tries: int = Field(3, ge=1)
     placement_timeout: float = Field(0.0, ge=0)  # seconds to wait for an autoscaler to add room
     compile: bool | None = None  # torch.compile + CUDA graphs; None: on for CUDA workers
+    metrics: bool = False  # Inception features per shard, stored for jobs.fid
+    inception_weights: str | None = None
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -75,6 +77,8 @@ class JobConfig(BaseModel):
     def _check(self) -> JobConfig:
         if self.manifest is not None and (self.per_class is not None or self.classes is not None):
             raise ValueError("--manifest lists the samples itself; drop --classes and --per-class")
+        if self.inception_weights is not None and not self.metrics:
+            raise ValueError("--inception-weights is for --metrics; add --metrics or drop it")
         if self.manifest is None and self.per_class is None:
             raise ValueError("say which samples to make: --per-class N (with --classes), --manifest FILE or --preset")
         if self.local:

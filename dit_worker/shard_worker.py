@@ -29,13 +29,15 @@ SHARDS_IN_FLIGHT = 2  # per worker: the one sampling and the one committing (or 
 
 
 class BatchSink(Protocol):
-    """Something fed every generated batch of a shard, besides the image writer (e.g. per-shard
-    metrics). `close` runs after the last batch and before the metadata part commits the shard."""
+    """Something fed every generated batch of a shard besides the image writer (--metrics: Inception
+    features). `close` runs once all the shard's images are stored and before its metadata part is
+    written, so whatever it stores is there for every committed shard."""
 
     def add(self, rows: Samples, images: torch.Tensor) -> None:
         """images: uint8 [N, H, W, 3] on the pipeline's device, row i is sample rows.sample_id[i]."""
 
-    def close(self) -> None: ...
+    def close(self, image_sha256: list[str]) -> None:
+        """image_sha256: the stored images' hashes, in the shard's sample order."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,10 @@ class WorkerSpec:
     format: OutputFormat
     compile: bool = False
     io_threads: int = 4
-    # Factories of extra batch consumers, one instance per shard (none yet).
-    extra_sinks: tuple[Callable[[ShardTask], BatchSink], ...] = ()
+    # --metrics: Inception features of every shard, stored next to it for jobs.fid. The weights are
+    # a local path present on every node, an s3:// object, or None for torch-fidelity's download.
+    metrics: bool = False
+    inception_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,11 @@ class ShardWorker:
         auto = spec.batch_size == "auto"
         self.batch_size = self.pipe.max_batch_size(spec.sampling) if auto else int(spec.batch_size)
         self.storage = open_storage(spec.out, s3_endpoint=spec.s3_endpoint, retry_mode=spec.retry_mode)
+        self._sinks: Callable[[ShardTask], list[BatchSink]] = lambda task: []
+        if spec.metrics:
+            from dit_worker.metrics.shard_sink import feature_sinks
+
+            self._sinks = feature_sinks(spec.inception_weights, self.storage, self.pipe.device, spec.s3_endpoint)
         self.pool = IOPool(spec.io_threads, max_queued=SHARDS_IN_FLIGHT * self.batch_size)
         self._sampling = threading.Lock()
 
@@ -107,7 +116,7 @@ class ShardWorker:
             settings=spec.sampling,
             image_size=self.pipe.image_size,
         )
-        extras = [make(task) for make in spec.extra_sinks]
+        extras = self._sinks(task)
         with self._sampling:
             for lo in range(0, len(task.samples), self.batch_size):
                 rows = task.samples[lo : lo + self.batch_size]
@@ -115,7 +124,8 @@ class ShardWorker:
                 writer.add(rows, images)
                 for sink in extras:
                     sink.add(rows, images)
+        image_sha256 = writer.store()
         for sink in extras:
-            sink.close()
+            sink.close(image_sha256)
         writer.commit()
         return ShardResult(task.shard, len(task.samples), time.perf_counter() - start)

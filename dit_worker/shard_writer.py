@@ -94,6 +94,7 @@ class ShardWriter:
         self.task, self.storage, self.pool, self.fmt = task, storage, pool, fmt
         self.names, self.settings, self.image_size = names, settings, image_size
         self._stored: list[Future[tuple[str, bytes | None]]] = []
+        self._table: pa.Table | None = None
 
     def add(self, rows: Samples, images: torch.Tensor) -> None:
         batch = HostBatch(images)
@@ -107,29 +108,33 @@ class ShardWriter:
             return hashlib.sha256(data).hexdigest(), None
         return hashlib.sha256(data).hexdigest(), data
 
-    def commit(self) -> None:
-        """Wait for every image, then write the tar (webdataset) and last the metadata part."""
+    def store(self) -> list[str]:
+        """Wait for every image (and write the tar, for webdataset); their sha256, in sample order."""
         stored = [f.result() for f in self._stored]  # re-raises the first failed encode or upload
         samples, shard = self.task.samples, self.task.shard
         if len(stored) != len(samples):
             raise RuntimeError(f"shard {shard:05d}: {len(stored)} images stored for {len(samples)} samples")
+        sha256 = [sha for sha, _ in stored]
+        self._table = self._metadata(sha256)
+        if self.fmt == "webdataset":
+            self.storage.put(tar_key(shard), webdataset_tar(self._table, [png for _, png in stored]))
+        return sha256
+
+    def commit(self) -> None:
+        """Write the metadata part, last of all the shard's objects: its presence commits the shard."""
+        if self._table is None:
+            raise RuntimeError("store() first: the metadata part must follow every image")
+        self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))
+
+    def _metadata(self, sha256: list[str]) -> pa.Table:
+        samples, shard = self.task.samples, self.task.shard
         ids = samples.sample_id.tolist()
         if self.fmt == "png":
             keys = [image_key(shard, i) for i in ids]
         else:
             keys = [f"{tar_key(shard)}#{member_name(i, 'png')}" for i in ids]
-        table = shard_table(
-            shard,
-            samples,
-            [self.names.name(c) for c in samples.class_id.tolist()],
-            keys,
-            [sha for sha, _ in stored],
-            self.image_size,
-            self.settings,
-        )
-        if self.fmt == "webdataset":
-            self.storage.put(tar_key(shard), webdataset_tar(table, [png for _, png in stored]))
-        self.storage.put(part_key(shard), parquet_bytes(table))
+        names = [self.names.name(c) for c in samples.class_id.tolist()]
+        return shard_table(shard, samples, names, keys, sha256, self.image_size, self.settings)
 
 
 def webdataset_tar(table: pa.Table, pngs: list[bytes | None]) -> bytes:

@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)")
     run.add_argument("--local", action="store_true", default=None, help="run in this process, without Ray")
     run.add_argument("--max-tries", type=int, help="tries per shard before the job fails (default 3)")
+    metrics = p.add_argument_group("metrics")
+    metrics.add_argument(
+        "--metrics",
+        action="store_true",
+        default=None,
+        help="compute Inception features of every shard on its worker (OUT/features/), for jobs.fid",
+    )
+    metrics.add_argument(
+        "--inception-weights", help="torch-fidelity Inception-v3 weights: local file on every node or s3://"
+    )
     run.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -271,3 +271,51 @@ def test_s3_set_evaluates_from_stored_statistics(
     assert json.loads(store.get("metrics.json")) == got
     for key in COMPARED:
         assert got[key] == local_metrics[key], key
+
+
+def test_generation_with_metrics_stores_features_that_jobs_fid_reuses(
+    tiny_ckpt: Path, workdir: Path, weights: Path, ref_dir: Path
+) -> None:
+    """`jobs.generate --metrics`: features computed on the worker from each generated batch, stored
+    per shard before its metadata part; jobs.fid merges them and gets what it gets from the images."""
+    from jobs.generate import main as generate_main
+
+    out = workdir / "generated-with-metrics"
+    args = ["--local", "--model", tiny_ckpt, "--classes", "0,1,2,3", "--per-class", "3", "--sampler", "ddim",
+            "--steps", "3", "--cfg-scale", "1.0", "--device", "cpu", "--dtype", "float32", "--shard-size", "5",
+            "--batch-size", "2", "--metrics", "--inception-weights", weights, "--out", out]  # fmt: skip
+    assert generate_main([str(a) for a in args]) == 0
+    parts = sorted((out / "features").iterdir())
+    assert [p.name for p in parts] == [f"part-{i:05d}.npz" for i in range(3)]  # 12 samples, shards of 5
+    output = OutputSet.open(str(out))
+    for part, shard in zip(parts, output.shards, strict=True):
+        stats = ShardStatistics.from_bytes(part.read_bytes())
+        assert stats.source_digest == shard_digest(shard.sha256)
+        assert stats.sample_ids.tolist() == list(range(5 * shard.index, min(5 * shard.index + 5, 12)))
+    stored = {p.name: p.stat().st_mtime_ns for p in parts}
+
+    reused = run_fid(out, ref_dir, weights, "--local")
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "features").iterdir()} == stored  # merged, not redone
+    recomputed = run_fid(copy_set(out, workdir / "generated-no-features"), ref_dir, weights, "--local")
+    assert reused["num_samples"] == recomputed["num_samples"] == 12
+    for key in COMPARED:
+        assert reused[key] == pytest.approx(recomputed[key], rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--metrics", "--inception-weights", "/nonexistent/pt_inception.pth"], "--inception-weights"),
+        (["--inception-weights", "/nonexistent/pt_inception.pth"], "--inception-weights is for --metrics"),
+    ],
+)
+def test_generation_metrics_flags_are_checked_before_anything_is_written(
+    tiny_ckpt: Path, tmp_path: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.generate import main as generate_main
+
+    out = tmp_path / "out"
+    args = ["--local", "--model", str(tiny_ckpt), "--classes", "1", "--per-class", "1", "--out", str(out), *flags]
+    assert generate_main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
