@@ -101,3 +101,17 @@ def test_conversion_round_trip_gives_identical_images(tmp_path: Path, original_p
     before = sorted(p.name for p in out.rglob("*"))
     assert main([str(original_pt), "--vae", str(tiny_vae_dir), "--out", str(out)]) == 2
     assert sorted(p.name for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize("input_size", [32, 64])
+@pytest.mark.parametrize("name", [f"DiT-{s}/{p}" for s in ("S", "B", "L", "XL") for p in (2, 4, 8)])
+def test_every_registry_size_round_trips_through_shape_inference(tmp_path: Path, name: str, input_size: int) -> None:
+    """All 12 sizes at 256 and 512 px: an original state dict of each (meta tensors) is recognised."""
+    from dit_worker.checkpoints.original import infer_config
+    from dit_worker.models.dit import DiT, dit_config
+
+    expected = dit_config(name, input_size=input_size)
+    with torch.device("meta"):
+        sd = random_original_state_dict(expected.depth, expected.hidden_size, expected.patch_size, input_size)
+        DiT(expected)(torch.empty(2, 4, input_size, input_size), torch.empty(1), torch.empty(2, dtype=torch.long))
+    assert infer_config(sd, tmp_path / "x.pt") == expected
