@@ -47,7 +47,6 @@ class DiTPipeline:
         # NHWC is the native convolution layout of cuDNN and oneDNN: no per-layer reorders.
         self.vae.to(memory_format=torch.channels_last)
         self._forward: Callable[..., torch.Tensor] = self.transformer
-        self._decode: Callable[[torch.Tensor], torch.Tensor] = self.vae
 
     @property
     def labels(self) -> dict[int, str]:
