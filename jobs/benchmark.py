@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -66,7 +67,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "s3:// prefix, and report its images/s next to pure sampling",
     )
     p.add_argument("--e2e-shards", type=int, default=4, help="shards of 2 batches each for --e2e-out")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--psnr-samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also make N samples with an eager float32 pipeline on the same weights and report the image "
+        "PSNR of the benchmarked path (dtype, compile) against it",
+    )
+    args = p.parse_args(argv)
+    if args.psnr_samples < 0:
+        p.error(f"--psnr-samples must be >= 0, got {args.psnr_samples}")
+    return args
 
 
 def sync(device: torch.device) -> None:
@@ -187,6 +199,33 @@ def measure_end_to_end(
     }
 
 
+def measure_psnr(
+    pipe: DiTPipeline, reference: DiTPipeline, settings: SamplingSettings, samples: int, batch: int
+) -> dict[str, Any]:
+    """Image PSNR (dB, peak 255) of `pipe` against `reference` on the same samples; None when equal."""
+    plan, ref_plan = pipe.plan(settings), reference.plan(settings)
+    classes, seeds = [(7 * i) % pipe.config.num_classes for i in range(samples)], list(range(samples))
+    mse, max_diff = [], 0
+    for lo in range(0, samples, batch):
+        c, s = classes[lo : lo + batch], seeds[lo : lo + batch]
+        diff = pipe.generate_batch(c, s, settings, plan).cpu().double()
+        diff -= reference.generate_batch(c, s, settings, ref_plan).cpu().double()
+        mse.append((diff**2).flatten(1).mean(1))
+        max_diff = max(max_diff, int(diff.abs().max()))
+    per_sample = torch.cat(mse)
+    return {
+        "psnr": f"{str(pipe.dtype).removeprefix('torch.')} vs float32 eager",
+        "samples": samples,
+        "psnr_db": _psnr(float(per_sample.mean())),
+        "min_sample_psnr_db": _psnr(float(per_sample.max())),
+        "max_abs_diff": max_diff,
+    }
+
+
+def _psnr(mse: float) -> float | None:
+    return None if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
 def summarise(
     impl: str,
     runs: list[dict[str, float]],
@@ -276,6 +315,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             if args.e2e_out:
                 lines.append(measure_end_to_end(pipe, settings, batch, args.e2e_out, args.e2e_shards, timer))
                 print(json.dumps(lines[-1]), flush=True)
+        if args.psnr_samples:
+            reference = load_pipeline(model, args.vae, device=pipe.device, dtype="float32")
+            line = measure_psnr(pipe, reference, settings, args.psnr_samples, min(args.psnr_samples, max(sizes)))
+            lines.append(line | {"impl": "dit_worker", "compiled": compile_, "sampler": settings.sampler})
+            print(json.dumps(lines[-1]), flush=True)
         return lines
 
 

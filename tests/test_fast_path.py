@@ -75,6 +75,24 @@ def test_benchmark_reports_both_implementations(
     assert ratio["ratio"] == pytest.approx(ours["images_per_s"] / theirs["images_per_s"])
 
 
+@pytest.mark.parametrize(("dtype", "compile_"), [("float32", False), ("bfloat16", True)])
+def test_benchmark_psnr_against_float32(
+    tiny_ckpt: Path, dtype: str, compile_: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.benchmark import main
+
+    argv = ["--model", str(tiny_ckpt), "--device", "cpu", "--dtype", dtype, "--steps", "4", "--sampler", "ddpm",
+            "--cfg-channels", "3", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0", "--psnr-samples", "5",
+            "--compile" if compile_ else "--no-compile"]  # fmt: skip
+    assert main(argv) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert line["samples"] == 5 and line["psnr"] == f"{dtype} vs float32 eager" and line["compiled"] is compile_
+    if dtype == "float32":  # the same eager float32 path: the same images
+        assert line["max_abs_diff"] == 0 and line["psnr_db"] is None
+    else:
+        assert 30 < line["min_sample_psnr_db"] <= line["psnr_db"] < 80 and line["max_abs_diff"] > 0
+
+
 def test_job_with_auto_batch_and_compile(tmp_path: Path, tiny_ckpt: Path) -> None:
     """The job's fast-path flags: each worker measures its batch size and compiles its model."""
     from PIL import Image
