@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dit_worker.layout import METADATA_PREFIX, PART_KEY, SUCCESS_KEY
+from dit_worker.layout import SUCCESS_KEY, committed_shards, part_key
 from dit_worker.storage import Storage, open_storage
 
 REQUIRED_COLUMNS = ("sample_id", "class_id", "image_key", "width", "height", "sha256")
@@ -127,17 +127,18 @@ class OutputSet:
     @classmethod
     def open(cls, url: str, *, s3_endpoint: str | None = None) -> OutputSet:
         storage = open_storage(url, s3_endpoint=s3_endpoint)
-        parts = [(int(m.group(1)), o.key) for o in storage.list(METADATA_PREFIX) if (m := PART_KEY.match(o.key))]
+        parts = sorted(committed_shards(storage))
         complete = storage.exists(SUCCESS_KEY)
         if not parts and not complete:
             raise OutputSetError(
                 f"{storage.url}: not a dit-worker output (no metadata/part-*.parquet and no _SUCCESS); "
                 "pass the --out folder or s3:// prefix of a jobs.generate run"
             )
-        return cls(storage, [cls._read_part(storage, index, key) for index, key in parts], complete)
+        return cls(storage, [cls._read_part(storage, index) for index in parts], complete)
 
     @staticmethod
-    def _read_part(storage: Storage, index: int, key: str) -> Shard:
+    def _read_part(storage: Storage, index: int) -> Shard:
+        key = part_key(index)
         where = storage.child(key)
         try:
             table = pq.read_table(pa.BufferReader(storage.get(key)))

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from dit_worker.layout import SUCCESS_KEY
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.frechet import Gaussian
 from dit_worker.metrics.inception import POOL_DIM, SPATIAL_DIM
@@ -199,7 +200,7 @@ def open_reference(url: str, *, s3_endpoint: str | None = None) -> Reference:
         if not url.startswith("s3://") and not Path(url).expanduser().is_dir():
             raise MetricsInputError(f"--ref {url}: no such file or folder; accepted: {ACCEPTED}")
         storage = open_storage(url, s3_endpoint=s3_endpoint)
-        if storage.exists("_SUCCESS") or any(True for _ in storage.list("metadata/")):
+        if storage.exists(SUCCESS_KEY) or any(True for _ in storage.list("metadata/")):
             return OutputSetReference(url, OutputSet.open(url, s3_endpoint=s3_endpoint), s3_endpoint)
         return ImageFolderReference(url, storage, s3_endpoint)
     except StorageError as err:
