@@ -120,10 +120,15 @@ class Timer:
         return elapsed, out
 
 
+def bench_classes(n: int, num_classes: int) -> list[int]:
+    """Class ids of the n benchmark samples, spread over the classes; sample i has seed i."""
+    return [(7 * i) % num_classes for i in range(n)]
+
+
 def measure_ours(pipe: DiTPipeline, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
     timer.reset()
     plan = pipe.plan(settings)
-    classes = [(7 * i) % pipe.config.num_classes for i in range(batch)]
+    classes = bench_classes(batch, pipe.config.num_classes)
     seeds = list(range(batch))
     t_sample, latents = timer(lambda: pipe.sample_latents(classes, seeds, settings, plan))
     t_decode, _ = timer(lambda: pipe.decode(latents).cpu())
@@ -142,7 +147,7 @@ def reference_pipeline(path: Path, args: argparse.Namespace, device: torch.devic
 
 def measure_reference(ref: Any, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
     timer.reset()
-    classes = [(7 * i) % 1000 for i in range(batch)]
+    classes = bench_classes(batch, ref.transformer.config.num_embeds_ada_norm)
     gens = [torch.Generator("cpu").manual_seed(s) for s in range(batch)]
     total, _ = timer(
         lambda: ref(
@@ -204,7 +209,7 @@ def measure_psnr(
 ) -> dict[str, Any]:
     """Image PSNR (dB, peak 255) of `pipe` against `reference` on the same samples; None when equal."""
     plan, ref_plan = pipe.plan(settings), reference.plan(settings)
-    classes, seeds = [(7 * i) % pipe.config.num_classes for i in range(samples)], list(range(samples))
+    classes, seeds = bench_classes(samples, pipe.config.num_classes), list(range(samples))
     mse, max_diff = [], 0
     for lo in range(0, samples, batch):
         c, s = classes[lo : lo + batch], seeds[lo : lo + batch]
