@@ -14,6 +14,7 @@ from dit_worker.checkpoints.diffusers_layout import (
     transformer_config,
     transformer_state,
     vae_config,
+    vae_folder,
     vae_state,
 )
 from dit_worker.checkpoints.errors import CheckpointError
@@ -49,7 +50,7 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights
                 f"{root}: an original DiT checkpoint needs a VAE; pass vae= (a diffusers AutoencoderKL "
                 "directory or hub id such as stabilityai/sd-vae-ft-ema)"
             )
-        vae_dir = _vae_folder(resolve_source(str(vae), "vae"))
+        vae_dir = vae_folder(resolve_source(str(vae), "vae"))
         vcfg = vae_config(vae_dir)
         config, state = load_original(root)
         scheduler: dict[str, Any] = {}
@@ -61,7 +62,7 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights
                 f"{root}: not a diffusers DiT directory (no transformer/ folder) nor an original .pt file"
             )
         config = transformer_config(tdir)
-        vae_dir = _vae_folder(resolve_source(str(vae), "vae")) if vae is not None else root / "vae"
+        vae_dir = vae_folder(resolve_source(str(vae), "vae")) if vae is not None else root / "vae"
         vcfg = vae_config(vae_dir)
         index = root / "model_index.json"
         id2label = read_id2label(read_json(index), index) if index.is_file() else {}
@@ -78,11 +79,6 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights
         raise CheckpointError(f"{root}: id2label has class ids {bad[:5]} outside 0..{config.num_classes - 1}")
     vstate = vae_state(vae_dir) if weights else {}
     return Checkpoint(config, state, vcfg, vstate, scheduler, id2label, str(model))
-
-
-def _vae_folder(path: Path) -> Path:
-    """A bare AutoencoderKL folder, or a pipeline folder holding one in vae/."""
-    return path / "vae" if (path / "vae" / "config.json").is_file() else path
 
 
 def materialize(module: nn.Module, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> None:

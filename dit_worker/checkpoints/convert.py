@@ -17,6 +17,7 @@ from dit_worker.checkpoints.diffusers_layout import (
     transformer_config_json,
     vae_config,
     vae_config_json,
+    vae_folder,
 )
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import load_weights_dir, read_json
@@ -38,8 +39,7 @@ def convert_original(src: str, vae: str, out: Path, *, id2label: dict[int, str] 
     pt = resolve_source(src, "model")
     if not pt.is_file():
         raise CheckpointError(f"{src}: expected an original DiT .pt file")
-    vae_dir = resolve_source(vae, "vae")
-    vae_dir = vae_dir / "vae" if (vae_dir / "vae" / "config.json").is_file() else vae_dir
+    vae_dir = vae_folder(resolve_source(vae, "vae"))
     vae_config(vae_dir)  # refuse an unusable VAE before writing anything
     config, state = load_original(pt)
     vae_files = (read_json(vae_dir / "config.json"), load_weights_dir(vae_dir))

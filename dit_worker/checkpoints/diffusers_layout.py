@@ -135,6 +135,11 @@ def _differ(cond: dict[int, dict[str, torch.Tensor]]) -> bool:
     )
 
 
+def vae_folder(path: Path) -> Path:
+    """A bare AutoencoderKL folder, or a pipeline folder holding one in vae/."""
+    return path / "vae" if (path / "vae" / "config.json").is_file() else path
+
+
 def vae_config(folder: Path) -> VAEDecoderConfig:
     path = folder / "config.json"
     raw = read_json(path)
