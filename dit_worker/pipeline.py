@@ -1,8 +1,9 @@
-"""The DiT pipeline: transformer + sampler + VAE decoder, per SPEC section 3."""
+"""The DiT pipeline: transformer + sampler + VAE decoder (docs/python-api.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def load_pipeline(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> DiTPipeline:
-    """Load any supported checkpoint (SPEC section 1).
+    """Load any supported checkpoint (docs/checkpoints.md).
 
     device None picks cuda when present; dtype None is bfloat16 on GPU and float32 on CPU.
     """
@@ -36,7 +37,30 @@ def load_pipeline(
     return DiTPipeline(load_checkpoint(model, vae), dev, dt)
 
 
+@dataclass(frozen=True)
+class ConfiguredSampler:
+    """A sampler and the settings it was made from, so the two cannot be mismatched."""
+
+    settings: SamplingSettings
+    sampler: Sampler
+
+
 class DiTPipeline:
+    """Class-conditional DiT: our transformer, sampler and VAE decoder on one device.
+
+    Every image is a function of its (class id, seed) and the sampling settings only, whatever the
+    batch it is made in. Example::
+
+        >>> from dit_worker import load_pipeline
+        >>> pipe = load_pipeline("facebook/DiT-XL-2-256", device="cuda", dtype="bfloat16")
+        >>> ids = pipe.class_ids(["white shark", "umbrella"])  # [2, 879]
+        >>> images = pipe.generate(ids, seeds=[0, 1], sampler="ddpm", steps=250, cfg_scale=1.5)
+        >>> images.shape, images.dtype  # ((2, 256, 256, 3), dtype('uint8'))
+
+    The job drives the same pipeline batch by batch: `sampler(settings)` once, then
+    `generate_batch(class_ids, seeds, sampler)`; `compile()` turns on torch.compile (+ CUDA graphs).
+    """
+
     def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
         self.device, self.dtype = device, dtype
         self.config = checkpoint.transformer
@@ -59,9 +83,9 @@ class DiTPipeline:
     def class_ids(self, names: Sequence[str]) -> list[int]:
         return self.names.ids(names)
 
-    def plan(self, settings: SamplingSettings) -> Sampler:
+    def sampler(self, settings: SamplingSettings) -> ConfiguredSampler:
         """The sampler for these settings; raises ValueError for settings this checkpoint cannot honour."""
-        return plan_sampler(settings, self.config, self.scheduler_config)
+        return configure_sampler(settings, self.config, self.scheduler_config)
 
     def generate(
         self,
@@ -73,19 +97,31 @@ class DiTPipeline:
         cfg_channels: int = 3,
         *,
         eta: float = 0.0,
+        guidance_interval: tuple[int, int] | None = None,
         batch_size: int = 32,
     ) -> np.ndarray:
-        """uint8 images [N, H, W, 3]; sample i is a function of (class_ids[i], seeds[i]) only."""
-        settings = _settings(sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_channels=cfg_channels, eta=eta)
+        """uint8 images [N, H, W, 3]; sample i is a function of (class_ids[i], seeds[i]) only.
+
+        The settings are those of `SamplingSettings` (README, "Numerics"); `guidance_interval`
+        changes the sampling protocol (README, "Speed").
+        """
+        settings = _settings(
+            sampler=sampler,
+            steps=steps,
+            cfg_scale=cfg_scale,
+            cfg_channels=cfg_channels,
+            eta=eta,
+            guidance_interval=guidance_interval,
+        )
         class_ids, seeds = list(class_ids), list(seeds)
         self.check_samples(class_ids, seeds)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        plan = self.plan(settings)
+        configured = self.sampler(settings)
         out = np.empty((len(seeds), self.image_size, self.image_size, 3), dtype=np.uint8)
         for lo in range(0, len(seeds), batch_size):
             hi = lo + batch_size
-            out[lo:hi] = self.generate_batch(class_ids[lo:hi], seeds[lo:hi], settings, plan).cpu().numpy()
+            out[lo:hi] = self.generate_batch(class_ids[lo:hi], seeds[lo:hi], configured).cpu().numpy()
         return out
 
     def check_samples(self, class_ids: Sequence[int], seeds: Sequence[int]) -> None:
@@ -95,16 +131,17 @@ class DiTPipeline:
         SampleNoise(seeds, (0, 0, 0))  # validates the seed range without drawing
 
     def generate_batch(
-        self, class_ids: Sequence[int], seeds: Sequence[int], settings: SamplingSettings, plan: Sampler
+        self, class_ids: Sequence[int], seeds: Sequence[int], configured: ConfiguredSampler
     ) -> torch.Tensor:
         """One batch, already validated: uint8 [N, H, W, 3] on the pipeline's device."""
-        return self.decode(self.sample_latents(class_ids, seeds, settings, plan))
+        return self.decode(self.sample_latents(class_ids, seeds, configured))
 
     @torch.inference_mode()
     def sample_latents(
-        self, class_ids: Sequence[int], seeds: Sequence[int], settings: SamplingSettings, plan: Sampler
+        self, class_ids: Sequence[int], seeds: Sequence[int], configured: ConfiguredSampler
     ) -> torch.Tensor:
         """Float32 latents of one validated batch; all sampler arithmetic stays on the device."""
+        settings, sampler = configured.settings, configured.sampler
         cfg = self.config
         c, side = cfg.in_channels, cfg.input_size
         noise = SampleNoise(seeds, (c, side, side), pin_memory=self.device.type == "cuda")
@@ -113,9 +150,9 @@ class DiTPipeline:
         x = noise.draw().to(self.device, non_blocking=True)
         y = torch.tensor(list(class_ids), dtype=torch.long, device=self.device)
         y_cfg = torch.cat([y, torch.full_like(y, self.transformer.null_class)])
-        timesteps = torch.tensor(plan.timesteps, dtype=torch.long, device=self.device)
+        timesteps = torch.tensor(sampler.timesteps, dtype=torch.long, device=self.device)
         state = None
-        for i, t in enumerate(plan.timesteps):
+        for i, t in enumerate(sampler.timesteps):
             t_in = timesteps[i : i + 1]  # one shared timestep; broadcast inside the model
             if settings.guided_at(t):
                 # Conditional and unconditional halves in one batch: one forward per step.
@@ -124,8 +161,8 @@ class DiTPipeline:
             else:
                 out = self._forward(x.to(self.dtype), t_in, y).float()
                 eps, var = out[:, :c], out[:, c:]
-            z = noise.draw().to(self.device, non_blocking=True) if plan.stochastic else None
-            x, state = plan.step(i, x, eps, var, z, state)
+            z = noise.draw().to(self.device, non_blocking=True) if sampler.stochastic else None
+            x, state = sampler.step(i, x, eps, var, z, state)
         return x
 
     @torch.inference_mode()
@@ -155,7 +192,7 @@ class DiTPipeline:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
-            latents = self.sample_latents(list(range(b)), list(range(b)), one_step, self.plan(one_step))
+            latents = self.sample_latents(list(range(b)), list(range(b)), self.sampler(one_step))
             self.decode(latents)
             peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
         per_sample = max((peaks[1] - peaks[0]) / 4, 1)
@@ -164,7 +201,9 @@ class DiTPipeline:
         return max(8, min(limit, fits // 8 * 8))
 
 
-def plan_sampler(settings: SamplingSettings, config: DiTConfig, scheduler_config: dict[str, Any]) -> Sampler:
+def configure_sampler(
+    settings: SamplingSettings, config: DiTConfig, scheduler_config: dict[str, Any]
+) -> ConfiguredSampler:
     """The sampler for these settings on a model with `config`, without its weights (a job driver
     validates with this before any worker loads the model); raises ValueError when not honourable."""
     if settings.guided and settings.cfg_channels > config.in_channels:
@@ -172,11 +211,12 @@ def plan_sampler(settings: SamplingSettings, config: DiTConfig, scheduler_config
             f"cfg_channels {settings.cfg_channels} exceeds the model's {config.in_channels} latent channels"
         )
     try:
-        return make_sampler(
+        sampler = make_sampler(
             settings.sampler, settings.steps, scheduler_config, learned_sigma=config.learn_sigma, eta=settings.eta
         )
     except ValidationError as err:
         raise ValueError(f"scheduler config not supported by {settings.sampler}: {describe_validation(err)}") from None
+    return ConfiguredSampler(settings, sampler)
 
 
 def _settings(**fields: Any) -> SamplingSettings:

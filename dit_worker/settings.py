@@ -18,7 +18,7 @@ class SamplingSettings(BaseModel):
     sampler: SamplerName = "ddpm"
     steps: int = Field(250, ge=1, le=1000)
     cfg_scale: float = Field(1.5, ge=0.0)
-    # DiT's released code guides 3 of the 4 latent channels (SPEC section 2).
+    # DiT's released code guides 3 of the 4 latent channels (docs/numerics.md).
     cfg_channels: Literal[3, 4] = 3
     eta: float = Field(0.0, ge=0.0)
     # Guidance only for model timesteps lo <= t <= hi, conditional-only elsewhere (Kynkäänniemi et al.

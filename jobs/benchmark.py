@@ -22,6 +22,11 @@ import torch
 
 from dit_worker.checkpoints import CheckpointError
 from dit_worker.checkpoints.convert import random_checkpoint_dir
+from dit_worker.execution.tries import TaskQueue
+from dit_worker.job.local_runner import LocalRunner
+from dit_worker.job.manifest import from_classes
+from dit_worker.job.shard_worker import WorkerSpec
+from dit_worker.job.sharding import shard_name, shard_tasks
 from dit_worker.models.flops import dit_paper_gflops, transformer_flops, vae_decode_flops
 from dit_worker.pipeline import DiTPipeline, load_pipeline
 from dit_worker.settings import SamplingSettings
@@ -127,10 +132,10 @@ def bench_classes(n: int, num_classes: int) -> list[int]:
 
 def measure_ours(pipe: DiTPipeline, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
     timer.reset()
-    plan = pipe.plan(settings)
+    sampler = pipe.sampler(settings)
     classes = bench_classes(batch, pipe.config.num_classes)
     seeds = list(range(batch))
-    t_sample, latents = timer(lambda: pipe.sample_latents(classes, seeds, settings, plan))
+    t_sample, latents = timer(lambda: pipe.sample_latents(classes, seeds, sampler))
     t_decode, _ = timer(lambda: pipe.decode(latents).cpu())
     return {"sample_s": t_sample, "decode_s": t_decode, "total_s": t_sample + t_decode, "peak_bytes": timer.peak}
 
@@ -170,19 +175,14 @@ def measure_end_to_end(
 ) -> dict[str, Any]:
     """The job's own shard loop (two shards in flight, IO pool, metadata last) on this pipeline,
     against the same samples generated without writing anything."""
-    from dit_worker.local_runner import LocalRunner
-    from dit_worker.manifest import from_classes
-    from dit_worker.shard_worker import WorkerSpec
-    from dit_worker.sharding import ShardQueue
-
     shard_size = 2 * batch
     samples = from_classes(list(range(shards)), shard_size, global_seed=1)
-    plan = pipe.plan(settings)
+    sampler = pipe.sampler(settings)
 
     def pure() -> None:
         for lo in range(0, len(samples), batch):
             rows = samples[lo : lo + batch]
-            pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), settings, plan).cpu()
+            pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), sampler).cpu()
 
     fmt = "png"
     spec = WorkerSpec(model="", vae=None, device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."),
@@ -191,7 +191,8 @@ def measure_end_to_end(
     runner = LocalRunner(spec, pipe)
     runner.start()
     t_pure, _ = timer(pure)
-    t_job, _ = timer(lambda: runner.run(samples, shard_size, ShardQueue(range(shards), 1), lambda _: None))
+    queue = TaskQueue(shard_tasks(samples, range(shards), shard_size), max_tries=1, name=shard_name)
+    t_job, _ = timer(lambda: runner.run(queue, lambda _: None))
     return {
         "impl": "dit_worker-job",
         "batch_size": batch,
@@ -208,13 +209,13 @@ def measure_psnr(
     pipe: DiTPipeline, reference: DiTPipeline, settings: SamplingSettings, samples: int, batch: int
 ) -> dict[str, Any]:
     """Image PSNR (dB, peak 255) of `pipe` against `reference` on the same samples; None when equal."""
-    plan, ref_plan = pipe.plan(settings), reference.plan(settings)
+    sampler, ref_sampler = pipe.sampler(settings), reference.sampler(settings)
     classes, seeds = bench_classes(samples, pipe.config.num_classes), list(range(samples))
     mse, max_diff = [], 0
     for lo in range(0, samples, batch):
         c, s = classes[lo : lo + batch], seeds[lo : lo + batch]
-        diff = pipe.generate_batch(c, s, settings, plan).cpu().double()
-        diff -= reference.generate_batch(c, s, settings, ref_plan).cpu().double()
+        diff = pipe.generate_batch(c, s, sampler).cpu().double()
+        diff -= reference.generate_batch(c, s, ref_sampler).cpu().double()
         mse.append((diff**2).flatten(1).mean(1))
         max_diff = max(max_diff, int(diff.abs().max()))
     per_sample = torch.cat(mse)

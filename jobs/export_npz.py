@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dit_worker.npz_stream import NpzStreamWriter
-from dit_worker.output_reader import OutputSet, OutputSetError
-from dit_worker.storage import StorageError
+from dit_worker.output.npz_stream import NpzStreamWriter
+from dit_worker.output.reader import OutputSet, OutputSetError
+from dit_worker.output.storage import StorageError
 
 log = logging.getLogger("jobs.export_npz")
 

@@ -19,8 +19,8 @@ from dit_worker.checkpoints.files import describe_validation
 from dit_worker.metrics.config import FidSettings
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.evaluation import evaluate
-from dit_worker.output_reader import OutputSetError
-from dit_worker.storage import StorageError
+from dit_worker.output.reader import OutputSetError
+from dit_worker.output.storage import StorageError
 
 
 def parse_settings(argv: list[str] | None) -> FidSettings:

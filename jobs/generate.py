@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dit_worker.job_config import JobConfig, describe_config_error
-from dit_worker.sharding import JobFailed
-from dit_worker.storage import StorageError
+from dit_worker.job.config import JobConfig, describe_config_error
+from dit_worker.job.errors import JobFailed
+from dit_worker.output.storage import StorageError
 
 SAMPLING_FLAGS = ("sampler", "steps", "cfg_scale", "cfg_channels", "eta", "guidance_interval")
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("--manifest", help="Parquet, CSV or JSONL with class_id (or class_name), seed[, sample_id]")
     samples.add_argument("--seed", type=int, help="global seed: per-sample seed = seed * 2**32 + sample_id (default 0)")
     samples.add_argument("--preset", help="fid50k: 50 per class x all classes, ddpm, 250 steps, cfg 1.5 on 3 channels")
-    sampling = p.add_argument_group("sampling (SPEC section 2)")
+    sampling = p.add_argument_group("sampling (docs/numerics.md)")
     sampling.add_argument("--sampler", help="ddpm (default), ddim or dpm-solver")
     sampling.add_argument("--steps", type=int, help="sampling steps (default 250)")
     sampling.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale; <= 1 is off (default 1.5)")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.s3_endpoint:  # s3:// model sources read the endpoint from the environment
         os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint
 
-    from dit_worker.job import run_job
+    from dit_worker.job.run import run_job
 
     try:
         summary = run_job(config)

@@ -150,7 +150,7 @@ def original_to_diffusers(sd: dict[str, torch.Tensor], depth: int) -> dict[str, 
 
 
 def patch_to_original_numerics(transformer) -> None:
-    """Give the diffusers reference DiT's original numerics (SPEC section 2), in place."""
+    """Give the diffusers reference DiT's original numerics (docs/numerics.md), in place."""
     for block in transformer.transformer_blocks:
         block.norm1.emb.time_proj.downscale_freq_shift = 0  # DiT: exp(-ln(1e4) * i / 128), not / 127
     for module in transformer.modules():

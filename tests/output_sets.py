@@ -1,4 +1,4 @@
-"""Generated sets in the SPEC section 5 layout, written through dit_worker.storage.
+"""Generated sets in the layout of docs/output.md, written through dit_worker.storage.
 
 This is test data in the real on-disk format that jobs.generate writes (its code lives on another
 branch): PNG objects or webdataset tars, one metadata Parquet part per shard, `_SUCCESS` last.
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dit_worker.storage import Storage
+from dit_worker.output.storage import Storage
 
 
 def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:

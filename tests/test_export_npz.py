@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from output_sets import write_output_set
 
-from dit_worker.npz_stream import open_npz_array
-from dit_worker.storage import open_storage
+from dit_worker.output.npz_stream import open_npz_array
+from dit_worker.output.storage import open_storage
 from jobs.export_npz import main as export_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ def test_guidance_interval(tiny_ckpt: Path) -> None:
 
     def with_interval(lo: int, hi: int) -> np.ndarray:
         settings = SamplingSettings(sampler="ddim", steps=8, cfg_scale=4.0, guidance_interval=(lo, hi))
-        return pipe.generate_batch(classes, seeds, settings, pipe.plan(settings)).numpy()
+        return pipe.generate_batch(classes, seeds, pipe.sampler(settings)).numpy()
 
     assert np.array_equal(with_interval(0, 999), guided)  # covers every step: the protocol unchanged
     assert np.array_equal(with_interval(990, 995), unguided)  # no DDIM step lands there: no guidance

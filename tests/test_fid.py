@@ -27,8 +27,8 @@ from dit_worker.metrics.frechet import frechet_distance, frechet_distance_of_sam
 from dit_worker.metrics.inception import InceptionFeatures, resolve_inception_weights
 from dit_worker.metrics.shard_statistics import FeatureAccumulator, ShardStatistics, shard_digest
 from dit_worker.metrics.statistics import FeatureMoments
-from dit_worker.output_reader import OutputSet
-from dit_worker.storage import open_storage
+from dit_worker.output.reader import OutputSet
+from dit_worker.output.storage import open_storage
 from jobs.fid import main as fid_main
 
 N, SHARD = 20, 8

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from test_storage import unwritable_folder
 
-from dit_worker.storage import open_storage
+from dit_worker.output.storage import open_storage
 from jobs.generate import main
 
 REPO = Path(__file__).resolve().parents[1]

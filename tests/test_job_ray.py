@@ -119,7 +119,7 @@ def test_job_submit_end_to_end_and_sharding_invariance(
     assert table["class_id"].to_pylist() == [879, 207, 360, 2] * 3
     assert table["class_name"].to_pylist()[:4] == ["umbrella", "golden retriever", "otter", "great white shark"]
     summary = success(s3_server, s3_bucket, "ray")
-    assert (summary["samples"], summary["shards"], summary["num_workers"], summary["retries"]) == (12, 3, 2, 0)
+    assert (summary["samples"], summary["shards"], summary["workers_placed"], summary["retries"]) == (12, 3, 2, 0)
     assert [p.name for p in cache.rglob(".complete")] == [".complete"]  # one copy for the driver and both workers
 
     # The same manifest in one local process, other shard and batch sizes: the same PNG bytes.

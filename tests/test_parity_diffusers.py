@@ -125,7 +125,7 @@ def test_full_images_equal_diffusers_pipeline(tiny_ckpt: Path, sampler: str, ste
 
 def test_ddpm_pipeline_matches_reference_loop(tiny_ckpt: Path) -> None:
     """The paper protocol end to end: DiT-style CFG on 3 channels + diffusers' learned-range DDPM,
-    per-sample generators for the initial latent and every step's noise (SPEC noise convention)."""
+    per-sample generators for the initial latent and every step's noise (docs/numerics.md, noise convention)."""
     from diffusers import DDPMScheduler
 
     classes, seeds, steps, scale = [2, 207, 5], [3, 4, 5], 50, 1.5
@@ -142,8 +142,8 @@ def test_ddpm_pipeline_matches_reference_loop(tiny_ckpt: Path) -> None:
             eps, rest = out[:, :3], out[:, 3:]
             cond, uncond = eps.chunk(2)
             guided = torch.cat([uncond + scale * (cond - uncond), rest[:3]], dim=1)
-            # With one generator per sample, diffusers draws each step's noise exactly as the SPEC
-            # convention does; it skips the draw at t = 0, where DiT masks the noise out anyway.
+            # With one generator per sample, diffusers draws each step's noise exactly as the noise
+            # convention of docs/numerics.md does; it skips the draw at t = 0, where DiT masks the noise out anyway.
             x = sched.step(guided, t, x, generator=gens).prev_sample
         expected_latents = x
         expected = vae.decode(x / vae.config.scaling_factor).sample
@@ -152,7 +152,7 @@ def test_ddpm_pipeline_matches_reference_loop(tiny_ckpt: Path) -> None:
     pipe = load_pipeline(tiny_ckpt, device="cpu", dtype="float32")
     settings_kwargs = dict(sampler="ddpm", steps=steps, cfg_scale=scale, cfg_channels=3)
     settings = SamplingSettings(**settings_kwargs)
-    latents = pipe.sample_latents(classes, seeds, settings, pipe.plan(settings))
+    latents = pipe.sample_latents(classes, seeds, pipe.sampler(settings))
     assert_rel_close(latents, expected_latents, 1e-4)
     actual = pipe.generate(classes, seeds, **settings_kwargs)
     assert np.abs(actual.astype(int) - expected.astype(int)).max() <= 1

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dit_worker.storage import StorageError, cache_s3_prefix, open_storage
+from dit_worker.checkpoints.sources import s3_snapshot
+from dit_worker.output.storage import StorageError, open_storage
 
 
 def unwritable_folder(tmp_path: Path) -> Path:
@@ -96,12 +97,12 @@ def test_s3_model_prefix_is_cached_once(s3_server, s3_bucket: str, tmp_path: Pat
     client.put_object(Bucket=s3_bucket, Key="models/dit/transformer/config.json", Body=b"{}")
     client.put_object(Bucket=s3_bucket, Key="models/dit/model_index.json", Body=b"{}")
     client.put_object(Bucket=s3_bucket, Key="models/dit2/other.json", Body=b"{}")  # a sibling prefix
-    path = cache_s3_prefix(f"s3://{s3_bucket}/models/dit")
+    path = s3_snapshot(f"s3://{s3_bucket}/models/dit")
     assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) == [
         ".complete",
         "model_index.json",
         "transformer/config.json",
     ]
     client.delete_object(Bucket=s3_bucket, Key="models/dit/model_index.json")
-    assert cache_s3_prefix(f"s3://{s3_bucket}/models/dit") == path  # served from the cache
+    assert s3_snapshot(f"s3://{s3_bucket}/models/dit") == path  # served from the cache
     assert (path / "model_index.json").is_file()

@@ -1,4 +1,4 @@
-"""Loading every supported checkpoint format into our modules (SPEC section 1)."""
+"""Loading every supported checkpoint format into our modules (docs/checkpoints.md)."""
 
 from __future__ import annotations
 

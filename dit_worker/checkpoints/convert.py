@@ -32,7 +32,7 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 def convert_original(src: str, vae: str, out: Path, *, id2label: dict[int, str] | None = None) -> Path:
     """The written scheduler config holds only DiT's training schedule, so every sampler reads the
-    same settings from the converted directory as from the `.pt` (SPEC section 2), and converted
+    same settings from the converted directory as from the `.pt` (docs/numerics.md), and converted
     images equal the original's bit for bit."""
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: output directory is not empty; choose a new --out")

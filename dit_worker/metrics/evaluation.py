@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dit_worker.cache import cache_root
 from dit_worker.metrics.config import FidSettings
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.executors import Executor, LocalExecutor, RayExecutor
@@ -27,9 +28,8 @@ from dit_worker.metrics.precision_recall import NEIGHBOURHOOD, precision_recall
 from dit_worker.metrics.reference import Reference, open_reference
 from dit_worker.metrics.shard_statistics import ShardStatistics, StatisticsMerger
 from dit_worker.metrics.tasks import FeatureTask, SetShardTask
-from dit_worker.output_reader import OutputSet
+from dit_worker.output.reader import OutputSet
 from dit_worker.settings import resolve_device
-from dit_worker.storage import cache_root
 
 log = logging.getLogger(__name__)
 METRICS_KEY = "metrics.json"

@@ -1,21 +1,25 @@
 """Where feature tasks run: in this process (`--local`) or on Ray actors, one per GPU.
 
 Either way the caller gets one `ShardStatistics` per task, in completion order, and merges them;
-a Ray actor loads Inception-v3 once and then serves shard after shard. At most two tasks per actor
-are in flight, so tasks that carry images (ADM reference chunks) never pile up in the driver.
+a Ray actor loads Inception-v3 once and then serves shard after shard. On Ray the tasks run on the
+same actor pool as the generation job (`dit_worker.execution`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import ray
 import torch
 
+from dit_worker.execution.pool import ActorPool, connect
+from dit_worker.execution.tries import TaskQueue
 from dit_worker.metrics.inception import InceptionWeights
 from dit_worker.metrics.shard_statistics import ShardStatistics
 from dit_worker.metrics.tasks import FeatureModel, FeatureTask
@@ -51,11 +55,17 @@ class FeatureActor:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = FeatureModel(path, weights_id, device, batch_size)
 
+    def ready(self) -> str:
+        return f"pid {os.getpid()} on {socket.gethostname()} ({self.model.device})"
+
     def run(self, task: FeatureTask) -> ShardStatistics:
         return task.run(self.model)
 
 
 class RayExecutor:
+    """Feature tasks on the shared actor pool: one FeatureActor per GPU (one actor without GPUs),
+    placement checked before any work, dead actors restarted, each task tried up to `max_tries`."""
+
     def __init__(
         self,
         weights: InceptionWeights,
@@ -64,35 +74,30 @@ class RayExecutor:
         num_workers: int | None,
         num_gpus_per_worker: float | None,
         batch_size: int,
+        max_tries: int = 3,
     ) -> None:
-        import ray
-        from ray.util import ActorPool
-
-        if not ray.is_initialized():
-            ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True)
+        connect(address or os.environ.get("RAY_ADDRESS") or "auto")
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         per_worker = num_gpus_per_worker if num_gpus_per_worker is not None else (1.0 if gpus else 0.0)
-        if num_workers is None:
-            num_workers = max(1, int(gpus // per_worker)) if per_worker else 1
-        log.info("Ray: %d feature actor(s), %.2g GPU each (cluster has %.3g GPUs)", num_workers, per_worker, gpus)
-        weights_ref = ray.put(weights.path.read_bytes())
-        actor_cls = ray.remote(num_cpus=1, num_gpus=per_worker)(FeatureActor)
-        self.actors = [actor_cls.remote(weights_ref, weights.id, batch_size) for _ in range(num_workers)]
-        self.pool = ActorPool(self.actors)
-        self.ray = ray
+        if num_workers is None and not per_worker:
+            num_workers = 1
+        self.pool: ActorPool[FeatureTask, ShardStatistics] = ActorPool(
+            FeatureActor,
+            (ray.put(weights.path.read_bytes()), weights.id, batch_size),
+            per_actor={"CPU": 1.0, "GPU": per_worker},
+            num_workers=num_workers,
+            tasks_per_actor=2,  # tasks that carry images (ADM reference chunks) never pile up in the driver
+            placement_hint="lower --num-workers or --num-gpus-per-worker, or add nodes",
+        )
+        self.pool.start()
+        count = len(self.pool.actors)
+        log.info("Ray: %d feature actor(s), %.2g GPU each (cluster has %.3g GPUs)", count, per_worker, gpus)
+        self.max_tries = max_tries
 
     def map(self, tasks: Iterable[FeatureTask]) -> Iterator[ShardStatistics]:
-        in_flight, limit = 0, 2 * len(self.actors)
-        for task in tasks:
-            self.pool.submit(lambda actor, t: actor.run.remote(t), task)
-            in_flight += 1
-            if in_flight >= limit:
-                yield self.pool.get_next_unordered()
-                in_flight -= 1
-        while in_flight:
-            yield self.pool.get_next_unordered()
-            in_flight -= 1
+        queue = TaskQueue(enumerate(tasks), self.max_tries, name=lambda k: f"feature task {k}")
+        for _, stats in self.pool.map(queue):
+            yield stats
 
     def close(self) -> None:
-        for actor in self.actors:
-            self.ray.kill(actor)
+        self.pool.close()

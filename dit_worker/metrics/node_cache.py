@@ -3,11 +3,11 @@ is, or an s3:// object copied once per node into the cache, keyed by its ETag.""
 
 from __future__ import annotations
 
-import fcntl
 from pathlib import Path
 
+from dit_worker.cache import cache_root, node_lock
 from dit_worker.metrics.errors import MetricsInputError
-from dit_worker.storage import S3Storage, cache_root, open_storage
+from dit_worker.output.storage import S3Storage, open_storage
 
 
 def local_file(url: str, *, flag: str, cache: str, s3_endpoint: str | None = None, hint: str = "") -> tuple[Path, str]:
@@ -29,9 +29,7 @@ def local_file(url: str, *, flag: str, cache: str, s3_endpoint: str | None = Non
     if info is None:
         raise MetricsInputError(f"{flag} {url}: no such object{hint}")
     path = cache_root() / cache / info.etag / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; the others wait and reuse it
+    with node_lock(path.parent / f".{name}.lock"):  # one download per node; the others wait and reuse it
         if not path.is_file():
             store.download(name, path)
     return path, info.etag

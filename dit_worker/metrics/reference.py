@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from dit_worker.layout import SUCCESS_KEY
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.frechet import Gaussian
 from dit_worker.metrics.inception import POOL_DIM, SPATIAL_DIM
 from dit_worker.metrics.node_cache import local_file
 from dit_worker.metrics.shard_statistics import ShardStatistics
 from dit_worker.metrics.tasks import FeatureTask, ImageArrayTask, ImageKeysTask, SetShardTask
-from dit_worker.npz_stream import open_npz_array
-from dit_worker.output_reader import IMAGE_SUFFIXES, OutputSet, decode_image
-from dit_worker.storage import Storage, StorageError, open_storage
+from dit_worker.output.layout import SUCCESS_KEY
+from dit_worker.output.npz_stream import open_npz_array
+from dit_worker.output.reader import IMAGE_SUFFIXES, OutputSet, decode_image
+from dit_worker.output.storage import Storage, StorageError, open_storage
 
 NPZ_STATS = {
     "mu": (POOL_DIM,),

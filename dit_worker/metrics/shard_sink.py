@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from dit_worker.manifest import Samples
 from dit_worker.metrics.inception import InceptionFeatures, resolve_inception_weights
 from dit_worker.metrics.shard_statistics import FeatureAccumulator, features_key, shard_digest
-from dit_worker.sharding import ShardTask
-from dit_worker.storage import Storage
+from dit_worker.output.storage import Storage
 
 INCEPTION_BATCH = 64
 
@@ -25,8 +24,8 @@ class ShardFeatures:
     def __init__(self, shard: int, accumulator: FeatureAccumulator, storage: Storage) -> None:
         self.shard, self.accumulator, self.storage = shard, accumulator, storage
 
-    def add(self, rows: Samples, images: torch.Tensor) -> None:
-        self.accumulator.add(images, rows.sample_id.tolist(), rows.class_id.tolist())
+    def add(self, sample_ids: np.ndarray, class_ids: np.ndarray, images: torch.Tensor) -> None:
+        self.accumulator.add(images, sample_ids.tolist(), class_ids.tolist())
 
     def close(self, image_sha256: list[str]) -> None:
         # The digest of the stored images lets jobs.fid tell these features from a rerun's.
@@ -36,8 +35,8 @@ class ShardFeatures:
 
 def feature_sinks(
     weights: str | None, storage: Storage, device: torch.device, s3_endpoint: str | None
-) -> Callable[[ShardTask], list[ShardFeatures]]:
+) -> Callable[[int], list[ShardFeatures]]:
     """Load Inception once per worker; each shard gets its own accumulator."""
     resolved = resolve_inception_weights(weights, s3_endpoint=s3_endpoint)
     features = InceptionFeatures(resolved.path, device=device, batch_size=INCEPTION_BATCH)
-    return lambda task: [ShardFeatures(task.shard, FeatureAccumulator(features, resolved.id), storage)]
+    return lambda shard: [ShardFeatures(shard, FeatureAccumulator(features, resolved.id), storage)]

@@ -18,8 +18,8 @@ import torch
 
 from dit_worker.metrics.inception import InceptionFeatures
 from dit_worker.metrics.shard_statistics import FeatureAccumulator, ShardStatistics, features_key, shard_digest
-from dit_worker.output_reader import OutputSet, OutputSetError, Sample, Shard, batched, decode_image, prefetch
-from dit_worker.storage import StorageError, open_storage
+from dit_worker.output.reader import OutputSet, OutputSetError, Sample, Shard, batched, decode_image, prefetch
+from dit_worker.output.storage import StorageError, open_storage
 
 log = logging.getLogger(__name__)
 

@@ -197,5 +197,5 @@ class VAEDecoder(nn.Module):
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]: round(clamp((x + 1) * 127.5, 0, 255)) (SPEC section 2)."""
+    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]: round(clamp((x + 1) * 127.5, 0, 255)) (docs/numerics.md)."""
     return ((images.float() + 1) * 127.5).clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1)

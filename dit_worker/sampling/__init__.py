@@ -1,4 +1,4 @@
-"""Samplers by name (SPEC section 2)."""
+"""Samplers by name (docs/numerics.md)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ class Sampler(ABC):
     """
 
     timesteps: list[int]  # timestep fed to the model at each step, in sampling order
-    stochastic: bool  # draws one fresh noise tensor per sample at every step (SPEC noise convention)
+    stochastic: bool  # draws one fresh noise tensor per sample at every step (docs/numerics.md, noise convention)
     uses_variance: bool = False  # reads the model's learned-sigma channels
 
     @abstractmethod

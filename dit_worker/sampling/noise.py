@@ -1,4 +1,4 @@
-"""Per-sample noise (SPEC section 2): every draw of a sample comes from its own CPU generator.
+"""Per-sample noise (docs/numerics.md, noise convention): every draw of a sample comes from its own CPU generator.
 
 An image is then a function of its (class, seed) only: batch composition, shard boundaries, worker
 count and device never change which random numbers a sample sees.

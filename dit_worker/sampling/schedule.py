@@ -2,7 +2,7 @@
 
 Two precisions on purpose: DiT's `diffusion/` package builds its schedule in float64 numpy, while
 diffusers' schedulers build theirs in float32 torch. Each sampler uses the one of the implementation
-it must equal (SPEC section 2).
+it must equal (docs/numerics.md).
 """
 
 from __future__ import annotations

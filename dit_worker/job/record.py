@@ -8,10 +8,10 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from dit_worker.job_config import JobConfig
-from dit_worker.manifest import Samples
-from dit_worker.model_info import ModelInfo
-from dit_worker.sharding import num_shards
+from dit_worker.job.config import JobConfig
+from dit_worker.job.manifest import Samples
+from dit_worker.job.model_info import ModelInfo
+from dit_worker.job.sharding import num_shards
 
 
 class ConfigMismatch(ValueError):

@@ -24,12 +24,12 @@ class _Lines:
         self.stream.flush()
 
 
-def progress_bar(total: int, done: int, stream: TextIO = sys.stderr) -> tqdm:
-    """A bar starting at `done` (shards committed by earlier runs count as done)."""
+def progress_bar(total: int, initial: int, stream: TextIO = sys.stderr) -> tqdm:
+    """A bar starting at `initial` samples (shards committed by earlier runs count as made)."""
     interactive = stream.isatty()
     return tqdm(
         total=total,
-        initial=done,
+        initial=initial,
         unit="img",
         desc="samples",
         file=stream if interactive else _Lines(stream),

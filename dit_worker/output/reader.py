@@ -1,4 +1,4 @@
-"""Reading a generated set in the SPEC section 5 layout, from a local folder or an S3 prefix.
+"""Reading a generated set in the layout of docs/output.md, from a local folder or an S3 prefix.
 
 OUT/metadata/part-<shard:05d>.parquet commits a shard (one row per sample: sample_id, class_id,
 image_key relative to OUT, width, height, sha256 of the stored bytes, ...); OUT/_SUCCESS marks the
@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dit_worker.layout import SUCCESS_KEY, committed_shards, part_key
-from dit_worker.storage import Storage, open_storage
+from dit_worker.output.layout import SUCCESS_KEY, committed_shards, part_key
+from dit_worker.output.storage import Storage, open_storage
 
 REQUIRED_COLUMNS = ("sample_id", "class_id", "image_key", "width", "height", "sha256")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -147,7 +147,7 @@ class OutputSet:
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise OutputSetError(
-                f"{where}: missing metadata column(s) {', '.join(missing)}; SPEC section 5 requires "
+                f"{where}: missing metadata column(s) {', '.join(missing)}; a dit-worker set (docs/output.md) has "
                 f"{', '.join(REQUIRED_COLUMNS)}"
             )
         cols = {c: table.column(c).to_pylist() for c in table.column_names if c in (*REQUIRED_COLUMNS, "class_name")}

@@ -8,7 +8,7 @@ from typing import Any
 from dit_worker.checkpoints import load_checkpoint
 from dit_worker.labels import ClassNames
 from dit_worker.models.dit import DiTConfig
-from dit_worker.pipeline import plan_sampler
+from dit_worker.pipeline import configure_sampler
 from dit_worker.settings import SamplingSettings
 
 
@@ -21,7 +21,7 @@ class ModelInfo:
 
     def check_settings(self, settings: SamplingSettings) -> None:
         """Raise ValueError for settings this checkpoint cannot honour, as a worker would."""
-        plan_sampler(settings, self.config, self.scheduler_config)
+        configure_sampler(settings, self.config, self.scheduler_config)
 
 
 def inspect_model(model: str, vae: str | None) -> ModelInfo:

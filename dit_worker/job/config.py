@@ -1,4 +1,4 @@
-"""A generation job's configuration (SPEC section 4): one pydantic model, validated once at the edge."""
+"""A generation job's configuration (docs/cli.md): one pydantic model, validated once at the edge."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dit_worker.manifest import MAX_GLOBAL_SEED
+from dit_worker.job.manifest import MAX_GLOBAL_SEED
+from dit_worker.output.storage import RetryMode
 from dit_worker.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
-from dit_worker.storage import RetryMode
 
 OutputFormat = Literal["png", "webdataset"]
 

@@ -14,29 +14,28 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from dit_worker.job_config import JobConfig
-from dit_worker.job_record import check_resumable, job_record
-from dit_worker.layout import JOB_KEY, SUCCESS_KEY, committed_shards
-from dit_worker.manifest import Samples, from_classes, parse_classes, read_manifest
-from dit_worker.model_info import ModelInfo, inspect_model
-from dit_worker.progress import progress_bar
-from dit_worker.shard_worker import RunStats, ShardResult, WorkerSpec
-from dit_worker.sharding import JobFailed, ShardQueue, num_shards
-from dit_worker.storage import Storage, open_storage
+from dit_worker.execution.stats import PoolStats
+from dit_worker.execution.tries import TaskFailed, TaskQueue
+from dit_worker.job.config import JobConfig
+from dit_worker.job.errors import JobError, JobFailed
+from dit_worker.job.local_runner import LocalRunner
+from dit_worker.job.manifest import Samples, from_classes, parse_classes, read_manifest
+from dit_worker.job.model_info import ModelInfo, inspect_model
+from dit_worker.job.progress import progress_bar
+from dit_worker.job.record import check_resumable, job_record
+from dit_worker.job.shard_worker import ShardResult, WorkerSpec
+from dit_worker.job.sharding import ShardTask, num_shards, shard_name, shard_tasks
+from dit_worker.metrics.inception import resolve_inception_weights
+from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY, committed_shards
+from dit_worker.output.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
-
-
-class JobError(ValueError):
-    """Input refused before anything is written; the message names the value and what would do."""
 
 
 class Runner(Protocol):
     def start(self) -> None: ...
 
-    def run(
-        self, samples: Samples, shard_size: int, queue: ShardQueue, on_done: Callable[[ShardResult], None]
-    ) -> RunStats: ...
+    def run(self, queue: TaskQueue[ShardTask], on_committed: Callable[[ShardResult], None]) -> PoolStats: ...
 
 
 def build_samples(config: JobConfig, info: ModelInfo) -> Samples:
@@ -69,8 +68,6 @@ def plan_job(config: JobConfig) -> JobPlan:
     except ValueError as err:
         raise JobError(f"sampling settings: {err}") from None
     if config.metrics:  # a bad weights file fails now, not on every worker after sampling started
-        from dit_worker.metrics.inception import resolve_inception_weights
-
         resolve_inception_weights(config.inception_weights, s3_endpoint=config.s3_endpoint)
     samples = build_samples(config, info)
     storage = open_storage(config.out, s3_endpoint=config.s3_endpoint, retry_mode=config.s3_retry_mode)
@@ -93,10 +90,10 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
     plan = plan_job(config)
     storage = plan.storage
-    done = _read_json(storage, SUCCESS_KEY)
-    if not plan.pending and done is not None:
+    previous_summary = _read_json(storage, SUCCESS_KEY)
+    if not plan.pending and previous_summary is not None:
         log.info("%s is complete: all %d shards committed", storage.url, plan.num_shards)
-        return done
+        return previous_summary
 
     runner = _runner(config) if plan.pending else None
     if runner is not None:
@@ -108,17 +105,23 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         "%s: %d samples in %d shards, %d shard(s) already committed, %d to run",
         storage.url, len(plan.samples), plan.num_shards, plan.num_shards - len(plan.pending), len(plan.pending),
     )  # fmt: skip
-    queue = ShardQueue(plan.pending, config.max_tries)
-    stats, worker_seconds = RunStats(0, 0.0, 0.0), 0.0
+    queue = TaskQueue(shard_tasks(plan.samples, plan.pending, config.shard_size), config.max_tries, shard_name)
+    stats, worker_seconds = PoolStats(0, 0, 0.0, 0.0), 0.0
     if runner is not None:
-        with progress_bar(len(plan.samples), done=len(plan.samples) - todo) as bar:
+        with progress_bar(len(plan.samples), initial=len(plan.samples) - todo) as bar:
 
-            def on_done(result: ShardResult) -> None:
+            def on_committed(result: ShardResult) -> None:
                 nonlocal worker_seconds
                 worker_seconds += result.seconds
                 bar.update(result.samples)
 
-            stats = runner.run(plan.samples, config.shard_size, queue, on_done)
+            try:
+                stats = runner.run(queue, on_committed)
+            except TaskFailed as err:
+                raise JobFailed(
+                    f"{err}. Committed shards are kept: fix the cause and rerun the same command to finish the "
+                    "pending ones"
+                ) from None
 
     missing = sorted(set(range(plan.num_shards)) - committed_shards(storage))
     if missing:
@@ -130,10 +133,11 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         "samples_generated": todo,
         "shards_generated": len(plan.pending),
         "shards_skipped": plan.num_shards - len(plan.pending),
-        "num_workers": stats.num_workers,
+        "workers_placed": stats.workers_placed,
+        "workers_ran": stats.workers_ran,
         "wall_time_s": round(wall, 3),
         "images_per_s": round(todo / wall, 3),
-        "images_per_s_per_worker": round(todo / wall / max(stats.num_workers, 1), 3),
+        "images_per_s_per_worker": round(todo / wall / max(stats.workers_ran, 1), 3),
         "run_time_s": round(stats.seconds, 3),  # the dispatch loop: worker start-up to the last commit
         "worker_seconds": round(worker_seconds, 3),  # inside the workers, summed over shards
         "driver_seconds_per_shard": round((stats.seconds - stats.waiting_seconds) / max(len(plan.pending), 1), 6),
@@ -172,10 +176,8 @@ def _runner(config: JobConfig) -> Runner:
         format=config.format,
     )
     if config.local:
-        from dit_worker.local_runner import LocalRunner
-
         return LocalRunner(spec)
-    from dit_worker.driver import RayRunner
+    from dit_worker.job.ray_runner import RayRunner  # imports Ray, which --local runs never need
 
     # --s3-endpoint must reach the workers' model cache (s3:// sources) too, which reads the environment.
     env = {"AWS_ENDPOINT_URL": config.s3_endpoint} if config.s3_endpoint else {}

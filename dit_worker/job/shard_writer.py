@@ -16,14 +16,14 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from dit_worker.job_config import OutputFormat
+from dit_worker.job.config import OutputFormat
+from dit_worker.job.manifest import Samples
+from dit_worker.job.sharding import ShardTask
 from dit_worker.labels import ClassNames
-from dit_worker.layout import image_key, member_name, part_key, tar_key
-from dit_worker.manifest import Samples
-from dit_worker.metadata import parquet_bytes, shard_table
+from dit_worker.output.layout import image_key, member_name, part_key, tar_key
+from dit_worker.output.metadata import parquet_bytes, shard_table
+from dit_worker.output.storage import Storage
 from dit_worker.settings import SamplingSettings
-from dit_worker.sharding import ShardTask
-from dit_worker.storage import Storage
 
 T = TypeVar("T")
 
@@ -134,7 +134,8 @@ class ShardWriter:
         else:
             keys = [f"{tar_key(shard)}#{member_name(i, 'png')}" for i in ids]
         names = [self.names.name(c) for c in samples.class_id.tolist()]
-        return shard_table(shard, samples, names, keys, sha256, self.image_size, self.settings)
+        ids, classes, seeds = samples.sample_id, samples.class_id, samples.seed
+        return shard_table(shard, ids, classes, seeds, names, keys, sha256, self.image_size, self.settings)
 
 
 def webdataset_tar(table: pa.Table, pngs: list[bytes | None]) -> bytes:

@@ -1,13 +1,13 @@
-"""Per-shard metadata parts (SPEC section 5): one Parquet file per shard, one row per sample."""
+"""Per-shard metadata parts (docs/output.md): one Parquet file per shard, one row per sample."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dit_worker.manifest import Samples
 from dit_worker.settings import SamplingSettings
 
 SCHEMA = pa.schema(
@@ -31,20 +31,22 @@ SCHEMA = pa.schema(
 
 def shard_table(
     shard: int,
-    samples: Samples,
+    sample_id: np.ndarray,
+    class_id: np.ndarray,
+    seed: np.ndarray,
     class_names: Sequence[str],
     image_keys: Sequence[str],
     sha256: Sequence[str],
     image_size: int,
     settings: SamplingSettings,
 ) -> pa.Table:
-    n = len(samples)
+    n = len(sample_id)
     return pa.table(
         {
-            "sample_id": samples.sample_id,
-            "class_id": samples.class_id,
+            "sample_id": sample_id,
+            "class_id": class_id,
             "class_name": class_names,
-            "seed": samples.seed,
+            "seed": seed,
             "image_key": image_keys,
             "width": [image_size] * n,
             "height": [image_size] * n,

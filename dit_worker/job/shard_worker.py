@@ -15,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
 
-from dit_worker.job_config import OutputFormat
-from dit_worker.manifest import Samples
+from dit_worker.job.config import OutputFormat
+from dit_worker.job.shard_writer import IOPool, ShardWriter
+from dit_worker.job.sharding import ShardTask
+from dit_worker.metrics.shard_sink import feature_sinks
+from dit_worker.output.storage import RetryMode, open_storage
 from dit_worker.pipeline import DiTPipeline, load_pipeline
 from dit_worker.settings import SamplingSettings
-from dit_worker.shard_writer import IOPool, ShardWriter
-from dit_worker.sharding import ShardTask
-from dit_worker.storage import RetryMode, open_storage
 
 SHARDS_IN_FLIGHT = 2  # per worker: the one sampling and the one committing (or queued behind it)
 
@@ -33,8 +34,8 @@ class BatchSink(Protocol):
     features). `close` runs once all the shard's images are stored and before its metadata part is
     written, so whatever it stores is there for every committed shard."""
 
-    def add(self, rows: Samples, images: torch.Tensor) -> None:
-        """images: uint8 [N, H, W, 3] on the pipeline's device, row i is sample rows.sample_id[i]."""
+    def add(self, sample_ids: np.ndarray, class_ids: np.ndarray, images: torch.Tensor) -> None:
+        """images: uint8 [N, H, W, 3] on the pipeline's device, row i is sample sample_ids[i]."""
 
     def close(self, image_sha256: list[str]) -> None:
         """image_sha256: the stored images' hashes, in the shard's sample order."""
@@ -69,36 +70,36 @@ class ShardResult:
     seconds: float  # inside the worker, from taking the task to the committed metadata part
 
 
-@dataclass(frozen=True)
-class RunStats:
-    """What a runner measured. The driver's own cost per shard is (seconds - waiting_seconds) / shards."""
-
-    num_workers: int
-    seconds: float  # the dispatch loop, from its start to the last commit
-    waiting_seconds: float  # of which blocked, waiting for workers
-
-
 class ShardWorker:
+    """Turns shard tasks into committed shards: samples each batch, hands the images to the IO pool,
+    then writes the shard's metadata part once every image is stored.
+
+    Built once per process (a Ray actor, or in-process for --local); `ready()` answers once the
+    pipeline is loaded, `run(task)` makes one shard. Usage::
+
+        worker = ShardWorker(spec)  # loads the pipeline; ShardWorker(spec, pipe) reuses a loaded one
+        worker.ready()  # "pid 123 on host (cuda:0, torch.bfloat16, batch 64, compiled)"
+        result = worker.run(shard_task(samples, shard=3, shard_size=1000))
+    """
+
     def __init__(self, spec: WorkerSpec, pipe: DiTPipeline | None = None) -> None:
         """`pipe`: an already loaded pipeline for `spec` (the benchmark reuses its own)."""
         self.spec = spec
         self.pipe = pipe or load_pipeline(spec.model, spec.vae, device=spec.device, dtype=spec.dtype)
         if spec.compile:
             self.pipe.compile()
-        self.plan = self.pipe.plan(spec.sampling)
+        self.sampler = self.pipe.sampler(spec.sampling)
         auto = spec.batch_size == "auto"
         self.batch_size = self.pipe.max_batch_size(spec.sampling) if auto else int(spec.batch_size)
         self.storage = open_storage(spec.out, s3_endpoint=spec.s3_endpoint, retry_mode=spec.retry_mode)
-        self._sinks: Callable[[ShardTask], list[BatchSink]] = lambda task: []
+        self._sinks: Callable[[int], list[BatchSink]] = lambda shard: []
         if spec.metrics:
-            from dit_worker.metrics.shard_sink import feature_sinks
-
             self._sinks = feature_sinks(spec.inception_weights, self.storage, self.pipe.device, spec.s3_endpoint)
         self.pool = IOPool(spec.io_threads, max_queued=SHARDS_IN_FLIGHT * self.batch_size)
         self._sampling = threading.Lock()
 
-    def describe(self) -> str:
-        """Answers once the pipeline is loaded: the driver feeds only workers that answered."""
+    def ready(self) -> str:
+        """Answers once the pipeline is loaded (the pool feeds only workers that answered): who we are."""
         return (
             f"pid {os.getpid()} on {socket.gethostname()} ({self.pipe.device}, {self.pipe.dtype}, "
             f"batch {self.batch_size}{', compiled' if self.spec.compile else ''})"
@@ -116,14 +117,14 @@ class ShardWorker:
             settings=spec.sampling,
             image_size=self.pipe.image_size,
         )
-        extras = self._sinks(task)
+        extras = self._sinks(task.shard)
         with self._sampling:
             for lo in range(0, len(task.samples), self.batch_size):
                 rows = task.samples[lo : lo + self.batch_size]
-                images = self.pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), spec.sampling, self.plan)
+                images = self.pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), self.sampler)
                 writer.add(rows, images)
                 for sink in extras:
-                    sink.add(rows, images)
+                    sink.add(rows.sample_id, rows.class_id, images)
         image_sha256 = writer.store()
         for sink in extras:
             sink.close(image_sha256)

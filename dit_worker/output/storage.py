@@ -7,7 +7,6 @@ one copy of each sample.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -220,33 +219,3 @@ def open_storage(url: str, *, s3_endpoint: str | None = None, retry_mode: RetryM
     if "://" in url:
         raise StorageError(f"{url}: unsupported scheme; use a local folder or s3://bucket/prefix")
     return LocalStorage(Path(url))
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DIT_WORKER_CACHE", Path.home() / ".cache" / "dit_worker"))
-
-
-def cache_s3_prefix(url: str, *, s3_endpoint: str | None = None) -> Path:
-    """Copy an s3:// model prefix to this node's cache once; concurrent callers on a node wait.
-
-    A single `.complete` marker, written after every file, makes a half-finished copy (a process
-    killed mid-download) invisible: the next caller starts over.
-    """
-    store = open_storage(url, s3_endpoint=s3_endpoint)
-    assert isinstance(store, S3Storage)
-    target = cache_root() / "s3" / store.bucket / store.prefix
-    marker = target / ".complete"
-    if marker.is_file():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file():
-            return target
-        objects = list(store.list(""))
-        if not objects:
-            raise StorageError(f"{url}: no objects under this prefix")
-        for obj in objects:
-            store.download(obj.key, target / obj.key)
-        marker.write_text(url + "\n")
-    return target

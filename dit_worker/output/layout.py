@@ -1,11 +1,11 @@
-"""Where a job's objects live below OUT (SPEC section 5). Every key is derived from a shard index or
+"""Where a job's objects live below OUT (docs/output.md). Every key is derived from a shard index or
 a sample id, so a retried shard overwrites exactly the objects of its first try."""
 
 from __future__ import annotations
 
 import re
 
-from dit_worker.storage import Storage
+from dit_worker.output.storage import Storage
 
 JOB_KEY = "job.json"
 SUCCESS_KEY = "_SUCCESS"

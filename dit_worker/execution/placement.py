@@ -1,0 +1,71 @@
+"""Can the cluster hold the actors? Checked before a job writes anything, instead of a pool that
+waits forever for room that will not come."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import ray
+
+log = logging.getLogger(__name__)
+
+POLL_S = 5.0  # how often an autoscaler's progress is checked
+
+
+class PlacementError(ValueError):
+    """More actors asked for than the cluster can place."""
+
+
+@dataclass(frozen=True)
+class Room:
+    """How many actors of one shape the alive nodes hold, by their total resources, node by node."""
+
+    actors: int
+    nodes: int
+    totals: dict[str, float]
+
+
+def room_for(per_actor: dict[str, float]) -> Room:
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    fits = sum(
+        min(math.floor(res.get(k, 0.0) / need + 1e-9) for k, need in per_actor.items() if need > 0) for res in nodes
+    )
+    totals = {k: sum(res.get(k, 0.0) for res in nodes) for k in per_actor}
+    return Room(fits, len(nodes), totals)
+
+
+def place(per_actor: dict[str, float], requested: int | None, timeout: float, hint: str) -> int:
+    """The number of actors to start: `requested`, or all that fit when None.
+
+    Raises PlacementError when they cannot be placed, after asking the autoscaler for room and
+    waiting up to `timeout` seconds when that is > 0. `hint` says what the user can change.
+    """
+    room = room_for(per_actor)
+    wanted = requested if requested is not None else room.actors
+    if wanted == 0:
+        raise PlacementError(
+            f"the cluster has no room for a worker needing {per_actor} ({room.nodes} node(s), "
+            f"{room.totals} in total); {hint}"
+        )
+    if room.actors >= wanted:
+        return wanted
+    if timeout > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[per_actor] * wanted)
+        log.info(
+            "%d of %d workers fit now; asked the autoscaler for room, waiting %.0f s", room.actors, wanted, timeout
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and room.actors < wanted:
+            time.sleep(POLL_S)
+            room = room_for(per_actor)
+        if room.actors >= wanted:
+            return wanted
+    raise PlacementError(
+        f"--num-workers {wanted} cannot be placed: each worker needs {per_actor} and the cluster's "
+        f"{room.nodes} node(s) ({room.totals} in total) have room for {room.actors}. {hint}"
+    )
