@@ -19,7 +19,7 @@ from dit_worker.checkpoints.diffusers_layout import (
 )
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import read_json
-from dit_worker.checkpoints.original import load_original
+from dit_worker.checkpoints.original import ORIGINAL_SCHEDULER_CONFIG, load_original
 from dit_worker.checkpoints.sources import resolve_source
 from dit_worker.models.dit import DiT, DiTConfig
 from dit_worker.models.vae import VAEDecoder, VAEDecoderConfig
@@ -31,7 +31,7 @@ class Checkpoint:
     transformer_state: dict[str, torch.Tensor] = field(repr=False)
     vae: VAEDecoderConfig
     vae_state: dict[str, torch.Tensor] = field(repr=False)
-    scheduler_config: dict[str, Any]  # {} when the checkpoint has none (original DiT files)
+    scheduler_config: dict[str, Any]  # original DiT files: ORIGINAL_SCHEDULER_CONFIG
     id2label: dict[int, str]
     source: str
 
@@ -53,7 +53,7 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights
         vae_dir = vae_folder(resolve_source(str(vae), "vae"))
         vcfg = vae_config(vae_dir)
         config, state = load_original(root)
-        scheduler: dict[str, Any] = {}
+        scheduler: dict[str, Any] = dict(ORIGINAL_SCHEDULER_CONFIG)
         id2label: dict[int, str] = {}
     else:
         tdir = root / "transformer"

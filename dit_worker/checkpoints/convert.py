@@ -21,19 +21,18 @@ from dit_worker.checkpoints.diffusers_layout import (
 )
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import load_weights_dir, read_json
-from dit_worker.checkpoints.original import load_original
+from dit_worker.checkpoints.original import ORIGINAL_SCHEDULER_CONFIG, load_original
 from dit_worker.checkpoints.sources import resolve_source
 from dit_worker.models.dit import DiT, DiTConfig, dit_config
 from dit_worker.models.vae import VAEDecoder, VAEDecoderConfig
-from dit_worker.sampling.schedule import ScheduleConfig
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def convert_original(src: str, vae: str, out: Path, *, id2label: dict[int, str] | None = None) -> Path:
-    """The written scheduler config holds only DiT's training schedule, so every sampler reads the
-    same settings from the converted directory as from the `.pt` (docs/numerics.md), and converted
-    images equal the original's bit for bit."""
+    """The written scheduler config is the one a `.pt` is loaded with (facebook/DiT-XL-2-256's), so
+    every sampler reads the same settings from the converted directory as from the `.pt`
+    (docs/checkpoints.md), and converted images equal the original's bit for bit."""
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: output directory is not empty; choose a new --out")
     pt = resolve_source(src, "model")
@@ -85,10 +84,7 @@ def write_diffusers_layout(
         _write_json(tmp / "transformer" / "config.json", transformer_config_json(config))
         save_file({k: v.contiguous() for k, v in vae_weights.items()}, str(tmp / "vae" / WEIGHTS))
         _write_json(tmp / "vae" / "config.json", vae_json)
-        schedule = ScheduleConfig().model_dump(
-            include={"num_train_timesteps", "beta_start", "beta_end", "beta_schedule"}
-        )
-        _write_json(tmp / "scheduler" / "scheduler_config.json", {"_class_name": "DDIMScheduler", **schedule})
+        _write_json(tmp / "scheduler" / "scheduler_config.json", ORIGINAL_SCHEDULER_CONFIG)
         index: dict[str, Any] = {
             "_class_name": "DiTPipeline",
             "transformer": ["diffusers", "DiTTransformer2DModel"],

@@ -13,6 +13,22 @@ from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import describe_validation, torch_load_weights
 from dit_worker.models.dit import DiTConfig, dit_config, model_names, registry_heads, sincos_pos_embed_2d
 
+# An original `.pt` carries no scheduler config: it gets the one facebook/DiT-XL-2-256 ships (the
+# same weights converted by diffusers), so a `.pt` and its diffusers-layout form give identical
+# images with every sampler (docs/checkpoints.md). Note clip_sample false, unlike DDIMScheduler's default.
+ORIGINAL_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDIMScheduler",
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "trained_betas": None,
+}
+
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 _RENAMES = (
     (re.compile(r"^t_embedder\."), "conditioners.0.t_embedder."),
