@@ -122,24 +122,24 @@ class ActorPool(Generic[T, R]):
             log.info("worker %d ready: %s", book.started(ref), description)
 
     def _settle_task(self, book: Members[T], queue: TaskQueue[T], ref: ray.ObjectRef) -> tuple[int, R] | None:
-        done = book.settle(ref)
-        name = queue.name(done.key)
+        settled = book.settle(ref)
+        name = queue.name(settled.key)
         try:
             result: R = ray.get(ref)
         except RayActorError as err:
-            log.warning("%s: worker %d died (%s); rerunning it", name, done.actor, reason(err))
+            log.warning("%s: worker %d died (%s); rerunning it", name, settled.actor, reason(err))
             if getattr(err, "actor_init_failed", False):
-                book.lost(done.actor, reason(err))
-            elif done.actor in book.alive:  # feed it again once it answers after its restart
-                book.probe(done.actor, self.actors[done.actor].ready.remote())
-            queue.failed(done.key, done.task, f"worker died: {reason(err)}")
+                book.lost(settled.actor, reason(err))
+            elif settled.actor in book.alive:  # feed it again once it answers after its restart
+                book.probe(settled.actor, self.actors[settled.actor].ready.remote())
+            queue.failed(settled.key, settled.task, f"worker died: {reason(err)}")
             return None
         except RayError as err:
-            log.warning("%s failed on worker %d: %s", name, done.actor, reason(err))
-            queue.failed(done.key, done.task, reason(err))
+            log.warning("%s failed on worker %d: %s", name, settled.actor, reason(err))
+            queue.failed(settled.key, settled.task, reason(err))
             return None
-        book.ran.add(done.actor)
-        return done.key, result
+        book.ran.add(settled.actor)
+        return settled.key, result
 
     def close(self) -> None:
         for actor in self.actors:

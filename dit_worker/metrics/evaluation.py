@@ -37,12 +37,12 @@ PER_CLASS_KEY = "metrics_per_class.json"
 
 
 def _collect(executor: Executor, tasks: Iterable[FeatureTask], total: int, what: str) -> ShardStatistics | None:
-    merger, done, start = StatisticsMerger(), 0, time.monotonic()
+    merger, chunks, start = StatisticsMerger(), 0, time.monotonic()
     for part in executor.map(tasks):
         merger.add(part)
-        done += 1
-        log.info("%s: %d/%d chunks (%d samples), %.0f s", what, done, total, part.count, time.monotonic() - start)
-    return merger.result() if done else None
+        chunks += 1
+        log.info("%s: %d/%d chunks (%d samples), %.0f s", what, chunks, total, part.count, time.monotonic() - start)
+    return merger.result() if chunks else None
 
 
 def reference_features(ref: Reference, weights: InceptionWeights, executor: Executor) -> ShardStatistics | None:
