@@ -16,6 +16,8 @@ import sys
 from pydantic import ValidationError
 
 from dit_worker.checkpoints.files import describe_validation
+from dit_worker.execution.placement import PlacementError
+from dit_worker.execution.tries import TaskFailed
 from dit_worker.metrics.config import FidSettings
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.evaluation import evaluate
@@ -75,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(f"error: {describe_validation(err)}", file=sys.stderr)
         return 2
-    except (MetricsInputError, OutputSetError, StorageError) as err:
+    except (MetricsInputError, OutputSetError, StorageError, PlacementError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TaskFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -256,6 +256,27 @@ def test_ray_actors_match_local(
         assert got[key] == pytest.approx(local_metrics[key], rel=1e-5, abs=1e-7), key
 
 
+def test_ray_feature_pool_refuses_what_the_cluster_cannot_place(
+    out: Path, ref_dir: Path, weights: Path, workdir: Path, ray_cluster
+) -> None:
+    """jobs.fid runs on the job's actor pool: too many actors for the 2-CPU head fail at once, exit 2,
+    before any feature is computed, instead of waiting forever for room."""
+    copy = copy_set(out, workdir / "ray-oversized")
+    env = os.environ | {
+        "RAY_ADDRESS": ray_cluster.address,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "DIT_WORKER_CACHE": str(workdir / "ray-oversized-cache"),
+    }
+    cmd = [sys.executable, "-m", "jobs.fid", "--out", str(copy), "--ref", str(ref_dir), "--inception-weights",
+           str(weights), "--num-workers", "5", "--recompute-features"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --num-workers 5 cannot be placed") and "room for 2" in last, last
+    assert not (copy / "metrics.json").exists()
+
+
 def test_s3_set_evaluates_from_stored_statistics(
     local_metrics: dict, out: Path, ref_dir: Path, weights: Path, s3_server, s3_bucket: str, monkeypatch
 ) -> None:
