@@ -20,6 +20,10 @@ class ClassNames:
         """The first synonym, or "" when the checkpoint has no names."""
         return self.labels.get(class_id, "").split(",")[0].strip()
 
+    def candidates(self, name: str) -> list[int]:
+        """Every class id `name` (any synonym, case-insensitive) may mean; [] when unknown."""
+        return list(self._ids.get(name.strip().lower(), []))
+
     def ids(self, names: Sequence[str]) -> list[int]:
         """Names (any synonym, case-insensitive) to ids; unknown or ambiguous names raise ValueError."""
         if not self._ids:

@@ -37,6 +37,14 @@ def load_pipeline(
     return DiTPipeline(load_checkpoint(model, vae), dev, dt)
 
 
+class NonFiniteLatents(ValueError):
+    """Sampling produced NaN or infinite latents (bad weights or settings): no image is made of them."""
+
+    def __init__(self, rows: list[int]) -> None:
+        super().__init__(f"non-finite latents in batch rows {rows[:10]}")
+        self.rows = rows
+
+
 @dataclass(frozen=True)
 class ConfiguredSampler:
     """A sampler and the settings it was made from, so the two cannot be mismatched."""
@@ -133,8 +141,16 @@ class DiTPipeline:
     def generate_batch(
         self, class_ids: Sequence[int], seeds: Sequence[int], configured: ConfiguredSampler
     ) -> torch.Tensor:
-        """One batch, already validated: uint8 [N, H, W, 3] on the pipeline's device."""
-        return self.decode(self.sample_latents(class_ids, seeds, configured))
+        """One batch, already validated: uint8 [N, H, W, 3] on the pipeline's device.
+
+        Raises NonFiniteLatents naming the rows whose latents hold NaN or inf: decoded, they would
+        become plausible-looking black or saturated images.
+        """
+        latents = self.sample_latents(class_ids, seeds, configured)
+        bad = ~torch.isfinite(latents).flatten(1).all(dim=1)
+        if bad.any():  # one host sync per batch
+            raise NonFiniteLatents(torch.nonzero(bad).flatten().tolist())
+        return self.decode(latents)
 
     @torch.inference_mode()
     def sample_latents(

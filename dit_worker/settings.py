@@ -17,10 +17,10 @@ class SamplingSettings(BaseModel):
 
     sampler: SamplerName = "ddpm"
     steps: int = Field(250, ge=1, le=1000)
-    cfg_scale: float = Field(1.5, ge=0.0)
+    cfg_scale: float = Field(1.5, ge=0.0, allow_inf_nan=False)  # inf/nan would sample NaN latents
     # DiT's released code guides 3 of the 4 latent channels (docs/numerics.md).
     cfg_channels: Literal[3, 4] = 3
-    eta: float = Field(0.0, ge=0.0)
+    eta: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     # Guidance only for model timesteps lo <= t <= hi, conditional-only elsewhere (Kynkäänniemi et al.
     # 2024, "Applying Guidance in a Limited Interval"). This CHANGES the sampling protocol: leave it
     # unset to reproduce the DiT paper or diffusers.

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -32,6 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--format", help="png (default) or webdataset (one tar per shard)")
     out.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL, else AWS)")
     out.add_argument("--s3-retry-mode", help="botocore retry mode: standard (default) or adaptive")
+    out.add_argument(
+        "--lease-ttl",
+        type=float,
+        help="seconds after which the output lease of a dead run may be taken over (default 120)",
+    )
+    out.add_argument(
+        "--verify",
+        action="store_true",
+        default=None,
+        help="on resume, also check every committed image's sha256 (default: existence and size only)",
+    )
     samples = p.add_argument_group("samples")
     samples.add_argument("--classes", help="comma-separated class ids or names (default: every class)")
     samples.add_argument("--per-class", type=int, help="samples per chosen class")
@@ -59,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu or cuda (--local also cuda:N); default: cuda when the worker has a GPU")
     run.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)")
     run.add_argument("--local", action="store_true", default=None, help="run in this process, without Ray")
-    run.add_argument("--max-tries", type=int, help="tries per shard before the job fails (default 3)")
+    run.add_argument("--max-tries", type=int, help="tries per shard before the job fails (default 5)")
+    run.add_argument(
+        "--retry-backoff", type=float, help="seconds before a shard's 2nd try, doubling each try, jittered (default 15)"
+    )
+    run.add_argument("--retry-backoff-max", type=float, help="longest wait between two tries of a shard (default 240)")
+    run.add_argument(
+        "--min-workers",
+        type=int,
+        help="start once this many workers fit, adding more as nodes join (default: --num-workers, or 1 per GPU)",
+    )
     metrics = p.add_argument_group("metrics")
     metrics.add_argument(
         "--metrics",
@@ -79,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--placement-timeout", type=float, help="seconds to wait for an autoscaler to fit --num-workers (default 0)"
     )
     return p
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def batch_size(text: str) -> int | str:
@@ -110,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from dit_worker.job.run import run_job
 
+    # `ray job stop` and schedulers send SIGTERM: unwind like Ctrl-C, so the output's lease is
+    # released (a rerun may start at once) instead of blocking reruns until it expires.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         summary = run_job(config)
     except (ValueError, StorageError) as err:
@@ -118,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: stopped; committed shards are kept, rerun the same command to finish", file=sys.stderr)
+        return 130
     print(json.dumps(summary))
     return 0
 

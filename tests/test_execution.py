@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dit_worker.execution.tries import TaskFailed, TaskQueue
+from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
 
 
 def test_tasks_are_made_only_when_taken() -> None:
@@ -45,3 +45,32 @@ def test_tries_are_counted_per_task() -> None:
     assert queue.retries == 2 and sorted([queue.take()[0], queue.take()[0]]) == [0, 1]
     with pytest.raises(ValueError, match="max_tries must be >= 1"):
         TaskQueue([], max_tries=0)
+
+
+def test_retries_wait_out_an_exponential_backoff_with_jitter() -> None:
+    now = [100.0]
+    queue = TaskQueue(((k, k) for k in range(2)), max_tries=4, backoff=Backoff(10.0, 25.0), clock=lambda: now[0])
+    queue.take()
+    queue.failed(0, 0, "outage")  # first failure: 5..10 s
+    assert queue.ready() and queue.take() == (1, 1)  # the fresh task is not held up by the retry
+    assert bool(queue) and not queue.ready() and 5.0 <= queue.wait_s() <= 10.0
+    with pytest.raises(IndexError):
+        queue.take()
+    now[0] += queue.wait_s()
+    assert queue.take() == (0, 0)
+    waits = []
+    for _ in (2, 3):  # failures 2 and 3: 10..20 s, then capped at 12.5..25 s
+        queue.failed(0, 0, "outage")
+        waits.append(queue.wait_s())
+        now[0] += waits[-1]
+        assert queue.take() == (0, 0)
+    assert 10.0 <= waits[0] <= 20.0 and 12.5 <= waits[1] <= 25.0
+    with pytest.raises(TaskFailed, match="failed 4 time"):
+        queue.failed(0, 0, "outage")
+
+
+def test_a_final_error_is_not_retried() -> None:
+    queue = TaskQueue([(7, None)], max_tries=5, name=lambda k: f"shard {k:05d}")
+    queue.take()
+    with pytest.raises(TaskFailed, match=r"^shard 00007 failed, not retried: non-finite$"):
+        queue.failed(7, None, "non-finite", final=True)

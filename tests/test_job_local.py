@@ -44,8 +44,8 @@ def generate(*args: object) -> int:
 
 
 def snapshot(out: Path) -> dict[str, str]:
-    """key -> etag (size + mtime_ns) of every object under OUT."""
-    return {o.key: o.etag for o in open_storage(str(out)).list("")}
+    """key -> etag (size + mtime_ns) of every object under OUT but the lease, which each run renews."""
+    return {o.key: o.etag for o in open_storage(str(out)).list("") if o.key != "_lease.json"}
 
 
 def metadata(out: Path) -> pa.Table:
@@ -246,7 +246,8 @@ def test_a_shard_failing_every_try_fails_the_job_and_keeps_committed_shards(
     out = tmp_path / "out"
     blocker = out / "images" / "00001" / "00000003.png"
     blocker.mkdir(parents=True)  # a folder where one of shard 1's images must go: every put fails
-    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2", "--per-class", "3", *FAST, "--shard-size", "2"]
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2", "--per-class", "3", *FAST, "--shard-size", "2",
+            "--max-tries", "3", "--retry-backoff", "0.1"]  # fmt: skip
     assert generate(*args, "--out", out) == 1
     err = capsys.readouterr().err
     assert "shard 00001 failed 3 time(s)" in err and "IsADirectoryError" in err, err

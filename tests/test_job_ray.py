@@ -193,8 +193,9 @@ def test_a_shard_failing_every_try_fails_the_job(ray_cluster, s3_server, tiny_ck
     (out / "images" / "00001" / "00000003.png").mkdir(parents=True)  # every put of this image fails
     args = ["--model", tiny_ckpt, "--classes", "1,2", "--per-class", "3", "--sampler", "ddim", "--steps", "2"]
     sid, proc = generate(
-        ray_cluster, s3_server, *args, *CPU_WORKERS, "--num-workers", 1, "--shard-size", 2, "--out", out
-    )
+        ray_cluster, s3_server, *args, *CPU_WORKERS, "--num-workers", 1, "--shard-size", 2, "--out", out,
+        "--max-tries", 3, "--retry-backoff", 0.1,
+    )  # fmt: skip
     assert proc.returncode != 0 and ray_cluster.job_status(sid) == "FAILED"
     logs = ray_cluster.job_logs(sid)
     assert "error: shard 00001 failed 3 time(s), giving up; last error: IsADirectoryError" in logs, logs[-3000:]

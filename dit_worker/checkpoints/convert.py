@@ -4,6 +4,7 @@ and random-weight checkpoints for benchmarks."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -76,6 +77,9 @@ def write_diffusers_layout(
     """Write atomically: a temporary sibling folder renamed into place once complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".write-", dir=out.parent))
+    mask = os.umask(0o022)  # mkdtemp makes a private 0700 folder; give the result the umask's mode
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)
     try:
         for sub in ("transformer", "vae", "scheduler"):
             (tmp / sub).mkdir()

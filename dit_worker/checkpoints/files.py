@@ -50,6 +50,13 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def is_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..) or, in its legacy format, a pickle (protocol byte 0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def torch_load_weights(path: Path) -> Any:
     """torch.load with weights_only=True: tensors and plain containers, never arbitrary objects.
 
@@ -65,28 +72,38 @@ def torch_load_weights(path: Path) -> Any:
             f"{path}: refusing to load, the file needs arbitrary unpickling ({first}). Only tensors, plain "
             "containers and argparse.Namespace are accepted; re-save it with torch.save(model.state_dict())"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err}); it may be truncated") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        # A text file reaches the legacy pickle reader, which fails with e.g. KeyError: 101.
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err!r}); it may be truncated") from None
 
 
-def load_weights_dir(folder: Path) -> dict[str, torch.Tensor]:
-    """The weights of one diffusers component folder: single or sharded safetensors, or a .bin."""
+def weight_files(folder: Path) -> list[Path]:
+    """The files `load_weights_dir` reads for one component folder: sharded safetensors (with their
+    index), a single safetensors, or a .bin, in that order of preference."""
     index = folder / SHARD_INDEX
     if index.is_file():
         shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         if not shards:
             raise CheckpointError(f"{index}: weight_map is empty")
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_safetensors(folder / shard))
-        return state
+        return [index, *(folder / shard for shard in shards)]
     for name in WEIGHT_NAMES:
-        path = folder / name
-        if path.is_file():
-            if name.endswith(".safetensors"):
-                return load_safetensors(path)
-            state = torch_load_weights(path)
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-            return state
+        if (folder / name).is_file():
+            return [folder / name]
     raise CheckpointError(f"{folder}: no weights found; expected one of {', '.join(WEIGHT_NAMES)} or {SHARD_INDEX}")
+
+
+def load_weights_dir(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of one diffusers component folder: single or sharded safetensors, or a .bin."""
+    files = weight_files(folder)
+    if files[0].name == SHARD_INDEX:
+        state: dict[str, torch.Tensor] = {}
+        for shard in files[1:]:
+            state.update(load_safetensors(shard))
+        return state
+    path = files[0]
+    if path.name.endswith(".safetensors"):
+        return load_safetensors(path)
+    state = torch_load_weights(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state

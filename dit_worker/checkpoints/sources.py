@@ -29,13 +29,14 @@ def resolve_source(spec: str, what: str = "model") -> Path:
 
 def _hub_snapshot(repo_id: str, what: str) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=CONFIG_PATTERNS + _weight_patterns(repo_id)))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
+    except Exception as err:  # the hub client raises its own, httpx's and OS errors alike: one line for all
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(
-            f"{what} {repo_id!r}: not a local path, and fetching it from the Hugging Face hub failed ({err})"
+            f"{what} {repo_id!r}: not a local path, and fetching it from the Hugging Face hub failed "
+            f"({type(err).__name__}: {first}); check the network, or pass a local directory"
         ) from None
 
 
@@ -45,11 +46,10 @@ def _weight_patterns(repo_id: str) -> list[str]:
     Offline (or when listing fails) both are allowed, and the cache holds whichever was fetched.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     try:
         files = HfApi().list_repo_files(repo_id)
-    except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError):
+    except Exception:  # offline or unreachable: let snapshot_download use the cache or say why it cannot
         return [f"*{WEIGHT_NAME}*.safetensors*", f"*{WEIGHT_NAME}*.bin*"]
     folders = {f.rpartition("/")[0] for f in files if f.rpartition("/")[2].startswith(WEIGHT_NAME)}
     patterns = []

@@ -17,7 +17,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from dit_worker.execution.members import Assignment, Members
 from dit_worker.execution.placement import place
 from dit_worker.execution.stats import PoolStats
-from dit_worker.execution.tries import TaskFailed, TaskQueue
+from dit_worker.execution.tries import PermanentError, TaskFailed, TaskQueue
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,20 @@ class ActorPool(Generic[T, R]):
         try:
             while queue or book.in_flight:
                 for i in book.free_slots():
-                    if not queue:
+                    if not queue.ready():
                         break
                     key, task = queue.take()
                     book.assign(self.actors[i].run.remote(task), Assignment(key, task, i))
                 if book.none_left:
                     raise TaskFailed(f"every worker failed to start; last error: {book.last_start_error}")
                 t = time.perf_counter()
-                finished, _ = ray.wait(book.pending(), num_returns=1, timeout=WAIT_S)
+                timeout = min(WAIT_S, queue.wait_s())  # wake for a retry whose backoff ends
+                pending = book.pending()
+                if pending:
+                    finished, _ = ray.wait(pending, num_returns=1, timeout=timeout)
+                else:  # every task waits out its backoff and no worker is busy or starting
+                    finished = []
+                    time.sleep(timeout)
                 waiting += time.perf_counter() - t
                 if not finished and not book.alive and t - last_stall_log > STALL_LOG_S:
                     last_stall_log = t  # e.g. lost nodes whose actors wait for room to restart
@@ -136,7 +142,8 @@ class ActorPool(Generic[T, R]):
             return None
         except RayError as err:
             log.warning("%s failed on worker %d: %s", name, settled.actor, reason(err))
-            queue.failed(settled.key, settled.task, reason(err))
+            final = isinstance(err, RayTaskError) and isinstance(err.cause, PermanentError)
+            queue.failed(settled.key, settled.task, reason(err), final=final)
             return None
         book.ran.add(settled.actor)
         return settled.key, result

@@ -42,13 +42,20 @@ class JobConfig(BaseModel):
     batch_size: int | Literal["auto"] = 32  # auto: the largest that fits, measured by each worker
     shard_size: int = Field(1000, ge=1)
     num_workers: int | None = Field(None, ge=1)  # None: one per GPU in the cluster
-    num_gpus_per_worker: float = Field(1.0, ge=0)
+    num_gpus_per_worker: float = Field(1.0, ge=0, allow_inf_nan=False)
+    min_workers: int | None = Field(None, ge=1)  # start once this many fit, grow as nodes join (default: all)
     device: str | None = None
     dtype: DTypeName | None = None
     local: bool = False
     format: OutputFormat = "png"
-    max_tries: int = Field(3, ge=1)
-    placement_timeout: float = Field(0.0, ge=0)  # seconds to wait for an autoscaler to add room
+    max_tries: int = Field(5, ge=1)
+    # Between tries of a shard: exponential with jitter, 15 s doubling to 240 s. With 5 tries a shard
+    # rides out about 4 minutes of storage outage (on top of botocore's own retries).
+    retry_backoff: float = Field(15.0, ge=0, allow_inf_nan=False)
+    retry_backoff_max: float = Field(240.0, ge=0, allow_inf_nan=False)
+    placement_timeout: float = Field(0.0, ge=0, allow_inf_nan=False)  # seconds to wait for an autoscaler
+    lease_ttl: float = Field(120.0, gt=0, allow_inf_nan=False)  # a dead driver's lease expires after this
+    verify: bool = False  # resume checks committed images' sha256 too, not just existence and size
     compile: bool | None = None  # torch.compile + CUDA graphs; None: on for CUDA workers
     metrics: bool = False  # Inception features per shard, stored for jobs.fid
     inception_weights: str | None = None
@@ -82,8 +89,8 @@ class JobConfig(BaseModel):
         if self.manifest is None and self.per_class is None:
             raise ValueError("say which samples to make: --per-class N (with --classes), --manifest FILE or --preset")
         if self.local:
-            if self.num_workers is not None:
-                raise ValueError("--num-workers applies to Ray runs; drop it with --local")
+            if self.num_workers is not None or self.min_workers is not None:
+                raise ValueError("--num-workers and --min-workers apply to Ray runs; drop them with --local")
             resolve_device(self.device)
         else:
             if self.device not in (None, "cpu", "cuda"):
@@ -92,6 +99,8 @@ class JobConfig(BaseModel):
                 raise ValueError("--device cuda needs --num-gpus-per-worker > 0")
             if self.num_workers is None and self.num_gpus_per_worker == 0:
                 raise ValueError("--num-gpus-per-worker 0 needs an explicit --num-workers")
+            if self.min_workers is not None and self.num_workers is not None and self.min_workers > self.num_workers:
+                raise ValueError(f"--min-workers {self.min_workers} exceeds --num-workers {self.num_workers}")
         return self
 
     @property

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from dit_worker.execution.stats import PoolStats
-from dit_worker.execution.tries import TaskQueue
+from dit_worker.execution.tries import PermanentError, TaskQueue
 from dit_worker.job.shard_worker import SHARDS_IN_FLIGHT, ShardResult, ShardWorker, WorkerSpec
 from dit_worker.job.sharding import ShardTask
 from dit_worker.pipeline import DiTPipeline
@@ -42,11 +42,16 @@ class LocalRunner:
         with ThreadPoolExecutor(SHARDS_IN_FLIGHT, thread_name_prefix="shard") as pool:
             in_flight: dict[Future[ShardResult], tuple[int, ShardTask]] = {}
             while queue or in_flight:
-                while queue and len(in_flight) < SHARDS_IN_FLIGHT:
+                while queue.ready() and len(in_flight) < SHARDS_IN_FLIGHT:
                     key, task = queue.take()
                     in_flight[pool.submit(self.worker.run, task)] = (key, task)
                 t = time.perf_counter()
-                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                if in_flight:  # woken early, too, when a retry's backoff ends
+                    timeout = queue.wait_s() if queue.wait_s() < float("inf") else None
+                    finished, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+                else:  # only retries left, each waiting out its backoff
+                    finished = set()
+                    time.sleep(queue.wait_s())
                 waiting += time.perf_counter() - t
                 for future in finished:
                     key, task = in_flight.pop(future)
@@ -54,8 +59,13 @@ class LocalRunner:
                         result = future.result()
                     except Exception as err:
                         log.warning("%s failed: %s: %s", queue.name(key), type(err).__name__, err)
-                        queue.failed(key, task, f"{type(err).__name__}: {err}")
+                        final = isinstance(err, PermanentError)
+                        queue.failed(key, task, f"{type(err).__name__}: {err}", final=final)
                     else:
                         ran = True
                         on_committed(result)
         return PoolStats(1, int(ran), time.perf_counter() - start, waiting)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()

@@ -92,6 +92,8 @@ def read_manifest(path: Path, names: ClassNames) -> Samples:
     """
     table = _read_table(path)
     columns = set(table.column_names)
+    if table.num_rows == 0:  # before any column check: a header-only CSV has null-typed columns
+        raise ManifestError(f"{path}: no rows (columns {sorted(columns)}); a manifest needs one row per sample")
     if "seed" not in columns:
         raise ManifestError(f"{path}: missing column 'seed' (found {sorted(columns)}); every row needs its seed")
     if "class_id" in columns:
@@ -100,6 +102,8 @@ def read_manifest(path: Path, names: ClassNames) -> Samples:
             names.check_ids(np.unique(class_id).tolist())
         except ValueError as err:
             raise ManifestError(f"{path}: {err}") from None
+        if "class_name" in columns and names.labels:
+            _check_names_match(table, class_id, path, names)
     elif "class_name" in columns:
         class_id = _class_names_to_ids(table, path, names)
     else:
@@ -109,8 +113,6 @@ def read_manifest(path: Path, names: ClassNames) -> Samples:
         sample_id = _int_column(table, "sample_id", path, lo=0, hi=2**63, bounds=">= 0")
     else:
         sample_id = np.arange(table.num_rows, dtype=np.int64)
-    if table.num_rows == 0:
-        raise ManifestError(f"{path}: no rows")
     order = np.argsort(sample_id, kind="stable")
     sample_id = sample_id[order]
     dup = np.flatnonzero(sample_id[1:] == sample_id[:-1])
@@ -176,6 +178,21 @@ def _class_names_to_ids(table: pa.Table, path: Path, names: ClassNames) -> np.nd
     encoded = column.combine_chunks().dictionary_encode()
     ids = np.asarray(_names_to_ids(encoded.dictionary.to_pylist(), names, str(path)), dtype=np.int32)
     return ids[encoded.indices.to_numpy()]
+
+
+def _check_names_match(table: pa.Table, class_id: np.ndarray, path: Path, names: ClassNames) -> None:
+    """With both columns, each row's name must name its id: a mismatch means a mislabelled manifest."""
+    column = table.column("class_name")
+    if column.null_count or not pa.types.is_string(column.type):
+        raise ManifestError(f"{path}: column 'class_name' must hold a name in every row")
+    pairs = pa.table({"name": column, "id": class_id}).group_by(["name", "id"]).aggregate([])
+    for name, cid in zip(pairs.column("name").to_pylist(), pairs.column("id").to_pylist(), strict=True):
+        if cid not in names.candidates(name):
+            row = int(np.flatnonzero((column.to_numpy(zero_copy_only=False) == name) & (class_id == cid))[0])
+            raise ManifestError(
+                f"{path}: data row {row + 1} has class_id {cid} ({names.name(cid)!r}) but class_name {name!r}, "
+                "which names another class; fix the row or drop one of the two columns"
+            )
 
 
 def _names_to_ids(raw: Sequence[str], names: ClassNames, where: str) -> list[int]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dit_worker.checkpoints import load_checkpoint
+from dit_worker.checkpoints.identity import WeightsIdentity
 from dit_worker.labels import ClassNames
 from dit_worker.models.dit import DiTConfig
 from dit_worker.pipeline import configure_sampler
@@ -18,6 +19,7 @@ class ModelInfo:
     scheduler_config: dict[str, Any]
     names: ClassNames
     image_size: int
+    weights: WeightsIdentity
 
     def check_settings(self, settings: SamplingSettings) -> None:
         """Raise ValueError for settings this checkpoint cannot honour, as a worker would."""
@@ -25,11 +27,13 @@ class ModelInfo:
 
 
 def inspect_model(model: str, vae: str | None) -> ModelInfo:
-    """Configs and class names only; s3:// and hub sources land in this node's cache (fetched once)."""
+    """Configs, class names and the weights' sha256 (no tensors loaded; an original .pt is read whole to
+    infer its architecture); s3:// and hub sources land in this node's cache (fetched once)."""
     ckpt = load_checkpoint(model, vae, weights=False)
     return ModelInfo(
         config=ckpt.transformer,
         scheduler_config=ckpt.scheduler_config,
         names=ClassNames(ckpt.id2label, ckpt.transformer.num_classes),
         image_size=ckpt.transformer.input_size * ckpt.vae.upscale,
+        weights=ckpt.identity(),
     )

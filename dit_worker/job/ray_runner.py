@@ -60,3 +60,6 @@ class RayRunner:
         for _, result in self.pool.map(queue):
             on_committed(result)
         return self.pool.stats
+
+    def close(self) -> None:
+        self.pool.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from dit_worker.job.config import JobConfig
@@ -20,12 +21,17 @@ class ConfigMismatch(ValueError):
 
 def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[str, Any]:
     """What makes the bytes under OUT: not the worker count, batch size or retries, which may change
-    between a run and its resume without changing a single image."""
+    between a run and its resume without changing a single image.
+
+    The model is known by its content (the sha256 of its weight files), not by its path: new weights
+    at the same path are refused, the same weights under another spelling of the path resume.
+    """
     return {
-        "model": config.model,
-        "vae": config.vae,
+        "weights_sha256": info.weights.sha256,
         **config.sampling.model_dump(mode="json"),  # every sampling setting changes the images
         "dtype": config.worker_dtype,
+        "device": config.worker_device.split(":")[0],  # cpu and cuda kernels round differently
+        "compile": config.worker_compile,  # the compiled path differs from eager by up to 1 level
         "image_size": info.image_size,
         "num_samples": len(samples),
         "manifest_sha256": samples.sha256(),
@@ -42,6 +48,9 @@ def job_record(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[str
         "num_shards": num_shards(len(samples), config.shard_size),
         "seeds": "from the manifest" if config.manifest else f"{config.seed} * 2**32 + sample_id",
         "config": config.model_dump(mode="json"),
+        "model_path": normalised_source(config.model),
+        "vae_path": normalised_source(config.vae) if config.vae else None,
+        "weights": {"files": info.weights.files, "revision": info.weights.revision},
         "device": config.worker_device,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -56,3 +65,11 @@ def check_resumable(stored: dict[str, Any], record: dict[str, Any], where: str) 
             f"{where} belongs to a job with a different configuration ({'; '.join(diffs)}). Rerun with the "
             "same settings to resume it (--num-workers and --batch-size may change), or pick another --out"
         )
+
+
+def normalised_source(spec: str) -> str:
+    """A local path made absolute (no trailing slash, `~` expanded); s3:// and hub ids as given."""
+    if spec.startswith("s3://"):
+        return spec.rstrip("/")
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec

@@ -12,30 +12,35 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from dit_worker.execution.stats import PoolStats
-from dit_worker.execution.tries import TaskFailed, TaskQueue
+from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
 from dit_worker.job.config import JobConfig
 from dit_worker.job.errors import JobError, JobFailed
+from dit_worker.job.lease import LeaseKeeper, LeaseLost, acquire, new_token
 from dit_worker.job.local_runner import LocalRunner
 from dit_worker.job.manifest import Samples, from_classes, parse_classes, read_manifest
 from dit_worker.job.model_info import ModelInfo, inspect_model
 from dit_worker.job.progress import progress_bar
 from dit_worker.job.record import check_resumable, job_record
 from dit_worker.job.shard_worker import ShardResult, WorkerSpec
-from dit_worker.job.sharding import ShardTask, num_shards, shard_name, shard_tasks
+from dit_worker.job.sharding import ShardTask, num_shards, shard_name, shard_task, shard_tasks
 from dit_worker.metrics.inception import resolve_inception_weights
 from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY, committed_shards
-from dit_worker.output.storage import Storage, open_storage
+from dit_worker.output.storage import Storage, StorageError, open_storage
+from dit_worker.output.verify import check_shards, uncommit
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Runner(Protocol):
     def start(self) -> None: ...
 
     def run(self, queue: TaskQueue[ShardTask], on_committed: Callable[[ShardResult], None]) -> PoolStats: ...
+
+    def close(self) -> None: ...
 
 
 def build_samples(config: JobConfig, info: ModelInfo) -> Samples:
@@ -54,10 +59,8 @@ class JobPlan:
     record: dict[str, Any]
     resuming: bool  # OUT already holds this job's job.json
     num_shards: int
+    committed: list[int]
     pending: list[int]
-
-    def pending_samples(self, shard_size: int) -> int:
-        return sum(len(self.samples[k * shard_size : (k + 1) * shard_size]) for k in self.pending)
 
 
 def plan_job(config: JobConfig) -> JobPlan:
@@ -82,72 +85,109 @@ def plan_job(config: JobConfig) -> JobPlan:
         raise JobError(f"{storage.url} holds metadata parts but no {JOB_KEY}; pick an empty --out")
     total = num_shards(len(samples), config.shard_size)
     pending = [k for k in range(total) if k not in committed]
-    return JobPlan(storage, samples, record, stored is not None, total, pending)
+    return JobPlan(storage, samples, record, stored is not None, total, sorted(committed), pending)
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
-    """Run (or resume) the job; returns the `_SUCCESS` summary."""
+    """Run (or resume) the job; returns the `_SUCCESS` summary.
+
+    Order: validate and read OUT (plan_job), verify what is committed, check the workers can be
+    placed, then take OUT's lease (the first write), uncommit broken shards, write job.json, run the
+    pending shards with fenced commits, and write `_SUCCESS` while still holding the lease.
+    """
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
     plan = plan_job(config)
     storage = plan.storage
+    broken = [r for r in check_shards(storage, plan.committed, full=config.verify) if not r.ok]
     previous_summary = _read_json(storage, SUCCESS_KEY)
-    if not plan.pending and previous_summary is not None:
-        log.info("%s is complete: all %d shards committed", storage.url, plan.num_shards)
+    if not plan.pending and not broken and previous_summary is not None:
+        log.info("%s is complete: all %d shards committed and intact", storage.url, plan.num_shards)
         return previous_summary
 
-    runner = _runner(config) if plan.pending else None
+    token = new_token()
+    pending = sorted({*plan.pending, *(r.shard for r in broken)})
+    runner = _runner(config, token) if pending else None
     if runner is not None:
         runner.start()  # on Ray, refuses a pool the cluster cannot place: still nothing written
-    if not plan.resuming:
-        storage.put(JOB_KEY, json.dumps(plan.record, indent=2).encode())
-    todo = plan.pending_samples(config.shard_size)
-    log.info(
-        "%s: %d samples in %d shards, %d shard(s) already committed, %d to run",
-        storage.url, len(plan.samples), plan.num_shards, plan.num_shards - len(plan.pending), len(plan.pending),
-    )  # fmt: skip
-    queue = TaskQueue(shard_tasks(plan.samples, plan.pending, config.shard_size), config.max_tries, shard_name)
-    stats, worker_seconds = PoolStats(0, 0, 0.0, 0.0), 0.0
-    if runner is not None:
-        with progress_bar(len(plan.samples), initial=len(plan.samples) - todo) as bar:
+    try:
+        lease = _first_write(storage, lambda: acquire(storage, config.lease_ttl, token))
+    except BaseException:
+        if runner is not None:
+            runner.close()
+        raise
+    with LeaseKeeper(lease) as keeper:
+        if broken:
+            for report in broken:
+                log.warning("%s is broken, regenerating it: %s", shard_name(report.shard), "; ".join(report.problems))
+            uncommit(storage, [r.shard for r in broken])
+        if not plan.resuming:
+            storage.put(JOB_KEY, json.dumps(plan.record, indent=2).encode())
+        todo = sum(len(shard_task(plan.samples, k, config.shard_size).samples) for k in pending)
+        log.info(
+            "%s: %d samples in %d shards, %d shard(s) committed, %d to run (%d broken)",
+            storage.url, len(plan.samples), plan.num_shards, plan.num_shards - len(pending), len(pending), len(broken),
+        )  # fmt: skip
+        backoff = Backoff(config.retry_backoff, config.retry_backoff_max)
+        queue = TaskQueue(shard_tasks(plan.samples, pending, config.shard_size), config.max_tries, shard_name, backoff)
+        stats, worker_seconds = PoolStats(0, 0, 0.0, 0.0), 0.0
+        if runner is not None:
+            with progress_bar(len(plan.samples), initial=len(plan.samples) - todo) as bar:
 
-            def on_committed(result: ShardResult) -> None:
-                nonlocal worker_seconds
-                worker_seconds += result.seconds
-                bar.update(result.samples)
+                def on_committed(result: ShardResult) -> None:
+                    nonlocal worker_seconds
+                    keeper.check()  # a run that lost its lease stops dispatching at once
+                    worker_seconds += result.seconds
+                    bar.update(result.samples)
 
-            try:
-                stats = runner.run(queue, on_committed)
-            except TaskFailed as err:
-                raise JobFailed(
-                    f"{err}. Committed shards are kept: fix the cause and rerun the same command to finish the "
-                    "pending ones"
-                ) from None
+                try:
+                    stats = runner.run(queue, on_committed)
+                except (TaskFailed, LeaseLost) as err:
+                    raise JobFailed(
+                        f"{err}. Committed shards are kept: fix the cause and rerun the same command to finish the "
+                        "pending ones"
+                    ) from None
+                finally:
+                    runner.close()
 
-    missing = sorted(set(range(plan.num_shards)) - committed_shards(storage))
-    if missing:
-        raise JobFailed(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
-    wall = time.perf_counter() - t0
-    summary = {
-        "samples": len(plan.samples),
-        "shards": plan.num_shards,
-        "samples_generated": todo,
-        "shards_generated": len(plan.pending),
-        "shards_skipped": plan.num_shards - len(plan.pending),
-        "workers_placed": stats.workers_placed,
-        "workers_ran": stats.workers_ran,
-        "wall_time_s": round(wall, 3),
-        "images_per_s": round(todo / wall, 3),
-        "images_per_s_per_worker": round(todo / wall / max(stats.workers_ran, 1), 3),
-        "run_time_s": round(stats.seconds, 3),  # the dispatch loop: worker start-up to the last commit
-        "worker_seconds": round(worker_seconds, 3),  # inside the workers, summed over shards
-        "driver_seconds_per_shard": round((stats.seconds - stats.waiting_seconds) / max(len(plan.pending), 1), 6),
-        "retries": queue.retries,
-        "fingerprint_sha256": plan.record["fingerprint_sha256"],
-        "started_at": started_at.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    storage.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
+        missing = sorted(set(range(plan.num_shards)) - committed_shards(storage))
+        if missing:
+            raise JobFailed(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
+        wall = time.perf_counter() - t0
+        summary = {
+            "samples": len(plan.samples),
+            "shards": plan.num_shards,
+            "samples_generated": todo,
+            "shards_generated": len(pending),
+            "shards_skipped": plan.num_shards - len(pending),
+            "shards_repaired": len(broken),
+            "workers_placed": stats.workers_placed,
+            "workers_ran": stats.workers_ran,
+            "wall_time_s": round(wall, 3),
+            "images_per_s": round(todo / wall, 3),
+            "images_per_s_per_worker": round(todo / wall / max(stats.workers_ran, 1), 3),
+            "run_time_s": round(stats.seconds, 3),  # the dispatch loop: worker start-up to the last commit
+            "worker_seconds": round(worker_seconds, 3),  # inside the workers, summed over shards
+            "driver_seconds_per_shard": round((stats.seconds - stats.waiting_seconds) / max(len(pending), 1), 6),
+            "retries": queue.retries,
+            "fingerprint_sha256": plan.record["fingerprint_sha256"],
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        keeper.check()
+        storage.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _first_write(storage: Storage, write: Callable[[], T]) -> T:
+    """The run's first write into OUT, as one clear error when OUT cannot take it (a full disk, a
+    read-only mount), removing the folder it created if it is left empty."""
+    existed = storage.root_exists()
+    try:
+        return write()
+    except OSError as err:
+        if not existed:
+            storage.remove_root_if_empty()
+        raise StorageError(f"{storage.url}: cannot write ({err.strerror or err})") from None
 
 
 def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
@@ -159,7 +199,7 @@ def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
         raise JobError(f"{storage.child(key)}: not valid JSON ({err}); was OUT written by another tool?") from None
 
 
-def _runner(config: JobConfig) -> Runner:
+def _runner(config: JobConfig, lease_token: str) -> Runner:
     spec = WorkerSpec(
         model=config.model,
         vae=config.vae,
@@ -174,6 +214,7 @@ def _runner(config: JobConfig) -> Runner:
         s3_endpoint=config.s3_endpoint,
         retry_mode=config.s3_retry_mode,
         format=config.format,
+        lease_token=lease_token,
     )
     if config.local:
         return LocalRunner(spec)

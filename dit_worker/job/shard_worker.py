@@ -18,12 +18,14 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from dit_worker.execution.tries import PermanentError
 from dit_worker.job.config import OutputFormat
+from dit_worker.job.manifest import Samples
 from dit_worker.job.shard_writer import IOPool, ShardWriter
-from dit_worker.job.sharding import ShardTask
+from dit_worker.job.sharding import ShardTask, shard_name
 from dit_worker.metrics.shard_sink import feature_sinks
 from dit_worker.output.storage import RetryMode, open_storage
-from dit_worker.pipeline import DiTPipeline, load_pipeline
+from dit_worker.pipeline import DiTPipeline, NonFiniteLatents, load_pipeline
 from dit_worker.settings import SamplingSettings
 
 SHARDS_IN_FLIGHT = 2  # per worker: the one sampling and the one committing (or queued behind it)
@@ -61,6 +63,22 @@ class WorkerSpec:
     # a local path present on every node, an s3:// object, or None for torch-fidelity's download.
     metrics: bool = False
     inception_weights: str | None = None
+    # The driver's lease token: commits are fenced on it (dit_worker.job.lease). None: unfenced (benchmark).
+    lease_token: str | None = None
+
+
+class NonFiniteSamples(PermanentError):
+    """A batch whose latents are NaN or infinite: the same inputs give the same result, so no retry."""
+
+    def __init__(self, shard: int, rows: Samples, bad: list[int]) -> None:
+        named = ", ".join(
+            f"{int(rows.sample_id[i])} (class {int(rows.class_id[i])}, seed {int(rows.seed[i])})" for i in bad[:5]
+        )
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        super().__init__(
+            f"{shard_name(shard)}: sampling produced non-finite latents for sample(s) {named}{more}; nothing of "
+            "the shard was committed. Check the weights file (a corrupt checkpoint) and the sampling settings"
+        )
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,10 @@ class ShardWorker:
             f"batch {self.batch_size}{', compiled' if self.spec.compile else ''})"
         )
 
+    def close(self) -> None:
+        """Finish queued uploads and stop the IO threads."""
+        self.pool.shutdown()
+
     def run(self, task: ShardTask) -> ShardResult:
         start = time.perf_counter()
         spec = self.spec
@@ -116,12 +138,16 @@ class ShardWorker:
             names=self.pipe.names,
             settings=spec.sampling,
             image_size=self.pipe.image_size,
+            lease_token=spec.lease_token,
         )
         extras = self._sinks(task.shard)
         with self._sampling:
             for lo in range(0, len(task.samples), self.batch_size):
                 rows = task.samples[lo : lo + self.batch_size]
-                images = self.pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), self.sampler)
+                try:
+                    images = self.pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), self.sampler)
+                except NonFiniteLatents as err:
+                    raise NonFiniteSamples(task.shard, rows, err.rows) from None
                 writer.add(rows, images)
                 for sink in extras:
                     sink.add(rows.sample_id, rows.class_id, images)

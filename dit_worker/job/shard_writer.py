@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from dit_worker.job.config import OutputFormat
+from dit_worker.job.lease import LeaseLost, holds
 from dit_worker.job.manifest import Samples
-from dit_worker.job.sharding import ShardTask
+from dit_worker.job.sharding import ShardTask, shard_name
 from dit_worker.labels import ClassNames
 from dit_worker.output.layout import image_key, member_name, part_key, tar_key
 from dit_worker.output.metadata import parquet_bytes, shard_table
@@ -90,9 +91,11 @@ class ShardWriter:
         names: ClassNames,
         settings: SamplingSettings,
         image_size: int,
+        lease_token: str | None = None,
     ) -> None:
         self.task, self.storage, self.pool, self.fmt = task, storage, pool, fmt
         self.names, self.settings, self.image_size = names, settings, image_size
+        self.lease_token = lease_token
         self._stored: list[Future[tuple[str, bytes | None]]] = []
         self._table: pa.Table | None = None
 
@@ -101,12 +104,12 @@ class ShardWriter:
         for i, sample_id in enumerate(rows.sample_id.tolist()):
             self._stored.append(self.pool.submit(self._store, batch, i, sample_id))
 
-    def _store(self, batch: HostBatch, index: int, sample_id: int) -> tuple[str, bytes | None]:
+    def _store(self, batch: HostBatch, index: int, sample_id: int) -> tuple[str, int, bytes | None]:
         data = encode_png(batch.numpy()[index])
         if self.fmt == "png":
             self.storage.put(image_key(self.task.shard, sample_id), data)
-            return hashlib.sha256(data).hexdigest(), None
-        return hashlib.sha256(data).hexdigest(), data
+            return hashlib.sha256(data).hexdigest(), len(data), None
+        return hashlib.sha256(data).hexdigest(), len(data), data
 
     def store(self) -> list[str]:
         """Wait for every image (and write the tar, for webdataset); their sha256, in sample order."""
@@ -114,19 +117,28 @@ class ShardWriter:
         samples, shard = self.task.samples, self.task.shard
         if len(stored) != len(samples):
             raise RuntimeError(f"shard {shard:05d}: {len(stored)} images stored for {len(samples)} samples")
-        sha256 = [sha for sha, _ in stored]
-        self._table = self._metadata(sha256)
+        sha256 = [sha for sha, _, _ in stored]
+        self._table = self._metadata(sha256, [size for _, size, _ in stored])
         if self.fmt == "webdataset":
-            self.storage.put(tar_key(shard), webdataset_tar(self._table, [png for _, png in stored]))
+            self.storage.put(tar_key(shard), webdataset_tar(self._table, [png for _, _, png in stored]))
         return sha256
 
     def commit(self) -> None:
-        """Write the metadata part, last of all the shard's objects: its presence commits the shard."""
+        """Write the metadata part, last of all the shard's objects: its presence commits the shard.
+
+        Fenced: with a lease token, the part is written only while the output's lease still holds it,
+        so a worker whose driver lost the lease (another run took the output over) cannot commit.
+        """
         if self._table is None:
             raise RuntimeError("store() first: the metadata part must follow every image")
+        if self.lease_token is not None and not holds(self.storage, self.lease_token):
+            raise LeaseLost(
+                f"{shard_name(self.task.shard)} not committed: this run no longer holds the lease of "
+                f"{self.storage.url} (another run took it over)"
+            )
         self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))
 
-    def _metadata(self, sha256: list[str]) -> pa.Table:
+    def _metadata(self, sha256: list[str], sizes: list[int]) -> pa.Table:
         samples, shard = self.task.samples, self.task.shard
         ids = samples.sample_id.tolist()
         if self.fmt == "png":
@@ -135,7 +147,7 @@ class ShardWriter:
             keys = [f"{tar_key(shard)}#{member_name(i, 'png')}" for i in ids]
         names = [self.names.name(c) for c in samples.class_id.tolist()]
         ids, classes, seeds = samples.sample_id, samples.class_id, samples.seed
-        return shard_table(shard, ids, classes, seeds, names, keys, sha256, self.image_size, self.settings)
+        return shard_table(shard, ids, classes, seeds, names, keys, sha256, sizes, self.image_size, self.settings)
 
 
 def webdataset_tar(table: pa.Table, pngs: list[bytes | None]) -> bytes:

@@ -9,6 +9,7 @@ from dit_worker.output.storage import Storage
 
 JOB_KEY = "job.json"
 SUCCESS_KEY = "_SUCCESS"
+LEASE_KEY = "_lease.json"  # one writer per output (dit_worker.job.lease)
 METADATA_PREFIX = "metadata/part-"
 PART_KEY = re.compile(r"^metadata/part-(\d+)\.parquet$")
 

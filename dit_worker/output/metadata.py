@@ -20,6 +20,7 @@ SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("sha256", pa.string()),  # of the stored PNG bytes
+        ("image_bytes", pa.int64()),  # their size: resume checks it against a listing, without reading images
         ("sampler", pa.string()),
         ("steps", pa.int32()),
         ("cfg_scale", pa.float32()),
@@ -37,6 +38,7 @@ def shard_table(
     class_names: Sequence[str],
     image_keys: Sequence[str],
     sha256: Sequence[str],
+    image_bytes: Sequence[int],
     image_size: int,
     settings: SamplingSettings,
 ) -> pa.Table:
@@ -51,6 +53,7 @@ def shard_table(
             "width": [image_size] * n,
             "height": [image_size] * n,
             "sha256": sha256,
+            "image_bytes": image_bytes,
             "sampler": [settings.sampler] * n,
             "steps": [settings.steps] * n,
             "cfg_scale": [settings.cfg_scale] * n,

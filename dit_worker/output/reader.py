@@ -47,6 +47,7 @@ class Shard:
     heights: np.ndarray
     widths: np.ndarray
     class_names: tuple[str, ...] | None
+    image_bytes: np.ndarray | None = None  # int64 sizes of the stored images (sets made before it: None)
 
     def __len__(self) -> int:
         return int(self.sample_ids.shape[0])
@@ -134,10 +135,10 @@ class OutputSet:
                 f"{storage.url}: not a dit-worker output (no metadata/part-*.parquet and no _SUCCESS); "
                 "pass the --out folder or s3:// prefix of a jobs.generate run"
             )
-        return cls(storage, [cls._read_part(storage, index) for index in parts], complete)
+        return cls(storage, [cls.read_part(storage, index) for index in parts], complete)
 
     @staticmethod
-    def _read_part(storage: Storage, index: int) -> Shard:
+    def read_part(storage: Storage, index: int) -> Shard:
         key = part_key(index)
         where = storage.child(key)
         try:
@@ -150,7 +151,8 @@ class OutputSet:
                 f"{where}: missing metadata column(s) {', '.join(missing)}; a dit-worker set (docs/output.md) has "
                 f"{', '.join(REQUIRED_COLUMNS)}"
             )
-        cols = {c: table.column(c).to_pylist() for c in table.column_names if c in (*REQUIRED_COLUMNS, "class_name")}
+        optional = ("class_name", "image_bytes")
+        cols = {c: table.column(c).to_pylist() for c in table.column_names if c in (*REQUIRED_COLUMNS, *optional)}
         ids = np.asarray(cols["sample_id"], np.int64)
         order = np.argsort(ids, kind="stable")
 
@@ -166,6 +168,7 @@ class OutputSet:
             heights=np.asarray(cols["height"], np.int64)[order],
             widths=np.asarray(cols["width"], np.int64)[order],
             class_names=tuple(pick("class_name")) if "class_name" in cols else None,
+            image_bytes=np.asarray(pick("image_bytes"), np.int64) if "image_bytes" in cols else None,
         )
 
     # --- checks made before any heavy work -------------------------------------------------------

@@ -2,11 +2,14 @@
 
 Keys are relative, '/'-separated paths below the root (`images/00003/00000042.png`). Every `put`
 replaces the whole object atomically, so a retried shard that writes the same keys leaves exactly
-one copy of each sample.
+one copy of each sample. `create` and `replace` are the conditional writes a lease needs: create
+only if absent, replace only if unchanged since it was read (by ETag).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -41,6 +44,14 @@ class Storage(ABC):
     def get(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def create(self, key: str, data: bytes) -> str | None:
+        """Write `key` only if it does not exist: its new ETag, or None when it already exists."""
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        """Overwrite `key` only if its ETag is still `etag`: the new ETag, or None when it changed."""
+
+    @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:
         """None when the object does not exist."""
 
@@ -58,9 +69,27 @@ class Storage(ABC):
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
+    def root_exists(self) -> bool:
+        """Whether the folder (or prefix) is already there; an S3 prefix always is."""
+        return True
+
+    def remove_root_if_empty(self) -> None:  # noqa: B027 - a no-op where there is no folder (S3)
+        """Undo a folder this run created and left empty (a failed first write)."""
+
     def child(self, key: str) -> str:
         """The URL of one object, for messages and metadata."""
         return f"{self.url.rstrip('/')}/{key}"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; restored at once
+    os.umask(mask)
+    return mask
+
+
+# Files are created as `open()` would create them (0o666 minus the umask: 0644 by default), not with
+# mkstemp's private 0600, so a shared dataset is readable by the team.
+FILE_MODE = 0o666 & ~_umask()
 
 
 class LocalStorage(Storage):
@@ -71,28 +100,70 @@ class LocalStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+    def root_exists(self) -> bool:
+        return self.root.exists()
+
+    def remove_root_if_empty(self) -> None:
+        with contextlib.suppress(OSError):
+            for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), reverse=True):
+                folder.rmdir()  # only the empty subfolders a failed write made; raises on any file
+            self.root.rmdir()
+
+    def _write_temp(self, path: Path, data: bytes) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
             os.replace(tmp, path)  # readers see the old object or the new one, never a partial file
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def create(self, key: str, data: bytes) -> str | None:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)  # atomic, and refuses an existing name: exclusive create of the whole file
+        except FileExistsError:
+            return None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        info = self.stat(key)
+        return info.etag if info else None
+
+    def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # compare and swap, against other replace() calls
+            current = self.stat(key)
+            if current is None or current.etag != etag:
+                return None
+            self.put(key, data)
+            info = self.stat(key)
+        return info.etag if info else None
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise StorageError(f"{self.child(key)}: no such object") from None
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             st = self._path(key).stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectory: OUT (or a folder in the key) is a file
             return None
         return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}", st.st_mtime)
 
@@ -140,72 +211,123 @@ class S3Storage(Storage):
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @property
+    def _where(self) -> str:
+        return f"{self.url} (endpoint {self.endpoint or 'AWS default'})"
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """botocore's errors as one StorageError line naming the location and what to fix."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            yield
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code"))
+            if code in ("404", "NoSuchBucket"):
+                raise StorageError(f"{self._where}: bucket {self.bucket!r} does not exist; create it first") from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise StorageError(
+                    f"{self._where}: access denied ({code}) while trying to {what}; check AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY or the profile"
+                ) from None
+            raise StorageError(f"{self._where}: cannot {what} ({code}: {err})") from None
+        except NoCredentialsError:
+            raise StorageError(
+                f"{self._where}: no AWS credentials found; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile"
+            ) from None
+        except BotoCoreError as err:
+            raise StorageError(f"{self._where}: cannot reach S3 to {what} ({err})") from None
+
     def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with self._errors(f"write {key}"):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def _conditional_put(self, key: str, data: bytes, **condition: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        with self._errors(f"write {key}"):
+            try:
+                head = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            except ClientError as err:
+                # 412: the condition failed; 409: a concurrent conditional write won (AWS).
+                if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return None
+                raise
+        return head["ETag"].strip('"')
+
+    def create(self, key: str, data: bytes) -> str | None:
+        return self._conditional_put(key, data, IfNoneMatch="*")
+
+    def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        return self._conditional_put(key, data, IfMatch=f'"{etag}"')
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise StorageError(f"{self.child(key)}: no such object") from None
-            raise
+        with self._errors(f"read {key}"):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise StorageError(f"{self.child(key)}: no such object") from None
+                raise
 
     def stat(self, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError
 
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+        with self._errors(f"read {key}"):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    if not self._bucket_exists():  # HEAD says 404 for a missing bucket too
+                        raise StorageError(
+                            f"{self._where}: bucket {self.bucket!r} does not exist; create it first"
+                        ) from None
+                    return None
+                raise
         return ObjectInfo(key, head["ContentLength"], head["ETag"].strip('"'), head["LastModified"].timestamp())
+
+    def _bucket_exists(self) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise
+        return True
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         strip = len(self.prefix) + 1 if self.prefix else 0
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
-        for page in pages:
-            for obj in page.get("Contents", []):
-                yield ObjectInfo(
-                    obj["Key"][strip:], obj["Size"], obj["ETag"].strip('"'), obj["LastModified"].timestamp()
-                )
+        with self._errors(f"list {prefix or 'objects'}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(
+                        obj["Key"][strip:], obj["Size"], obj["ETag"].strip('"'), obj["LastModified"].timestamp()
+                    )
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with self._errors(f"delete {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def download(self, key: str, path: Path) -> None:
         """Stream one object to a local file (multi-GB weights never sit in memory)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.part")
-        self.client.download_file(self.bucket, self._key(key), str(tmp))
+        with self._errors(f"read {key}"):
+            self.client.download_file(self.bucket, self._key(key), str(tmp))
         os.replace(tmp, path)
 
     def check_writable(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        where = f"{self.url} (endpoint {self.endpoint or 'AWS default'})"
-        try:
+        with self._errors("reach the bucket"):
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as err:
-            code = str(err.response.get("Error", {}).get("Code"))
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise StorageError(f"{where}: bucket {self.bucket!r} does not exist; create it first") from None
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise StorageError(
-                    f"{where}: access denied ({code}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
-                ) from None
-            raise StorageError(f"{where}: {err}") from None
-        except BotoCoreError as err:
-            raise StorageError(f"{where}: cannot reach S3 ({err})") from None
         probe = f".write-probe-{os.getpid()}-{os.urandom(4).hex()}"
-        try:
-            self.put(probe, b"")
-            self.delete(probe)
-        except ClientError as err:
-            raise StorageError(f"{where}: cannot write objects ({err})") from None
+        self.put(probe, b"")
+        self.delete(probe)
 
 
 def open_storage(url: str, *, s3_endpoint: str | None = None, retry_mode: RetryMode = "standard") -> Storage:
