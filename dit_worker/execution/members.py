@@ -3,6 +3,7 @@ alive, how many tasks each holds, and which task each pending result belongs to.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -29,7 +30,8 @@ class Members(Generic[T]):
         self.alive: set[int] = set()
         self.load: dict[int, int] = {}
         self.in_flight: dict[ObjectRef, Assignment[T]] = {}
-        self.ran: set[int] = set()  # actors that returned at least one result
+        self.results: Counter[int] = Counter()  # results returned, by actor
+        self.start_failures: Counter[int] = Counter()
         self.last_start_error = ""
 
     def probe(self, actor: int, ref: ObjectRef) -> None:
@@ -44,7 +46,9 @@ class Members(Generic[T]):
 
     def failed_to_start(self, ref: ObjectRef, error: str) -> int:
         self.last_start_error = error
-        return self.starting.pop(ref)
+        actor = self.starting.pop(ref)
+        self.start_failures[actor] += 1
+        return actor
 
     def free_slots(self) -> Iterator[int]:
         """Alive actors with room, least loaded first; each yield is one slot, to be assigned."""

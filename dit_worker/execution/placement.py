@@ -37,35 +37,34 @@ def room_for(per_actor: dict[str, float]) -> Room:
     return Room(fits, len(nodes), totals)
 
 
-def place(per_actor: dict[str, float], requested: int | None, timeout: float, hint: str) -> int:
-    """The number of actors to start: `requested`, or all that fit when None.
+def place(per_actor: dict[str, float], needed: int, timeout: float, hint: str) -> int:
+    """How many actors the cluster holds now, once it holds at least `needed`.
 
-    Raises PlacementError when they cannot be placed, after asking the autoscaler for room and
-    waiting up to `timeout` seconds when that is > 0. `hint` says what the user can change.
+    Raises PlacementError when it cannot, after asking the autoscaler for room and waiting up to
+    `timeout` seconds when that is > 0. `hint` says what the user can change.
     """
     room = room_for(per_actor)
-    wanted = requested if requested is not None else room.actors
-    if wanted == 0:
+    if room.actors == 0 and timeout <= 0:
         raise PlacementError(
             f"the cluster has no room for a worker needing {per_actor} ({room.nodes} node(s), "
             f"{room.totals} in total); {hint}"
         )
-    if room.actors >= wanted:
-        return wanted
+    if room.actors >= needed:
+        return room.actors
     if timeout > 0:
         from ray.autoscaler.sdk import request_resources
 
-        request_resources(bundles=[per_actor] * wanted)
+        request_resources(bundles=[per_actor] * needed)
         log.info(
-            "%d of %d workers fit now; asked the autoscaler for room, waiting %.0f s", room.actors, wanted, timeout
+            "%d of %d workers fit now; asked the autoscaler for room, waiting %.0f s", room.actors, needed, timeout
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and room.actors < wanted:
+        while time.monotonic() < deadline and room.actors < needed:
             time.sleep(POLL_S)
             room = room_for(per_actor)
-        if room.actors >= wanted:
-            return wanted
+        if room.actors >= needed:
+            return room.actors
     raise PlacementError(
-        f"--num-workers {wanted} cannot be placed: each worker needs {per_actor} and the cluster's "
+        f"--num-workers {needed} cannot be placed: each worker needs {per_actor} and the cluster's "
         f"{room.nodes} node(s) ({room.totals} in total) have room for {room.actors}. {hint}"
     )

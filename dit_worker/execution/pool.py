@@ -15,7 +15,7 @@ import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from dit_worker.execution.members import Assignment, Members
-from dit_worker.execution.placement import place
+from dit_worker.execution.placement import place, room_for
 from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import PermanentError, TaskFailed, TaskQueue
 
@@ -25,6 +25,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 WAIT_S = 5.0  # how often the loop wakes without news
+GROW_S = 5.0  # how often the cluster is checked for room for more actors
+START_TRIES = 3  # an actor whose start fails is replaced this many times before its slot is given up
+START_RETRY_S = 2.0
 STALL_LOG_S = 60.0
 
 
@@ -54,6 +57,7 @@ class ActorPool(Generic[T, R]):
         *,
         per_actor: dict[str, float],
         num_workers: int | None,
+        min_workers: int | None = None,
         tasks_per_actor: int = 2,
         max_concurrency: int = 1,
         placement_timeout: float = 0.0,
@@ -63,23 +67,46 @@ class ActorPool(Generic[T, R]):
         self.actor_cls, self.args, self.per_actor = actor_cls, args, per_actor
         self.requested, self.tasks_per_actor, self.max_concurrency = num_workers, tasks_per_actor, max_concurrency
         self.placement_timeout, self.placement_hint, self.env = placement_timeout, placement_hint, env or {}
+        # Start once `min_workers` fit (default: all requested, or one when the pool follows the
+        # cluster's size), then grow towards `num_workers` (None: as many as the nodes hold).
+        self.min_workers = min_workers or num_workers or 1
         self.actors: list[ray.actor.ActorHandle] = []
         self.stats = PoolStats(0, 0, 0.0, 0.0)
+        self._remote: Any = None
+        self._last_grow = 0.0
 
     def start(self) -> None:
         """Connect, check placement (PlacementError), then start the actors; they load in the background."""
         connect()
-        count = place(self.per_actor, self.requested, self.placement_timeout, self.placement_hint)
-        remote = ray.remote(self.actor_cls).options(
+        room = place(self.per_actor, self.min_workers, self.placement_timeout, self.placement_hint)
+        self._remote = ray.remote(self.actor_cls).options(
             num_cpus=self.per_actor.get("CPU", 0.0),
             num_gpus=self.per_actor.get("GPU", 0.0),
+            # A dead actor (killed, node lost, spot reclaimed) is restarted wherever there is room;
+            # its task is rerun by map(), never by Ray, so each try is counted.
             max_restarts=-1,
             max_task_retries=0,
             max_concurrency=self.max_concurrency,
             runtime_env={"env_vars": self.env} if self.env else None,
         )
-        self.actors = [remote.remote(*self.args) for _ in range(count)]
+        count = self._target(room)
+        self.actors = [self._remote.remote(*self.args) for _ in range(count)]
         log.info("started %d worker(s), each %s", count, self.per_actor)
+
+    def _target(self, room: int) -> int:
+        return min(room, self.requested) if self.requested is not None else room
+
+    def _grow(self, book: Members[T]) -> None:
+        """Add actors for nodes that joined (an autoscaler, spot capacity coming back), every GROW_S."""
+        now = time.monotonic()
+        if now - self._last_grow < GROW_S:
+            return
+        self._last_grow = now
+        target = self._target(room_for(self.per_actor).actors)
+        while len(self.actors) < target:
+            self.actors.append(self._remote.remote(*self.args))
+            book.probe(len(self.actors) - 1, self.actors[-1].ready.remote())
+            log.info("a node joined: started worker %d (%d in all)", len(self.actors) - 1, len(self.actors))
 
     def map(self, queue: TaskQueue[T]) -> Iterator[tuple[int, R]]:
         """(key, result) pairs in completion order; raises TaskFailed when a task runs out of tries."""
@@ -89,6 +116,7 @@ class ActorPool(Generic[T, R]):
         start, waiting, last_stall_log = time.perf_counter(), 0.0, 0.0
         try:
             while queue or book.in_flight:
+                self._grow(book)
                 for i in book.free_slots():
                     if not queue.ready():
                         break
@@ -116,14 +144,21 @@ class ActorPool(Generic[T, R]):
                         if result is not None:
                             yield result
         finally:
-            self.stats = PoolStats(len(self.actors), len(book.ran), time.perf_counter() - start, waiting)
+            by_worker = tuple(book.results[i] for i in range(len(self.actors)))
+            self.stats = PoolStats(len(self.actors), len(book.results), time.perf_counter() - start, waiting, by_worker)
 
     def _settle_probe(self, book: Members[T], ref: ray.ObjectRef) -> None:
         try:
             description = ray.get(ref)
         except RayError as err:
             i = book.failed_to_start(ref, reason(err))
-            log.warning("worker %d failed to start: %s", i, book.last_start_error)
+            if book.start_failures[i] < START_TRIES:  # e.g. a runtime env that failed to set up on its node
+                log.warning("worker %d failed to start (%s); replacing it", i, book.last_start_error)
+                time.sleep(START_RETRY_S * book.start_failures[i])  # rare: let a node's agents settle
+                self.actors[i] = self._remote.remote(*self.args)
+                book.probe(i, self.actors[i].ready.remote())
+            else:
+                log.warning("worker %d failed to start %d times: %s", i, START_TRIES, book.last_start_error)
         else:
             log.info("worker %d ready: %s", book.started(ref), description)
 
@@ -145,7 +180,7 @@ class ActorPool(Generic[T, R]):
             final = isinstance(err, RayTaskError) and isinstance(err.cause, PermanentError)
             queue.failed(settled.key, settled.task, reason(err), final=final)
             return None
-        book.ran.add(settled.actor)
+        book.results[settled.actor] += 1
         return settled.key, result
 
     def close(self) -> None:

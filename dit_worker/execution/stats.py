@@ -13,3 +13,4 @@ class PoolStats:
     workers_ran: int  # of which returned at least one result
     seconds: float  # the dispatch loop, from its start to the last result
     waiting_seconds: float  # of which blocked, waiting for workers
+    results_by_worker: tuple[int, ...] = ()  # tasks each worker completed, by worker index

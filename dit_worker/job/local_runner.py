@@ -37,7 +37,7 @@ class LocalRunner:
 
     def run(self, queue: TaskQueue[ShardTask], on_committed: Callable[[ShardResult], None]) -> PoolStats:
         assert self.worker is not None, "start() first"
-        start, waiting, ran = time.perf_counter(), 0.0, False
+        start, waiting, ran = time.perf_counter(), 0.0, 0
         # Two shards in flight, as on an actor: one samples while the other commits.
         with ThreadPoolExecutor(SHARDS_IN_FLIGHT, thread_name_prefix="shard") as pool:
             in_flight: dict[Future[ShardResult], tuple[int, ShardTask]] = {}
@@ -62,9 +62,9 @@ class LocalRunner:
                         final = isinstance(err, PermanentError)
                         queue.failed(key, task, f"{type(err).__name__}: {err}", final=final)
                     else:
-                        ran = True
+                        ran += 1
                         on_committed(result)
-        return PoolStats(1, int(ran), time.perf_counter() - start, waiting)
+        return PoolStats(1, int(ran > 0), time.perf_counter() - start, waiting, (ran,))
 
     def close(self) -> None:
         if self.worker is not None:

@@ -37,6 +37,7 @@ class RayRunner:
         spec: WorkerSpec,
         *,
         num_workers: int | None,
+        min_workers: int | None = None,
         num_gpus: float,
         placement_timeout: float,
         env: dict[str, str],
@@ -46,6 +47,7 @@ class RayRunner:
             (spec,),
             per_actor={"CPU": CPUS_PER_WORKER, "GPU": num_gpus},
             num_workers=num_workers,
+            min_workers=min_workers,
             tasks_per_actor=SHARDS_IN_FLIGHT,
             max_concurrency=SHARDS_IN_FLIGHT,  # one shard samples while the other commits
             placement_timeout=placement_timeout,

@@ -162,6 +162,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
             "shards_repaired": len(broken),
             "workers_placed": stats.workers_placed,
             "workers_ran": stats.workers_ran,
+            "shards_by_worker": list(stats.results_by_worker),
             "wall_time_s": round(wall, 3),
             "images_per_s": round(todo / wall, 3),
             "images_per_s_per_worker": round(todo / wall / max(stats.workers_ran, 1), 3),
@@ -225,6 +226,7 @@ def _runner(config: JobConfig, lease_token: str) -> Runner:
     return RayRunner(
         spec,
         num_workers=config.num_workers,
+        min_workers=config.min_workers,
         num_gpus=config.num_gpus_per_worker,
         placement_timeout=config.placement_timeout,
         env=env,
