@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--vae", help="AutoencoderKL directory or hub id (required with an original .pt)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="local folder or s3://bucket/prefix")
-    out.add_argument("--format", help="png (default) or webdataset (one tar per shard)")
+    out.add_argument(
+        "--format", help="png (default: a file per image), webdataset (a tar per shard) or parquet (a file per shard)"
+    )
+    out.add_argument("--image-format", help="png (default, lossless), jpeg or webp: how each image is encoded")
+    out.add_argument("--quality", type=int, help="jpeg / webp quality, 1..100 (default 95)")
     out.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL, else AWS)")
     out.add_argument("--s3-retry-mode", help="botocore retry mode: standard (default) or adaptive")
     samples = p.add_argument_group("samples")
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)")
     run.add_argument("--local", action="store_true", default=None, help="run in this process, without Ray")
     run.add_argument("--max-tries", type=int, help="tries per shard before the job fails (default 3)")
+    run.add_argument("--io-threads", type=int, help="image encoding and upload threads per worker (default 4)")
     metrics = p.add_argument_group("metrics")
     metrics.add_argument(
         "--metrics",

@@ -174,6 +174,8 @@ def _runner(config: JobConfig) -> Runner:
         s3_endpoint=config.s3_endpoint,
         retry_mode=config.s3_retry_mode,
         format=config.format,
+        encoding=config.encoding,
+        io_threads=config.io_threads,
     )
     if config.local:
         return LocalRunner(spec)

@@ -2,7 +2,7 @@
 
 The same class runs as a Ray actor and, for --local, inside the driver's process. Two shards may be
 in flight: one samples while the previous one finishes its uploads and commits, so the accelerator
-does not wait on PNG encoding or storage (unless storage falls behind; see IOPool).
+does not wait on image encoding or storage (unless storage falls behind; see IOPool).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dit_worker.job.config import OutputFormat
 from dit_worker.job.shard_writer import IOPool, ShardWriter
 from dit_worker.job.sharding import ShardTask
 from dit_worker.metrics.shard_sink import feature_sinks
+from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.storage import RetryMode, open_storage
 from dit_worker.pipeline import DiTPipeline, load_pipeline
 from dit_worker.settings import SamplingSettings
@@ -61,6 +62,7 @@ class WorkerSpec:
     # a local path present on every node, an s3:// object, or None for torch-fidelity's download.
     metrics: bool = False
     inception_weights: str | None = None
+    encoding: ImageEncoding = PNG  # --image-format / --quality
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class ShardWorker:
             names=self.pipe.names,
             settings=spec.sampling,
             image_size=self.pipe.image_size,
+            encoding=spec.encoding,
         )
         extras = self._sinks(task.shard)
         with self._sampling:
