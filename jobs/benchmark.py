@@ -30,6 +30,7 @@ from dit_worker.job.sharding import shard_name, shard_tasks
 from dit_worker.models.flops import dit_paper_gflops, transformer_flops, vae_decode_flops
 from dit_worker.pipeline import DiTPipeline, load_pipeline
 from dit_worker.settings import SamplingSettings
+from jobs import benchmark_encoding
 
 # Dense tensor-core peaks from the vendor datasheets (TFLOP/s), used for MFU unless --peak-tflops.
 PEAK_TFLOPS = {
@@ -47,7 +48,7 @@ PEAK_TFLOPS = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.benchmark", description=__doc__)
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one of them is required unless --encode-only
     src.add_argument("--model", help="checkpoint: diffusers dir, original .pt (with --vae), hub id or s3://")
     src.add_argument("--random", metavar="NAME", help="registry size with random weights, e.g. DiT-XL/2")
     p.add_argument("--vae", help="VAE for an original .pt checkpoint")
@@ -80,7 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also make N samples with an eager float32 pipeline on the same weights and report the image "
         "PSNR of the benchmarked path (dtype, compile) against it",
     )
+    benchmark_encoding.add_arguments(p)
     args = p.parse_args(argv)
+    if not args.encode_only and not (args.model or args.random):
+        p.error("one of the arguments --model --random is required (or --encode-only)")
     if args.psnr_samples < 0:
         p.error(f"--psnr-samples must be >= 0, got {args.psnr_samples}")
     return args
@@ -332,7 +336,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        run(args)
+        benchmark_encoding.run(args) if args.encode_only else run(args)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

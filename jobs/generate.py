@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--vae", help="AutoencoderKL directory or hub id (required with an original .pt)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="local folder or s3://bucket/prefix")
-    out.add_argument("--format", help="png (default) or webdataset (one tar per shard)")
+    out.add_argument(
+        "--format", help="png (default: a file per image), webdataset (a tar per shard) or parquet (a file per shard)"
+    )
+    out.add_argument("--image-format", help="png (default, lossless), jpeg or webp: how each image is encoded")
+    out.add_argument("--quality", type=int, help="jpeg / webp quality, 1..100 (default 95)")
     out.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL, else AWS)")
     out.add_argument("--s3-retry-mode", help="botocore retry mode: standard (default) or adaptive")
     out.add_argument(
@@ -81,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="start once this many workers fit, adding more as nodes join (default: --num-workers, or 1 per GPU)",
     )
+    run.add_argument("--io-threads", type=int, help="image encoding and upload threads per worker (default 4)")
     metrics = p.add_argument_group("metrics")
     metrics.add_argument(
         "--metrics",

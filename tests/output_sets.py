@@ -1,7 +1,8 @@
 """Generated sets in the layout of docs/output.md, written through dit_worker.storage.
 
-This is test data in the real on-disk format that jobs.generate writes (its code lives on another
-branch): PNG objects or webdataset tars, one metadata Parquet part per shard, `_SUCCESS` last.
+This is test data in the on-disk format that jobs.generate writes, built here independently of its
+writer: image objects, webdataset tars or Parquet data parts (the Hugging Face `Image` layout), one
+metadata Parquet part per shard, `_SUCCESS` last.
 """
 
 from __future__ import annotations
@@ -26,6 +27,24 @@ def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def image_parquet(table: pa.Table, images: list[bytes], names: list[str]) -> bytes:
+    """`table` plus an `image` struct column {bytes, path}, described for Hugging Face `datasets`."""
+    column = pa.StructArray.from_arrays([pa.array(images, pa.binary()), pa.array(names)], names=["bytes", "path"])
+    features = {"image": {"_type": "Image"}}
+    table = table.append_column("image", column).replace_schema_metadata(
+        {"huggingface": json.dumps({"info": {"features": features}})}
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=2)
+    return buf.getvalue()
+
+
 def write_output_set(
     store: Storage,
     images: np.ndarray,
@@ -37,28 +56,35 @@ def write_output_set(
     complete: bool = True,
     shards: Sequence[int] | None = None,
     member_in_key: bool = True,
+    image_format: str = "png",
 ) -> None:
     """Samples i go to shard i // shard_size; `shards` limits which shards get committed.
 
-    fmt "webdataset": image_key is "<tar key>#<member>" as jobs.generate writes, or the tar key
-    alone with `member_in_key=False` (the member is then found by the sample id in its name)."""
+    fmt "webdataset" / "parquet": image_key is "<container key>#<member>" as jobs.generate writes,
+    or the container key alone with `member_in_key=False` (the member is then found by the sample
+    id). image_format "png" or "jpeg" (quality 90)."""
+    encode, ext = (png_bytes, "png") if image_format == "png" else (jpeg_bytes, "jpg")
     n = images.shape[0]
     ids = list(range(n)) if sample_ids is None else list(sample_ids)
     store.put("job.json", json.dumps({"format": fmt, "shard_size": shard_size, "num_samples": n}).encode())
     num_shards = -(-n // shard_size)
     for shard in range(num_shards) if shards is None else shards:
         rows = range(shard * shard_size, min(n, (shard + 1) * shard_size))
-        keys, hashes, tar_buf = [], [], io.BytesIO()
+        keys, hashes, stored, tar_buf = [], [], [], io.BytesIO()
         with tarfile.open(fileobj=tar_buf, mode="w") as tar:
             for i in rows:
-                data = png_bytes(images[i])
+                data = encode(images[i])
                 hashes.append(hashlib.sha256(data).hexdigest())
+                stored.append(data)
+                member = f"{ids[i]:08d}.{ext}"
                 if fmt == "png":
-                    key = f"images/{shard:05d}/{ids[i]:08d}.png"
+                    key = f"images/{shard:05d}/{member}"
                     store.put(key, data)
+                elif fmt == "parquet":
+                    key = f"data/part-{shard:05d}.parquet" + (f"#{member}" if member_in_key else "")
                 else:  # image_key "<tar key>#<member name>", as jobs.generate writes it
-                    key = f"shards/{shard:05d}.tar" + (f"#{ids[i]:08d}.png" if member_in_key else "")
-                    for name, payload in ((f"{ids[i]:08d}.png", data), (f"{ids[i]:08d}.json", b"{}")):
+                    key = f"shards/{shard:05d}.tar" + (f"#{member}" if member_in_key else "")
+                    for name, payload in ((member, data), (f"{ids[i]:08d}.json", b"{}")):
                         info = tarfile.TarInfo(name)
                         info.size = len(payload)
                         tar.addfile(info, io.BytesIO(payload))
@@ -81,6 +107,9 @@ def write_output_set(
                 "cfg_scale": pa.array([1.0] * len(rows), pa.float32()),
             }
         )
+        if fmt == "parquet":
+            names = [f"{ids[i]:08d}.{ext}" for i in rows]
+            store.put(f"data/part-{shard:05d}.parquet", image_parquet(table, stored, names))
         buf = io.BytesIO()
         pq.write_table(table, buf)
         store.put(f"metadata/part-{shard:05d}.parquet", buf.getvalue())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from output_sets import write_output_set
+from output_sets import jpeg_bytes, write_output_set
+from PIL import Image
 
 from dit_worker.output.npz_stream import open_npz_array
 from dit_worker.output.storage import open_storage
@@ -34,7 +36,10 @@ def check_npz(path: Path, images: np.ndarray, ids: list[int], classes: list[int]
         np.testing.assert_array_equal(npz["arr_1"], np.asarray(classes)[order])
 
 
-@pytest.mark.parametrize("fmt", ["png", "webdataset", "webdataset, image_key = tar key only"])
+@pytest.mark.parametrize(
+    "fmt",
+    ["png", "webdataset", "webdataset, image_key = tar key only", "parquet", "parquet, image_key = data part only"],
+)
 def test_export_npz_rows_are_the_images_in_sample_id_order(tmp_path: Path, fmt: str) -> None:
     images, ids, classes = scrambled_set()
     write_output_set(
@@ -54,13 +59,29 @@ def test_export_npz_rows_are_the_images_in_sample_id_order(tmp_path: Path, fmt: 
         np.testing.assert_array_equal(arr.read(4), images[np.argsort(ids)[:4]])
 
 
-def test_export_npz_from_s3(tmp_path: Path, s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fmt", ["png", "parquet"])
+def test_export_npz_from_s3(
+    tmp_path: Path, s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     images, ids, classes = scrambled_set(n=12)
-    write_output_set(open_storage(f"s3://{s3_bucket}/run"), images, classes, shard_size=5, sample_ids=ids)
+    write_output_set(open_storage(f"s3://{s3_bucket}/run"), images, classes, shard_size=5, sample_ids=ids, fmt=fmt)
     assert export_main(["--out", f"s3://{s3_bucket}/run", "--npz", str(tmp_path / "s3.npz")]) == 0
     check_npz(tmp_path / "s3.npz", images, ids, classes)
+
+
+@pytest.mark.parametrize("fmt", ["png", "parquet"])
+def test_export_npz_of_a_jpeg_set_holds_the_decoded_jpegs(tmp_path: Path, fmt: str) -> None:
+    """Lossy sets export what a reader decodes from them (FID on them is not comparable: docs/output.md)."""
+    images, ids, classes = scrambled_set(n=8)
+    out = tmp_path / "out"
+    store = open_storage(str(out))
+    write_output_set(store, images, classes, shard_size=3, sample_ids=ids, fmt=fmt, image_format="jpeg")
+    assert export_main(["--out", str(out), "--npz", str(tmp_path / "j.npz")]) == 0
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(jpeg_bytes(image)))) for image in images])
+    check_npz(tmp_path / "j.npz", decoded, ids, classes)
+    assert np.abs(decoded.astype(int) - images).mean() > 5  # random pixels: JPEG changes them, so the check can fail
 
 
 def test_export_npz_refuses_an_incomplete_set_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

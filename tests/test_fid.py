@@ -10,6 +10,7 @@ and S3 storage all reproduce the local result.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -292,6 +293,28 @@ def test_s3_set_evaluates_from_stored_statistics(
     assert json.loads(store.get("metrics.json")) == got
     for key in COMPARED:
         assert got[key] == local_metrics[key], key
+
+
+def test_parquet_set_gives_the_png_sets_metrics_and_a_jpeg_set_is_flagged(
+    local_metrics: dict, generated: np.ndarray, ref_dir: Path, weights: Path, workdir: Path, caplog
+) -> None:
+    """--format parquet holds the same PNGs in another container: the same numbers. A JPEG set is
+    evaluated, with a warning and `image_formats` in metrics.json, and its numbers move."""
+    pq_out = workdir / "parquet-out"
+    write_output_set(open_storage(str(pq_out)), generated, CLASSES, shard_size=SHARD, fmt="parquet")
+    got = run_fid(pq_out, ref_dir, weights, "--local")
+    assert got["image_formats"] == local_metrics["image_formats"] == ["png"]
+    for key in COMPARED:
+        assert got[key] == pytest.approx(local_metrics[key], rel=1e-6, abs=1e-9), key
+
+    jpeg_out = workdir / "jpeg-out"
+    jpeg_store = open_storage(str(jpeg_out))
+    write_output_set(jpeg_store, generated, CLASSES, shard_size=SHARD, fmt="parquet", image_format="jpeg")
+    with caplog.at_level(logging.WARNING, logger="dit_worker.metrics.evaluation"):
+        lossy = run_fid(jpeg_out, ref_dir, weights, "--local")
+    assert lossy["image_formats"] == ["jpeg"]
+    assert "stores jpeg images: compression artefacts shift FID" in caplog.text
+    assert abs(lossy["fid"] - local_metrics["fid"]) > 1e3 * 1e-6 * local_metrics["fid"]  # far beyond the tolerance
 
 
 def test_generation_with_metrics_stores_features_that_jobs_fid_reuses(

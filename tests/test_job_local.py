@@ -155,6 +155,106 @@ def test_webdataset_commits_one_tar_per_shard(tiny_ckpt: Path, tmp_path: Path) -
     assert table["sha256"].to_pylist() == metadata(png_out)["sha256"].to_pylist()
 
 
+def test_parquet_commits_one_data_part_per_shard_and_resumes(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--local", "--model", tiny_ckpt, "--classes", "207", "--per-class", "5", *FAST, "--shard-size", "3"]
+    assert generate(*args, "--format", "parquet", "--out", out) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name[0] != ".") == [
+        "_SUCCESS", "_lease.json", "data/part-00000.parquet", "data/part-00001.parquet", "job.json",
+        "metadata/part-00000.parquet", "metadata/part-00001.parquet",
+    ]  # fmt: skip (hidden: the lease's lock file)
+    table = metadata(out)
+    assert table["image_key"].to_pylist() == [f"data/part-{i // 3:05d}.parquet#{i:08d}.png" for i in range(5)]
+    data = pq.ParquetFile(out / "data" / "part-00001.parquet")
+    features = json.loads(data.schema_arrow.metadata[b"huggingface"])["info"]["features"]
+    assert features["image"] == {"_type": "Image"} and features["sample_id"] == {"dtype": "int64", "_type": "Value"}
+    assert data.schema_arrow.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rows = data.read().to_pylist()
+    assert [r["image"]["path"] for r in rows] == ["00000003.png", "00000004.png"]
+    meta = {r["sample_id"]: r for r in table.to_pylist()}
+    for row in rows:  # the metadata columns, plus the image whose sha256 the metadata part holds
+        assert {k: row[k] for k in meta[row["sample_id"]]} == meta[row["sample_id"]]
+        assert hashlib.sha256(row["image"]["bytes"]).hexdigest() == row["sha256"]
+
+    png_out = tmp_path / "png"
+    assert generate(*args, "--out", png_out) == 0  # the same PNG bytes as --format png
+    assert table["sha256"].to_pylist() == metadata(png_out)["sha256"].to_pylist()
+
+    # A worker that died after writing shard 1's data part, before its metadata part: rerun rewrites it.
+    kept = {k: v for k, v in snapshot(out).items() if "00000" in k}
+    (out / "metadata" / "part-00001.parquet").unlink()
+    (out / "data" / "part-00001.parquet").write_bytes(b"half a parquet file")
+    (out / "_SUCCESS").unlink()
+    assert generate(*args, "--format", "parquet", "--out", out) == 0
+    assert json.loads((out / "_SUCCESS").read_text())["shards_generated"] == 1
+    assert {k: snapshot(out)[k] for k in kept} == kept
+    assert pq.read_table(out / "data" / "part-00001.parquet")["sha256"].to_pylist() == table["sha256"].to_pylist()[3:]
+
+
+def test_rows_per_row_group_keep_groups_near_100_mb() -> None:
+    from dit_worker.output.parquet_images import ROW_GROUP_BYTES, rows_per_group
+
+    assert rows_per_group([b"x" * 400_000] * 1000) == 250  # 512 px PNGs: 4 groups of 100 MB
+    assert rows_per_group([b"x" * 30_000] * 1000) == 3333  # 256 px JPEGs: a 1000-sample shard is one group
+    assert rows_per_group([b"x" * (2 * ROW_GROUP_BYTES)]) == 1
+
+
+@pytest.mark.parametrize(("fmt", "image_format", "pil_format"), [
+    ("png", "jpeg", "JPEG"), ("webdataset", "webp", "WEBP"), ("parquet", "jpeg", "JPEG"),
+])  # fmt: skip
+def test_lossy_image_formats(
+    fmt: str, image_format: str, pil_format: str, tiny_ckpt: Path, tmp_path: Path, png_reference: dict[int, np.ndarray]
+) -> None:
+    """Keys and members carry the format's extension, sha256 covers the stored bytes, and the decoded
+    image is the PNG run's image up to compression (luma within 4 levels; another sample is ~30 off)."""
+    from dit_worker.output.reader import OutputSet
+
+    out = tmp_path / "out"
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2", "--per-class", "2", *FAST, "--shard-size", "3"]
+    assert generate(*args, "--format", fmt, "--image-format", image_format, "--out", out) == 0
+    ext = {"jpeg": "jpg", "webp": "webp"}[image_format]
+    keys = metadata(out)["image_key"].to_pylist()
+    assert all(k.endswith(f"{i:08d}.{ext}") for i, k in enumerate(keys))
+    if fmt == "png":
+        assert sorted(p.name for p in out.rglob(f"*.{ext}")) == [f"{i:08d}.{ext}" for i in range(4)]
+    if fmt == "webdataset":
+        with tarfile.open(out / "shards" / "00000.tar") as tar:
+            assert tar.getnames()[:2] == [f"00000000.{ext}", "00000000.json"]
+    assert json.loads((out / "job.json").read_text())["fingerprint"]["quality"] == 95
+    output = OutputSet.open(str(out))  # checks every image against its sha256
+    assert output.image_formats() == {image_format}
+    for sample in output.iter_samples():
+        luma = np.asarray(Image.fromarray(sample.image).convert("L"), np.int16)
+        assert np.abs(luma - png_reference[sample.sample_id]).mean() < 4
+        assert np.abs(luma - png_reference[(sample.sample_id + 1) % 4]).mean() > 20
+    if fmt == "png":
+        assert Image.open(out / keys[0]).format == pil_format
+
+
+@pytest.fixture(scope="module")
+def png_reference(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, np.ndarray]:
+    """Luma of the lossless run of test_lossy_image_formats' samples."""
+    out = tmp_path_factory.mktemp("png-reference") / "out"
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1,2", "--per-class", "2", *FAST, "--shard-size", "3"]
+    assert generate(*args, "--out", out) == 0
+    rows = metadata(out).to_pylist()
+    return {r["sample_id"]: np.asarray(Image.open(out / r["image_key"]).convert("L"), np.int16) for r in rows}
+
+
+def test_a_rerun_with_another_encoding_is_refused(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["--local", "--model", tiny_ckpt, "--classes", "1", "--per-class", "1", *FAST, "--out", out]
+    assert generate(*args, "--image-format", "webp") == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert generate(*args, "--image-format", "jpeg") == 2
+    assert "image_format: 'webp' there, 'jpeg' now" in capsys.readouterr().err
+    assert generate(*args, "--image-format", "webp", "--quality", "80") == 2
+    assert "quality: 95 there, 80 now" in capsys.readouterr().err
+    assert snapshot(out) == before
+    assert generate(*args, "--image-format", "webp", "--quality", "95") == 0  # 95 is the default: same job
+
+
 def manifest_file(tmp_path: Path, rows: dict) -> Path:
     path = tmp_path / "manifest.parquet"
     pq.write_table(pa.table(rows), path)
@@ -182,6 +282,28 @@ BAD_INPUTS = {
     ),
     "no samples": (["--classes", "1"], "say which samples to make"),
     "preset and steps": (["--preset", "fid50k", "--steps", "10"], "--preset fid50k fixes --steps"),
+    "unknown format": (["--classes", "1", "--per-class", "1", "--format", "zip"], "--format: Input should be 'png',"),
+    "unknown image format": (
+        ["--classes", "1", "--per-class", "1", "--image-format", "gif"],
+        "--image-format: Input should be 'png', 'jpeg' or 'webp' (got 'gif')",
+    ),
+    "quality for png": (
+        ["--classes", "1", "--per-class", "1", "--quality", "90"],
+        "--quality 90: --image-format png is lossless and takes no quality",
+    ),
+    "quality 0": (
+        ["--classes", "1", "--per-class", "1", "--image-format", "jpeg", "--quality", "0"],
+        "--quality: Input should be greater than or equal to 1 (got 0)",
+    ),
+    "fid50k in jpeg": (
+        ["--preset", "fid50k", "--image-format", "jpeg"],
+        "--image-format jpeg is lossy and --preset fid50k needs lossless images",
+    ),
+    "metrics in webp": (
+        ["--classes", "1", "--per-class", "1", "--metrics", "--image-format", "webp"],
+        "--image-format webp is lossy and --metrics needs lossless images",
+    ),
+    "io threads 0": (["--classes", "1", "--per-class", "1", "--io-threads", "0"], "--io-threads: Input should be"),
 }
 
 

@@ -9,10 +9,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dit_worker.job.manifest import MAX_GLOBAL_SEED
+from dit_worker.output.encoding import LOSSY_FORMATS, ImageEncoding, ImageFormat
 from dit_worker.output.storage import RetryMode
 from dit_worker.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
 
-OutputFormat = Literal["png", "webdataset"]
+OutputFormat = Literal["png", "webdataset", "parquet"]
 
 # What each preset fixes; the flags it fixes cannot be passed next to it.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -48,6 +49,9 @@ class JobConfig(BaseModel):
     dtype: DTypeName | None = None
     local: bool = False
     format: OutputFormat = "png"
+    image_format: ImageFormat = "png"
+    quality: int | None = Field(None, ge=1, le=100)  # jpeg / webp only; None: DEFAULT_QUALITY
+    io_threads: int = Field(4, ge=1)  # per worker: image encoding and uploads (README, "Image formats")
     max_tries: int = Field(5, ge=1)
     # Between tries of a shard: exponential with jitter, 15 s doubling to 240 s. With 5 tries a shard
     # rides out about 4 minutes of storage outage (on top of botocore's own retries).
@@ -86,6 +90,7 @@ class JobConfig(BaseModel):
             raise ValueError("--manifest lists the samples itself; drop --classes and --per-class")
         if self.inception_weights is not None and not self.metrics:
             raise ValueError("--inception-weights is for --metrics; add --metrics or drop it")
+        self._check_encoding()
         if self.manifest is None and self.per_class is None:
             raise ValueError("say which samples to make: --per-class N (with --classes), --manifest FILE or --preset")
         if self.local:
@@ -102,6 +107,29 @@ class JobConfig(BaseModel):
             if self.min_workers is not None and self.num_workers is not None and self.min_workers > self.num_workers:
                 raise ValueError(f"--min-workers {self.min_workers} exceeds --num-workers {self.num_workers}")
         return self
+
+    def _check_encoding(self) -> None:
+        if self.quality is not None and self.image_format not in LOSSY_FORMATS:
+            raise ValueError(
+                f"--quality {self.quality}: --image-format {self.image_format} is lossless and takes no quality; "
+                f"drop --quality or use --image-format {' or '.join(LOSSY_FORMATS)}"
+            )
+        if self.image_format in LOSSY_FORMATS:
+            # FID is computed on the decoded images and compression artefacts shift it (Parmar et al.,
+            # "On Aliased Resizing and Surprising Subtleties in GAN Evaluation", 2022): evaluation sets stay PNG.
+            users = [f"--preset {self.preset}"] if self.preset else []
+            users += ["--metrics"] if self.metrics else []
+            if users:
+                raise ValueError(
+                    f"--image-format {self.image_format} is lossy and {' and '.join(users)} "
+                    f"need{'s' if len(users) == 1 else ''} lossless images (compression shifts FID); "
+                    "use --image-format png"
+                )
+
+    @property
+    def encoding(self) -> ImageEncoding:
+        """How every image is stored; lossy formats get DEFAULT_QUALITY unless --quality says otherwise."""
+        return ImageEncoding.of(self.image_format, self.quality)
 
     @property
     def worker_device(self) -> str:

@@ -37,6 +37,8 @@ def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[st
         "manifest_sha256": samples.sha256(),
         "shard_size": config.shard_size,
         "format": config.format,
+        "image_format": config.image_format,
+        "quality": config.encoding.quality,  # None for png; the resolved default for jpeg / webp
     }
 
 

@@ -216,6 +216,8 @@ def _runner(config: JobConfig, lease_token: str) -> Runner:
         retry_mode=config.s3_retry_mode,
         format=config.format,
         lease_token=lease_token,
+        encoding=config.encoding,
+        io_threads=config.io_threads,
     )
     if config.local:
         return LocalRunner(spec)

@@ -2,7 +2,7 @@
 
 The same class runs as a Ray actor and, for --local, inside the driver's process. Two shards may be
 in flight: one samples while the previous one finishes its uploads and commits, so the accelerator
-does not wait on PNG encoding or storage (unless storage falls behind; see IOPool).
+does not wait on image encoding or storage (unless storage falls behind; see IOPool).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dit_worker.job.manifest import Samples
 from dit_worker.job.shard_writer import IOPool, ShardWriter
 from dit_worker.job.sharding import ShardTask, shard_name
 from dit_worker.metrics.shard_sink import feature_sinks
+from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.storage import RetryMode, open_storage
 from dit_worker.pipeline import DiTPipeline, NonFiniteLatents, load_pipeline
 from dit_worker.settings import SamplingSettings
@@ -63,6 +64,7 @@ class WorkerSpec:
     # a local path present on every node, an s3:// object, or None for torch-fidelity's download.
     metrics: bool = False
     inception_weights: str | None = None
+    encoding: ImageEncoding = PNG  # --image-format / --quality
     # The driver's lease token: commits are fenced on it (dit_worker.job.lease). None: unfenced (benchmark).
     lease_token: str | None = None
 
@@ -139,6 +141,7 @@ class ShardWorker:
             settings=spec.sampling,
             image_size=self.pipe.image_size,
             lease_token=spec.lease_token,
+            encoding=spec.encoding,
         )
         extras = self._sinks(task.shard)
         with self._sampling:

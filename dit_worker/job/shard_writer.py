@@ -14,30 +14,24 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
 
 from dit_worker.job.config import OutputFormat
 from dit_worker.job.lease import LeaseLost, holds
 from dit_worker.job.manifest import Samples
 from dit_worker.job.sharding import ShardTask, shard_name
 from dit_worker.labels import ClassNames
-from dit_worker.output.layout import image_key, member_name, part_key, tar_key
+from dit_worker.output.encoding import PNG, ImageEncoding
+from dit_worker.output.layout import data_key, image_key, member_name, part_key, tar_key
 from dit_worker.output.metadata import parquet_bytes, shard_table
+from dit_worker.output.parquet_images import image_parquet_bytes
 from dit_worker.output.storage import Storage
 from dit_worker.settings import SamplingSettings
 
 T = TypeVar("T")
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Lossless and deterministic: Pillow writes no timestamp, so equal pixels give equal bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
 class IOPool:
-    """Threads for PNG encoding and uploads. At most `max_queued` jobs wait: when storage falls
+    """Threads for image encoding and uploads. At most `max_queued` jobs wait: when storage falls
     behind, sampling slows down to its pace instead of piling images up in memory."""
 
     def __init__(self, threads: int, max_queued: int) -> None:
@@ -77,8 +71,9 @@ class HostBatch:
 class ShardWriter:
     """Collects one shard's batches; `commit` stores what is left and then the metadata part.
 
-    Images are encoded and (for --format png) uploaded on the IO pool as each batch arrives. For
-    --format webdataset the PNGs wait in memory for the shard's tar, written at commit.
+    Images are encoded (`encoding`: PNG, JPEG or WebP) and, for --format png, uploaded on the IO
+    pool as each batch arrives. For --format webdataset and parquet the encoded images wait in
+    memory for the shard's tar or data part, written by `store` before the metadata part.
     """
 
     def __init__(
@@ -91,12 +86,13 @@ class ShardWriter:
         names: ClassNames,
         settings: SamplingSettings,
         image_size: int,
+        encoding: ImageEncoding = PNG,
         lease_token: str | None = None,
     ) -> None:
         self.task, self.storage, self.pool, self.fmt = task, storage, pool, fmt
         self.names, self.settings, self.image_size = names, settings, image_size
-        self.lease_token = lease_token
-        self._stored: list[Future[tuple[str, bytes | None]]] = []
+        self.encoding, self.lease_token = encoding, lease_token
+        self._stored: list[Future[tuple[str, int, bytes | None]]] = []
         self._table: pa.Table | None = None
 
     def add(self, rows: Samples, images: torch.Tensor) -> None:
@@ -105,22 +101,29 @@ class ShardWriter:
             self._stored.append(self.pool.submit(self._store, batch, i, sample_id))
 
     def _store(self, batch: HostBatch, index: int, sample_id: int) -> tuple[str, int, bytes | None]:
-        data = encode_png(batch.numpy()[index])
+        data = self.encoding.encode(batch.numpy()[index])
         if self.fmt == "png":
-            self.storage.put(image_key(self.task.shard, sample_id), data)
+            self.storage.put(image_key(self.task.shard, sample_id, self.encoding.extension), data)
             return hashlib.sha256(data).hexdigest(), len(data), None
         return hashlib.sha256(data).hexdigest(), len(data), data
 
     def store(self) -> list[str]:
-        """Wait for every image (and write the tar, for webdataset); their sha256, in sample order."""
+        """Wait for every image (and write the tar or data part); their sha256, in sample order."""
         stored = [f.result() for f in self._stored]  # re-raises the first failed encode or upload
         samples, shard = self.task.samples, self.task.shard
         if len(stored) != len(samples):
             raise RuntimeError(f"shard {shard:05d}: {len(stored)} images stored for {len(samples)} samples")
         sha256 = [sha for sha, _, _ in stored]
         self._table = self._metadata(sha256, [size for _, size, _ in stored])
+        if self.fmt == "png":
+            return sha256
+        images = [data for _, _, data in stored if data is not None]  # kept in memory for the shard's container
+        ext = self.encoding.extension
         if self.fmt == "webdataset":
-            self.storage.put(tar_key(shard), webdataset_tar(self._table, [png for _, _, png in stored]))
+            self.storage.put(tar_key(shard), webdataset_tar(self._table, images, ext))
+        else:
+            members = [member_name(i, ext) for i in samples.sample_id.tolist()]
+            self.storage.put(data_key(shard), image_parquet_bytes(self._table, images, members))
         return sha256
 
     def commit(self) -> None:
@@ -141,23 +144,24 @@ class ShardWriter:
     def _metadata(self, sha256: list[str], sizes: list[int]) -> pa.Table:
         samples, shard = self.task.samples, self.task.shard
         ids = samples.sample_id.tolist()
+        ext = self.encoding.extension
         if self.fmt == "png":
-            keys = [image_key(shard, i) for i in ids]
+            keys = [image_key(shard, i, ext) for i in ids]
         else:
-            keys = [f"{tar_key(shard)}#{member_name(i, 'png')}" for i in ids]
+            container = tar_key(shard) if self.fmt == "webdataset" else data_key(shard)
+            keys = [f"{container}#{member_name(i, ext)}" for i in ids]
         names = [self.names.name(c) for c in samples.class_id.tolist()]
         ids, classes, seeds = samples.sample_id, samples.class_id, samples.seed
         return shard_table(shard, ids, classes, seeds, names, keys, sha256, sizes, self.image_size, self.settings)
 
 
-def webdataset_tar(table: pa.Table, pngs: list[bytes | None]) -> bytes:
-    """`<sample_id>.png` + `<sample_id>.json` per sample, with fixed owner and times so a retried
-    shard writes the same bytes."""
+def webdataset_tar(table: pa.Table, images: list[bytes], extension: str = "png") -> bytes:
+    """`<sample_id>.<extension>` + `<sample_id>.json` per sample, with fixed owner and times so a
+    retried shard writes the same bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for row, png in zip(table.drop_columns(["image_key"]).to_pylist(), pngs, strict=True):
-            assert png is not None
-            for ext, data in (("png", png), ("json", json.dumps(row, sort_keys=True).encode())):
+        for row, image in zip(table.drop_columns(["image_key"]).to_pylist(), images, strict=True):
+            for ext, data in ((extension, image), ("json", json.dumps(row, sort_keys=True).encode())):
                 info = tarfile.TarInfo(member_name(row["sample_id"], ext))
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))

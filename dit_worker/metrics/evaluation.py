@@ -28,6 +28,7 @@ from dit_worker.metrics.precision_recall import NEIGHBOURHOOD, precision_recall
 from dit_worker.metrics.reference import Reference, open_reference
 from dit_worker.metrics.shard_statistics import ShardStatistics, StatisticsMerger
 from dit_worker.metrics.tasks import FeatureTask, SetShardTask
+from dit_worker.output.encoding import LOSSY_FORMATS
 from dit_worker.output.reader import OutputSet
 from dit_worker.settings import resolve_device
 
@@ -146,6 +147,14 @@ def evaluate(settings: FidSettings) -> dict[str, Any]:
         ref.url,
         ref.kind,
     )
+    formats = sorted(output.image_formats())
+    if lossy := [f for f in formats if f in LOSSY_FORMATS]:
+        log.warning(
+            "%s stores %s images: compression artefacts shift FID, so these metrics are not comparable with "
+            "those of PNG sets or published ones",
+            output.url,
+            " and ".join(lossy),
+        )
     executor = _executor(settings, weights)
     try:
         tasks = (
@@ -177,6 +186,7 @@ def evaluate(settings: FidSettings) -> dict[str, Any]:
         "num_shards": len(output.shards),
         "complete": output.complete,
         "image_size": list(output.image_size()),
+        "image_formats": formats,  # jpeg / webp: not comparable with lossless sets
         "reference": ref.describe() | {"num_reference_features": ref_features.count if ref_features else 0},
         "inception_weights": {"source": weights.source, "sha256": weights.sha256},
         "protocol": {

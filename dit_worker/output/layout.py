@@ -14,16 +14,22 @@ METADATA_PREFIX = "metadata/part-"
 PART_KEY = re.compile(r"^metadata/part-(\d+)\.parquet$")
 
 
-def image_key(shard: int, sample_id: int) -> str:
-    return f"images/{shard:05d}/{sample_id:08d}.png"
+def image_key(shard: int, sample_id: int, extension: str = "png") -> str:
+    return f"images/{shard:05d}/{sample_id:08d}.{extension}"
 
 
 def tar_key(shard: int) -> str:
     return f"shards/{shard:05d}.tar"
 
 
+def data_key(shard: int) -> str:
+    """--format parquet: the shard's images, with its metadata columns, in one Parquet file."""
+    return f"data/part-{shard:05d}.parquet"
+
+
 def member_name(sample_id: int, extension: str) -> str:
-    """A webdataset member: samples are grouped by the name before the extension."""
+    """A webdataset member (samples are grouped by the name before the extension), and the `path`
+    of a Parquet row's image."""
     return f"{sample_id:08d}.{extension}"
 
 

@@ -19,7 +19,7 @@ SCHEMA = pa.schema(
         ("image_key", pa.string()),  # relative to OUT; webdataset: "<tar key>#<member name>"
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("sha256", pa.string()),  # of the stored PNG bytes
+        ("sha256", pa.string()),  # of the stored image bytes (png, jpeg or webp)
         ("image_bytes", pa.int64()),  # their size: resume checks it against a listing, without reading images
         ("sampler", pa.string()),
         ("steps", pa.int32()),

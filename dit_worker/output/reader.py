@@ -2,9 +2,10 @@
 
 OUT/metadata/part-<shard:05d>.parquet commits a shard (one row per sample: sample_id, class_id,
 image_key relative to OUT, width, height, sha256 of the stored bytes, ...); OUT/_SUCCESS marks the
-set complete. Images are PNG objects (`--format png`) or members of `shards/<shard:05d>.tar`
-(`--format webdataset`). Readers stream: at most a bounded window of decoded images, plus one tar's
-bytes for webdataset sets, is held at a time, never the whole set.
+set complete. Images (PNG, JPEG or WebP) are objects of their own (`--format png`), members of
+`shards/<shard:05d>.tar` (`--format webdataset`) or rows of `data/part-<shard:05d>.parquet`
+(`--format parquet`, image_key `<data key>#<member name>`). Readers stream: at most a bounded window
+of decoded images, plus one container's bytes (tar or data part), is held at a time, never the whole set.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from dit_worker.output.encoding import FORMAT_OF_SUFFIX, ImageFormat, format_of_key
 from dit_worker.output.layout import SUCCESS_KEY, committed_shards, part_key
+from dit_worker.output.parquet_images import IMAGE_COLUMN
 from dit_worker.output.storage import Storage, open_storage
 
 REQUIRED_COLUMNS = ("sample_id", "class_id", "image_key", "width", "height", "sha256")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = tuple(FORMAT_OF_SUFFIX)  # .png, .jpg, .jpeg, .webp
+CONTAINER_SUFFIXES = (".tar", ".parquet")
 READ_WINDOW = 32  # images fetched and decoded concurrently (S3 latency, not bandwidth, bounds a serial reader)
 
 
@@ -81,12 +85,37 @@ def prefetch(fn: Callable, items: Iterable, window: int = READ_WINDOW) -> Iterat
             yield fut.result()
 
 
-def _split_tar_key(image_key: str) -> tuple[str, str] | None:
-    """`shards/00003.tar#00000042.png` (or `/`, `:` separators, or the tar alone) -> (tar key, member)."""
-    at = image_key.find(".tar")
-    if at < 0:
-        return None
-    return image_key[: at + 4], image_key[at + 4 :].lstrip("#/:")
+def _split_container_key(image_key: str) -> tuple[str, str] | None:
+    """`shards/00003.tar#00000042.png` or `data/part-00003.parquet#00000042.png` (or `/`, `:`
+    separators, or the container alone) -> (container key, member); None for an image object."""
+    for suffix in CONTAINER_SUFFIXES:
+        at = image_key.find(suffix)
+        end = at + len(suffix)
+        if at >= 0 and (end == len(image_key) or image_key[end] in "#/:"):
+            return image_key[:end], image_key[end:].lstrip("#/:")
+    return None
+
+
+class _ParquetMembers:
+    """The images of one --format parquet data part, by their `path` or by sample id."""
+
+    def __init__(self, data: bytes, where: str) -> None:
+        self.where = where
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=["sample_id", IMAGE_COLUMN])
+        except (pa.ArrowException, OSError, KeyError) as err:
+            raise OutputSetError(f"{where}: not a readable image Parquet file ({err})") from None
+        images = table.column(IMAGE_COLUMN).combine_chunks()
+        self.bytes = images.field("bytes")  # sliced per lookup: no second copy of the shard's images
+        self.rows = {path: i for i, path in enumerate(images.field("path").to_pylist())}
+        self.by_id = {sample_id: i for i, sample_id in enumerate(table.column("sample_id").to_pylist())}
+
+    def get(self, member: str, sample_id: int) -> bytes:
+        row = self.rows[member] if member in self.rows else self.by_id.get(sample_id)
+        data = None if row is None else self.bytes[row].as_py()
+        if data is None:
+            raise OutputSetError(f"{self.where}: no image row for sample {sample_id}")
+        return data
 
 
 class _TarMembers:
@@ -198,6 +227,11 @@ class OutputSet:
             raise OutputSetError(f"{self.url}: expected one image size across the set, found {listed}")
         return sizes.pop()
 
+    def image_formats(self) -> set[ImageFormat]:
+        """The formats the images are stored in, from the extensions of their keys."""
+        found = {format_of_key(key) for s in self.shards for key in s.image_keys}
+        return {f for f in found if f is not None}
+
     def check_unique_ids(self) -> None:
         ids = np.sort(np.concatenate([s.sample_ids for s in self.shards])) if self.shards else np.zeros(0, np.int64)
         dup = ids[1:][ids[1:] == ids[:-1]]
@@ -209,8 +243,8 @@ class OutputSet:
     def iter_samples(self, shards: Sequence[Shard] | None = None) -> Iterator[Sample]:
         """Samples of `shards` (default: all) in ascending sample_id order.
 
-        Consecutive samples of one shard are read as one run: a webdataset tar is fetched once per
-        run. Shards holding contiguous id ranges (what jobs.generate writes) are one run each.
+        Consecutive samples of one shard are read as one run: a webdataset tar or a parquet data
+        part is fetched once per run. Shards holding contiguous id ranges (what jobs.generate writes) are one run each.
         """
         shards = self.shards if shards is None else list(shards)
         rows = sorted(
@@ -220,17 +254,17 @@ class OutputSet:
             yield from self._read_run(shards[si], [ri for _, _, ri in run])
 
     def _read_run(self, shard: Shard, rows: list[int]) -> Iterator[Sample]:
-        tars: dict[str, _TarMembers] = {}
+        containers: dict[str, _TarMembers | _ParquetMembers] = {}
 
         def load(ri: int) -> Sample:
             key, sample_id = shard.image_keys[ri], int(shard.sample_ids[ri])
-            split = _split_tar_key(key)
+            split = _split_container_key(key)
             if split is None:
                 where, data = self.storage.child(key), self.storage.get(key)
             else:
-                tar_key, member = split
-                where = f"{self.storage.child(tar_key)}[{member or sample_id}]"
-                data = tars[tar_key].get(member, sample_id)
+                container, member = split
+                where = f"{self.storage.child(container)}[{member or sample_id}]"
+                data = containers[container].get(member, sample_id)
             if hashlib.sha256(data).hexdigest() != shard.sha256[ri]:
                 raise OutputSetError(
                     f"{where}: sha256 differs from metadata part-{shard.index:05d}; the image is corrupt"
@@ -241,8 +275,9 @@ class OutputSet:
                 raise OutputSetError(f"{where}: image is {image.shape}, metadata says {expected}")
             return Sample(sample_id, int(shard.class_ids[ri]), image)
 
-        for key in dict.fromkeys(s[0] for r in rows if (s := _split_tar_key(shard.image_keys[r]))):
-            tars[key] = _TarMembers(self.storage.get(key), self.storage.child(key))
+        for key in dict.fromkeys(s[0] for r in rows if (s := _split_container_key(shard.image_keys[r]))):
+            kind = _ParquetMembers if key.endswith(".parquet") else _TarMembers
+            containers[key] = kind(self.storage.get(key), self.storage.child(key))
         yield from prefetch(load, rows)
 
 

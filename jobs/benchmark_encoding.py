@@ -1,0 +1,152 @@
+"""`python -m jobs.benchmark --encode-only`: image encoding throughput and size per format.
+
+For each image size and encoding (`png`, `jpeg:95`, `webp:95`, ...) prints one JSON line with the
+bytes per image and the encode images/s on 1..N threads, the way the job's IO pool encodes (one
+image per call, Pillow releasing the GIL inside the codec). `threads_per_gpu_image_per_s` is
+1 / (one thread's images/s): multiply it by a GPU worker's sampling images/s for the encoding
+threads (`--io-threads`) that worker needs so that sampling never waits on encoding.
+`python_thread_share` is how fast a pure-Python thread runs while this thread encodes, relative to
+running alone: near 0 would mean the codec holds the GIL, and extra threads could not help.
+
+Images are synthetic unless `--encode-source DIR` gives real ones: colour fields with the 1/f
+amplitude spectrum of natural photographs (Field 1987) and correlated channels. Bytes per image
+depend on content; rerun on a folder of your own samples for the figures of your dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dit_worker.output.encoding import FORMAT_OF_SUFFIX, LOSSY_FORMATS, ImageEncoding
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--encode-only (no model: image encoding)")
+    g.add_argument("--encode-only", action="store_true", help="measure image encoding only (no model needed)")
+    g.add_argument("--encode-sizes", default="256,512", help="comma-separated image sides (default 256,512)")
+    g.add_argument(
+        "--encodings", default="png,jpeg:95,webp:95", help="FORMAT[:QUALITY],... (default png,jpeg:95,webp:95)"
+    )
+    g.add_argument("--encode-images", type=int, default=32, help="images per size (default 32)")
+    g.add_argument("--encode-threads", default="1,2", help="thread counts to measure (default 1,2)")
+    g.add_argument("--encode-repeats", type=int, default=5, help="passes over the images; the best is reported")
+    g.add_argument("--encode-source", help="folder of real images (png/jpg/webp, resized to each size), not synthetic")
+
+
+def parse_encoding(text: str) -> ImageEncoding:
+    fmt, _, quality = text.partition(":")
+    if fmt not in ("png", *LOSSY_FORMATS):
+        raise ValueError(f"--encodings: unknown format {fmt!r}; use png, jpeg[:Q] or webp[:Q]")
+    return ImageEncoding.of(fmt, int(quality) if quality else None)  # type: ignore[arg-type]
+
+
+def natural_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """uint8 [n, size, size, 3] random fields with a 1/f amplitude spectrum (power 1/f^2)."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
+    f = np.hypot(fx, fy)
+    f[0, 0] = 1.0
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        spectrum = (rng.normal(size=(3, *f.shape)) + 1j * rng.normal(size=(3, *f.shape))) / f
+        field = np.fft.irfft2(spectrum, s=(size, size)).transpose(1, 2, 0)
+        field = field @ (0.4 * np.eye(3) + 0.6 * rng.random((3, 3)))  # correlated R, G, B
+        field = (field - field.mean()) / field.std()
+        out[i] = np.clip(128 + 48 * field, 0, 255).astype(np.uint8)
+    return out
+
+
+def folder_images(folder: Path, n: int, size: int) -> np.ndarray:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in FORMAT_OF_SUFFIX)[:n]
+    if not paths:
+        raise ValueError(f"--encode-source {folder}: no images ({', '.join(FORMAT_OF_SUFFIX)}) found")
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            images.append(np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)))
+    return np.stack(images)
+
+
+def encode_rate(encoding: ImageEncoding, images: np.ndarray, threads: int, repeats: int) -> tuple[float, int]:
+    """(best images/s, mean bytes per image) encoding every image once per repeat on `threads` threads.
+
+    The best repeat, as `timeit` reports its fastest: on a shared machine the others measure the
+    neighbours' load, not the codec."""
+    sizes: list[int] = []
+    rates = []
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(encoding.encode, images[:threads]))  # warm-up: codec tables, thread start
+        for _ in range(repeats):
+            t = time.perf_counter()
+            sizes = [len(b) for b in pool.map(encoding.encode, images)]
+            rates.append(len(images) / (time.perf_counter() - t))
+    return max(rates), round(sum(sizes) / len(sizes))
+
+
+def python_thread_share(encoding: ImageEncoding, images: np.ndarray, seconds: float = 0.5) -> float:
+    """Progress of a counting Python thread while this one encodes, over its progress alone."""
+
+    def count(stop: threading.Event, out: list[int]) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+        out.append(n)
+
+    rates = []
+    for busy in (False, True):
+        stop, out = threading.Event(), []
+        counter = threading.Thread(target=count, args=(stop, out))
+        counter.start()
+        t = time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            for image in images if busy else ():
+                encoding.encode(image)
+            if not busy:
+                time.sleep(seconds)
+        elapsed = time.perf_counter() - t
+        stop.set()
+        counter.join()
+        rates.append(out[0] / elapsed)
+    return rates[1] / rates[0]
+
+
+def measure(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    encodings = [parse_encoding(e) for e in args.encodings.split(",")]
+    threads = [int(t) for t in args.encode_threads.split(",")]
+    for size in (int(s) for s in args.encode_sizes.split(",")):
+        if args.encode_source:
+            images = folder_images(Path(args.encode_source), args.encode_images, size)
+        else:
+            images = natural_images(args.encode_images, size)
+        for encoding in encodings:
+            line: dict[str, Any] = {
+                "encoding": encoding.describe(),
+                "image_size": size,
+                "images": len(images),
+                "source": args.encode_source or "synthetic 1/f",
+            }
+            for t in threads:
+                rate, mean_bytes = encode_rate(encoding, images, t, args.encode_repeats)
+                line[f"images_per_s_{t}_threads"] = round(rate, 1)
+                line["bytes_per_image"] = mean_bytes
+            line["threads_per_gpu_image_per_s"] = round(1 / line[f"images_per_s_{threads[0]}_threads"] * threads[0], 4)
+            line["python_thread_share"] = round(python_thread_share(encoding, images[:4]), 2)
+            yield line
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    lines = []
+    for line in measure(args):
+        print(json.dumps(line), flush=True)
+        lines.append(line)
+    return lines
