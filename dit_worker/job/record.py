@@ -24,7 +24,9 @@ def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[st
     return {
         "model": config.model,
         "vae": config.vae,
-        **config.sampling.model_dump(mode="json"),  # every sampling setting changes the images
+        # Every resolved setting changes the images: DiT's SamplingSettings, or a diffusers pipeline's
+        # (pipeline class, scheduler, steps, guidance, size, sequence length, caption cleaning, ...).
+        **info.settings.model_dump(mode="json"),
         "dtype": config.worker_dtype,
         "image_size": info.image_size,
         "num_samples": len(samples),

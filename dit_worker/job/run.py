@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from dit_worker.backends import DiffusersSettings
 from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import TaskFailed, TaskQueue
 from dit_worker.job.config import JobConfig
 from dit_worker.job.errors import JobError, JobFailed
 from dit_worker.job.local_runner import LocalRunner
-from dit_worker.job.manifest import Samples, from_classes, parse_classes, read_manifest
+from dit_worker.job.manifest import Samples, from_classes, from_count, from_prompts, parse_classes, read_manifest
 from dit_worker.job.model_info import ModelInfo, inspect_model
 from dit_worker.job.progress import progress_bar
 from dit_worker.job.record import check_resumable, job_record
+from dit_worker.job.row_checks import check_rows, check_sample_source
 from dit_worker.job.shard_worker import ShardResult, WorkerSpec
 from dit_worker.job.sharding import ShardTask, num_shards, shard_name, shard_tasks
 from dit_worker.metrics.inception import resolve_inception_weights
@@ -39,10 +41,20 @@ class Runner(Protocol):
 
 
 def build_samples(config: JobConfig, info: ModelInfo) -> Samples:
+    """The job's rows, each checked against the model before anything is written."""
+    check_sample_source(config, info)
     if config.manifest is not None:
-        return read_manifest(config.manifest, info.names)
-    assert config.per_class is not None
-    return from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
+        samples = read_manifest(config.manifest, info.names, info.conditioning)
+    elif config.prompts is not None:
+        assert config.per_prompt is not None
+        samples = from_prompts(config.prompts, config.per_prompt, config.seed)
+    elif config.num_samples is not None:
+        samples = from_count(config.num_samples, config.seed)
+    else:
+        assert config.per_class is not None and info.names is not None
+        samples = from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
+    check_rows(samples, info, config)
+    return samples
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class JobPlan:
     resuming: bool  # OUT already holds this job's job.json
     num_shards: int
     pending: list[int]
+    info: ModelInfo | None = None  # the backend's spec and the resolved settings
 
     def pending_samples(self, shard_size: int) -> int:
         return sum(len(self.samples[k * shard_size : (k + 1) * shard_size]) for k in self.pending)
@@ -62,11 +75,7 @@ class JobPlan:
 
 def plan_job(config: JobConfig) -> JobPlan:
     """Check the model, settings, samples and output, and read what OUT already holds; writes nothing."""
-    info = inspect_model(config.model, config.vae)
-    try:
-        info.check_settings(config.sampling)
-    except ValueError as err:
-        raise JobError(f"sampling settings: {err}") from None
+    info = inspect_model(config)
     if config.metrics:  # a bad weights file fails now, not on every worker after sampling started
         resolve_inception_weights(config.inception_weights, s3_endpoint=config.s3_endpoint)
     samples = build_samples(config, info)
@@ -82,7 +91,7 @@ def plan_job(config: JobConfig) -> JobPlan:
         raise JobError(f"{storage.url} holds metadata parts but no {JOB_KEY}; pick an empty --out")
     total = num_shards(len(samples), config.shard_size)
     pending = [k for k in range(total) if k not in committed]
-    return JobPlan(storage, samples, record, stored is not None, total, pending)
+    return JobPlan(storage, samples, record, stored is not None, total, pending, info)
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
@@ -95,7 +104,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         log.info("%s is complete: all %d shards committed", storage.url, plan.num_shards)
         return previous_summary
 
-    runner = _runner(config) if plan.pending else None
+    runner = _runner(config, plan.info) if plan.pending and plan.info is not None else None
     if runner is not None:
         runner.start()  # on Ray, refuses a pool the cluster cannot place: still nothing written
     if not plan.resuming:
@@ -159,7 +168,7 @@ def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
         raise JobError(f"{storage.child(key)}: not valid JSON ({err}); was OUT written by another tool?") from None
 
 
-def _runner(config: JobConfig) -> Runner:
+def _runner(config: JobConfig, info: ModelInfo) -> Runner:
     spec = WorkerSpec(
         model=config.model,
         vae=config.vae,
@@ -174,6 +183,8 @@ def _runner(config: JobConfig) -> Runner:
         s3_endpoint=config.s3_endpoint,
         retry_mode=config.s3_retry_mode,
         format=config.format,
+        diffusers=info.settings if isinstance(info.settings, DiffusersSettings) else None,
+        text_encoder=config.text_encoder,
     )
     if config.local:
         return LocalRunner(spec)
