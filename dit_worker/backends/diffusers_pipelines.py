@@ -334,26 +334,22 @@ class DiffusersGenerator:
         root: Path,
         settings: DiffusersSettings,
         text_encoder: TextEncoderPlacement = "device",
+        encoder: torch.nn.Module | None = None,
     ) -> None:
+        """`pipe`: the pipeline without its text encoder, on its device; `encoder`: the text encoder
+        (None for shard-first, which loads it from `root` for each shard)."""
         self.pipe, self.root, self.settings, self.placement = pipe, root, settings, text_encoder
         self.family = FAMILIES[settings.pipeline]
-        self.device = torch.device(pipe.device)
         self.dtype = getattr(pipe, self.family.denoiser).dtype
+        self.device = torch.device(getattr(pipe, self.family.denoiser).device)
         self.names: ClassNames | None = None
         self.image_size = (settings.height, settings.width)
-        sampler = settings.sampler or settings.scheduler
-        self.columns = RowColumns(sampler, settings.steps, settings.cfg_scale, None)
-        self.encoder: torch.nn.Module | None = None
-        self._encoder_class: Any = None
+        self.columns = RowColumns(settings.sampler or settings.scheduler, settings.steps, settings.cfg_scale, None)
+        self.encoder = encoder
+        if encoder is not None:
+            encoder.to(self.device if text_encoder == "device" else torch.device("cpu"))
         self._cache: dict[str, int] = {}
         self._embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        if self.family.conditioning == "text":
-            self.encoder, self._encoder_class = pipe.text_encoder, type(pipe.text_encoder)
-            pipe.text_encoder = None  # the pipeline gets embeddings; its device is the denoiser's
-            if text_encoder == "shard-first":
-                self._free_encoder()
-            elif text_encoder == "device":
-                self.encoder.to(self.device)
 
     @classmethod
     def load(
@@ -370,18 +366,19 @@ class DiffusersGenerator:
             _require_caption_cleaning()
         root = resolve_source(model, "model")
         dev = resolve_device(device)
-        pipe = getattr(diffusers, settings.pipeline).from_pretrained(root, torch_dtype=resolve_dtype(dtype, dev))
+        text = FAMILIES[settings.pipeline].conditioning == "text"
+        # shard-first never holds the encoder between shards, not even while loading.
+        skip = {"text_encoder": None} if text and text_encoder == "shard-first" else {}
+        pipe = getattr(diffusers, settings.pipeline).from_pretrained(root, dtype=resolve_dtype(dtype, dev), **skip)
         if settings.sampler is not None:
             pipe.scheduler = getattr(diffusers, SCHEDULERS[settings.sampler]).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
-        # Everything but the text encoder goes to the device; the generator places the encoder.
+        # The pipeline gets embeddings, so it runs without its encoder: its device is the denoiser's.
         encoder = getattr(pipe, "text_encoder", None)
         if encoder is not None:
             pipe.text_encoder = None
         pipe.to(dev)
-        if encoder is not None:
-            pipe.text_encoder = encoder
-        return cls(pipe, root, settings, text_encoder)
+        return cls(pipe, root, settings, text_encoder, encoder)
 
     # --- text encoding ---------------------------------------------------------------------------
 
@@ -392,8 +389,12 @@ class DiffusersGenerator:
             torch.cuda.empty_cache()
 
     def _load_encoder(self) -> torch.nn.Module:
-        """shard-first: the encoder, read again from the checkpoint, on the device."""
-        encoder = self._encoder_class.from_pretrained(self.root / "text_encoder", dtype=self.dtype)
+        """shard-first: the encoder, read again from the checkpoint (the class model_index.json names,
+        loaded as diffusers loads it), on the device."""
+        import transformers
+
+        _, name = read_json(self.root / "model_index.json")["text_encoder"]
+        encoder = getattr(transformers, name).from_pretrained(self.root / "text_encoder", dtype=self.dtype)
         return encoder.to(self.device).eval()
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
