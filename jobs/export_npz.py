@@ -2,8 +2,9 @@
 
 FILE holds `arr_0` (uint8 [N, H, W, 3], ordered by sample_id), the sample batch format of
 openai/guided-diffusion's `evaluations/evaluator.py`, plus `arr_1` (class ids, int64, same order)
-as guided-diffusion's sampling script writes for class-conditional models; sets without class ids
-(text-to-image, unconditional) have no `arr_1`, as guided-diffusion writes for unconditional ones. Rows are streamed into
+as guided-diffusion's sampling script writes for class-conditional models; sets without class
+ids (text-to-image, unconditional) have no `arr_1`, as guided-diffusion writes for unconditional
+ones. Rows are streamed into
 the file as they are read, so memory stays bounded by a shard, not by N.
 """
 

@@ -11,7 +11,39 @@ from pathlib import Path
 
 import torch
 
-WORDS = ["a", "an", "the", "photo", "painting", "watercolor", "portrait", "of", "red", "blue", "green", "yellow", "cat", "dog", "house", "tree", "car", "boat", "bird", "sunset", "night", "morning", "over", "under", "near", "sea", "mountain", "city", "forest", "river", "sky"]
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "photo",
+    "painting",
+    "watercolor",
+    "portrait",
+    "of",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "cat",
+    "dog",
+    "house",
+    "tree",
+    "car",
+    "boat",
+    "bird",
+    "sunset",
+    "night",
+    "morning",
+    "over",
+    "under",
+    "near",
+    "sea",
+    "mountain",
+    "city",
+    "forest",
+    "river",
+    "sky",
+]
 # Each prompt's words in the training corpus, so the tokenizers know every one of them.
 CORPUS = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(9)) for i in range(300)]
 
@@ -91,7 +123,7 @@ def save_pixart_sigma(path: Path, seed: int = 0) -> Path:
         cross_attention_dim=32, sample_size=32, patch_size=2, caption_channels=32, norm_num_groups=8,
     ).eval()  # fmt: skip
     for block in transformer.transformer_blocks:
-        _scale(block.attn2, 3.0)  # the cross-attention carries the prompt
+        _scale(block.attn2, 5.0)  # the cross-attention carries the prompt
     pipe = PixArtSigmaPipeline(
         tokenizer=tokenizer, text_encoder=encoder, vae=tiny_vae(4, seed + 1), transformer=transformer,
         scheduler=DPMSolverMultistepScheduler(),
@@ -102,7 +134,7 @@ def save_pixart_sigma(path: Path, seed: int = 0) -> Path:
 
 def save_stable_diffusion(path: Path, seed: int = 0) -> Path:
     """Stable Diffusion: a 2-level conditional UNet (8 latents, 16 px), CLIP text model, PNDM scheduler."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = clip_tokenizer()
@@ -124,14 +156,10 @@ def save_stable_diffusion(path: Path, seed: int = 0) -> Path:
     for name, module in unet.named_modules():
         if name.endswith("attn2"):
             _scale(module, 4.0)  # the cross-attention carries the prompt
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-    ).eval()  # fmt: skip
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=tiny_vae(2, seed + 1), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
     )  # fmt: skip
     pipe.save_pretrained(path, safe_serialization=True)
     return path
@@ -170,6 +198,8 @@ def reference_images(model: Path, rows: list[dict], settings: dict) -> list:
             "num_inference_steps": settings["steps"],
             "output_type": "np",
         }
+        if "eta" in settings:
+            kwargs["eta"] = settings["eta"]
         if "prompt" in row:
             kwargs |= {"prompt": row["prompt"], "guidance_scale": settings["cfg_scale"]}
             kwargs |= {k: settings[k] for k in ("height", "width", "max_sequence_length") if k in settings}

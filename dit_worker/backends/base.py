@@ -80,8 +80,8 @@ class ModelSpec(Protocol):
         raises ValueError naming the setting and what this model accepts."""
         ...
 
-    def image_size(self, settings: BaseModel) -> int | tuple[int, int]:
-        """What the fingerprint records: DiT's side length, or (height, width)."""
+    def image_size(self, settings: BaseModel) -> int | list[int]:
+        """What the fingerprint records: DiT's side length, or [height, width] (JSON's list)."""
         ...
 
     def check_prompts(self, prompts: list[str], settings: BaseModel) -> list[tuple[int, str]]:

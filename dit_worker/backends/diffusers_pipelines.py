@@ -238,8 +238,8 @@ class DiffusersModel:
                 )
         return height, width
 
-    def image_size(self, settings: DiffusersSettings) -> tuple[int, int]:
-        return settings.height, settings.width
+    def image_size(self, settings: DiffusersSettings) -> list[int]:
+        return [settings.height, settings.width]  # a list, as job.json reads it back
 
     def tokenizer(self) -> Any:
         if "tokenizer" not in self._tokenizers:

@@ -32,7 +32,7 @@ class ModelInfo:
         return self.spec.pipeline_class
 
     @property
-    def image_size(self) -> int | tuple[int, int]:
+    def image_size(self) -> int | list[int]:
         return self.spec.image_size(self.settings)
 
 
