@@ -269,7 +269,8 @@ def test_bad_text_to_image_input_is_refused_before_anything_is_written(
     args = []
     for a in given:
         if isinstance(a, dict):
-            a = write_manifest(tmp_path / "m.parquet", [dict(zip(a, v, strict=True)) for v in zip(*a.values(), strict=True)])
+            rows = [dict(zip(a, v, strict=True)) for v in zip(*a.values(), strict=True)]
+            a = write_manifest(tmp_path / "m.parquet", rows)
         args.append({"PROMPTS": tmp_path / "prompts.txt", "BLANK": tmp_path / "blank.txt"}.get(a, a))
     out = tmp_path / "out"
     assert run("--local", "--model", request.getfixturevalue(fixture), *CPU, "--out", out, *args) == 2
@@ -277,3 +278,57 @@ def test_bad_text_to_image_input_is_refused_before_anything_is_written(
     assert message in err, err
     assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert not out.exists()
+
+
+def test_metrics_export_and_fid_work_on_a_set_without_classes(ddim_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """--metrics on an unconditional job, jobs.fid reusing its features, jobs.export_npz (no arr_1)."""
+    from inception_weights import random_inception_weights
+    from output_sets import png_bytes
+
+    from jobs.export_npz import main as export_main
+    from jobs.fid import main as fid_main
+
+    out = tmp_path / "out"
+    args = ["--local", "--model", ddim_ckpt, "--num-samples", 12, "--steps", 2, *CPU, "--shard-size", 5, "--out", out]
+    first = reference_images(ddim_ckpt, [{"seed": 0}, {"seed": 1}], {"steps": 2})
+    weights = random_inception_weights(tmp_path / "inception.pth", np.round(np.stack(first) * 255).astype(np.uint8))
+    assert run(*args, "--metrics", "--inception-weights", weights) == 0
+    assert sorted(p.name for p in (out / "features").iterdir()) == [f"part-{i:05d}.npz" for i in range(3)]
+
+    npz = tmp_path / "samples.npz"
+    assert export_main(["--out", str(out), "--npz", str(npz)]) == 0
+    with np.load(npz) as data:
+        assert sorted(data.files) == ["arr_0"]  # no class ids to export
+        arr = data["arr_0"]
+    assert arr.shape == (12, 16, 16, 3)
+    assert np.array_equal(arr[1], images(str(out))[1])
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i, image in enumerate(arr[::-1]):
+        (ref / f"{i:03d}.png").write_bytes(png_bytes(np.ascontiguousarray(image)))
+    fid = ["--out", str(out), "--ref", str(ref), "--inception-weights", str(weights), "--local"]
+    assert fid_main(fid) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 12 and metrics["fid"] == pytest.approx(0.0, abs=1e-3)  # the same 12 images
+    capsys.readouterr()
+    assert fid_main([*fid, "--per-class"]) == 2
+    assert "--per-class needs class ids" in capsys.readouterr().err
+
+
+def test_benchmark_measures_a_diffusers_pipeline(pixart_ckpt: Path, capsys: pytest.CaptureFixture) -> None:
+    from jobs.benchmark import main as bench_main
+
+    argv = ["--model", str(pixart_ckpt), *CPU, "--steps", "3", "--height", "32", "--width", "32",
+            "--max-sequence-length", "16", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0",
+            "--text-encoder", "shard-first"]  # fmt: skip
+    assert bench_main(argv) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert (line["impl"], line["pipeline"], line["batch_size"], line["steps"]) == (
+        "diffusers",
+        "PixArtSigmaPipeline",
+        2,
+        3,
+    )
+    assert line["images_per_s"] > 0 and line["s_per_step"] > 0 and line["peak_rss_mib"] > 0
+    assert line["sampler"] == "DPMSolverMultistepScheduler" and line["text_encoder"] == "shard-first"

@@ -451,9 +451,10 @@ class DiffusersGenerator:
     # --- sampling --------------------------------------------------------------------------------
 
     def generate(self, rows: Rows) -> torch.Tensor:
-        return self._call(rows, self.settings.steps)
+        return self.generate_steps(rows, self.settings.steps)
 
-    def _call(self, rows: Rows, steps: int) -> torch.Tensor:
+    def generate_steps(self, rows: Rows, steps: int) -> torch.Tensor:
+        """`generate` with another step count (the benchmark's and max_batch_size's one-step calls)."""
         s = self.settings
         kwargs: dict[str, Any] = {
             "generator": [torch.Generator("cpu").manual_seed(seed) for seed in rows.seeds],
@@ -517,7 +518,7 @@ class DiffusersGenerator:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
-            self._call(batch, 1)
+            self.generate_steps(batch, 1)
             peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
         per_sample = max(peaks[1] - peaks[0], 1)
         free, _ = torch.cuda.mem_get_info(self.device)
