@@ -10,6 +10,7 @@ are left out of it as the DiT benchmark leaves them out.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import time
@@ -69,11 +70,12 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         for _ in range(args.warmup):
             _timed(gen, rows, settings.steps)
-        full, one, peaks = [], [], []
+        full, one, peaks, resident = [], [], [], []
         for _ in range(args.repeats):
-            t, peak = _timed(gen, rows, settings.steps)
+            t, peak, rss = _timed(gen, rows, settings.steps)
             full.append(t)
             peaks.append(peak)
+            resident.append(rss or 0)
             one.append(_timed(gen, rows, 1)[0] if settings.steps > 1 else 0.0)
         total = statistics.median(full)
         per_step = (total - statistics.median(one)) / (settings.steps - 1) if settings.steps > 1 else total
@@ -94,6 +96,7 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
             "peak_mem_gib": max(peaks) / 2**30 if device.type == "cuda" else None,
             # CPU: the process's high-water mark so far (every option and batch before this line included).
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_while_denoising_mib": max(resident) / 2**20 if any(resident) else None,
             "compiled": compile_,
             "repeats": args.repeats,
         }
@@ -102,16 +105,27 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     return lines
 
 
-def _timed(gen: DiffusersGenerator, rows: Rows, steps: int) -> tuple[float, int]:
-    """Seconds for one shard's worth of work on `rows` (shard-first encoding included), and the peak
-    GPU memory it allocated."""
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux /proc), None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _timed(gen: DiffusersGenerator, rows: Rows, steps: int) -> tuple[float, int, int | None]:
+    """Seconds for one shard's worth of work on `rows` (shard-first encoding included), the peak GPU
+    memory it allocated, and the process's resident memory as the denoising starts (what the text
+    encoder placement changes on a CPU worker)."""
     cuda = gen.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(gen.device)
         torch.cuda.reset_peak_memory_stats(gen.device)
     t0 = time.perf_counter()
     gen.begin_shard(rows)
+    resident = resident_bytes()
     gen.generate_steps(rows, steps)
     if cuda:
         torch.cuda.synchronize(gen.device)
-    return time.perf_counter() - t0, torch.cuda.max_memory_allocated(gen.device) if cuda else 0
+    return time.perf_counter() - t0, torch.cuda.max_memory_allocated(gen.device) if cuda else 0, resident

@@ -423,8 +423,11 @@ class DiffusersGenerator:
     def _encode_into_cache(self, texts: list[str], chunk: int) -> None:
         unique = list(dict.fromkeys(texts))
         parts = [self._encode(unique[lo : lo + chunk]) for lo in range(0, len(unique), chunk)]
-        embeds = torch.cat([p[0] for p in parts])
-        mask = torch.cat([p[1] for p in parts]) if parts[0][1] is not None else None
+        # shard-first keeps a whole shard's embeddings: in host memory (T5-XXL: 2.3 MiB a prompt), each
+        # batch's rows copied to the device as it runs.
+        home = torch.device("cpu") if self.placement == "shard-first" else self.device
+        embeds = torch.cat([p[0].to(home) for p in parts])
+        mask = torch.cat([p[1].to(home) for p in parts]) if parts[0][1] is not None else None
         self._cache = {text: i for i, text in enumerate(unique)}
         self._embeds = (embeds, mask)
 
@@ -485,7 +488,8 @@ class DiffusersGenerator:
 
         def pick(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
             index = torch.tensor([self._cache[t] for t in texts], device=embeds.device)
-            return embeds[index], None if mask is None else mask[index]
+            picked = embeds[index].to(self.device)
+            return picked, None if mask is None else mask[index].to(self.device)
 
         kwargs: dict[str, Any] = {"guidance_scale": s.cfg_scale, "height": s.height, "width": s.width}
         pos, pos_mask = pick(prompts)
