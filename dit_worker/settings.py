@@ -7,7 +7,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SamplerName = Literal["ddpm", "ddim", "dpm-solver"]
+# "euler" is a diffusers scheduler (EulerDiscreteScheduler), for the diffusers backends only (docs/backends.md).
+SamplerName = Literal["ddpm", "ddim", "dpm-solver", "euler"]
 DTypeName = Literal["float32", "bfloat16", "float16"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from dit_worker.backends import pipeline_class
 from dit_worker.checkpoints import CheckpointError
 from dit_worker.checkpoints.convert import random_checkpoint_dir
 from dit_worker.execution.tries import TaskQueue
@@ -31,6 +32,7 @@ from dit_worker.models.flops import dit_paper_gflops, transformer_flops, vae_dec
 from dit_worker.pipeline import DiTPipeline, load_pipeline
 from dit_worker.settings import SamplingSettings
 from jobs import benchmark_encoding
+from jobs.benchmark_pipelines import add_pipeline_args, run_pipeline_benchmark
 
 # Dense tensor-core peaks from the vendor datasheets (TFLOP/s), used for MFU unless --peak-tflops.
 PEAK_TFLOPS = {
@@ -53,9 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--random", metavar="NAME", help="registry size with random weights, e.g. DiT-XL/2")
     p.add_argument("--vae", help="VAE for an original .pt checkpoint")
     p.add_argument("--image-size", type=int, default=256, choices=(256, 512), help="with --random")
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim", "dpm-solver"))
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpm-solver", "euler"),
+                   help="default: ddim for DiT, a diffusers pipeline's own scheduler")  # fmt: skip
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg-scale", type=float, default=1.5)
+    p.add_argument("--cfg-scale", type=float, help="default: 1.5 for DiT, a diffusers pipeline's own")
     p.add_argument("--cfg-channels", type=int, default=4, choices=(3, 4))
     p.add_argument("--batch-sizes", default="32", help="comma-separated sizes, or 'auto'")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
@@ -82,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "PSNR of the benchmarked path (dtype, compile) against it",
     )
     benchmark_encoding.add_arguments(p)
+    add_pipeline_args(p)
     args = p.parse_args(argv)
     if not args.encode_only and not (args.model or args.random):
         p.error("one of the arguments --model --random is required (or --encode-only)")
@@ -271,6 +275,10 @@ def summarise(
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.model and pipeline_class(args.model) != "DiTPipeline":  # PixArt, Stable Diffusion, DDPM, DDIM
+        return run_pipeline_benchmark(args)
+    args.sampler = args.sampler or "ddim"
+    args.cfg_scale = 1.5 if args.cfg_scale is None else args.cfg_scale
     settings = SamplingSettings(
         sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, cfg_channels=args.cfg_channels
     )

@@ -2,7 +2,9 @@
 
 FILE holds `arr_0` (uint8 [N, H, W, 3], ordered by sample_id), the sample batch format of
 openai/guided-diffusion's `evaluations/evaluator.py`, plus `arr_1` (class ids, int64, same order)
-as guided-diffusion's sampling script writes for class-conditional models. Rows are streamed into
+as guided-diffusion's sampling script writes for class-conditional models; sets without class
+ids (text-to-image, unconditional) have no `arr_1`, as guided-diffusion writes for unconditional
+ones. Rows are streamed into
 the file as they are read, so memory stays bounded by a shard, not by N.
 """
 
@@ -37,7 +39,8 @@ def export_npz(output: OutputSet, path: Path) -> int:
                 labels[i] = sample.class_id
                 if (i + 1) % 5000 == 0:
                     log.info("%d/%d images, %.0f s", i + 1, n, time.monotonic() - start)
-        npz.save("arr_1", labels)
+        if output.labelled:
+            npz.save("arr_1", labels)
     return n
 
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OutputSetError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    log.info("wrote %s: arr_0 [%d, %d, %d, 3] uint8, arr_1 class ids", a.npz, n, *output.image_size())
+    labels = ", arr_1 class ids" if output.labelled else ""
+    log.info("wrote %s: arr_0 [%d, %d, %d, 3] uint8%s", a.npz, n, *output.image_size(), labels)
     return 0
 
 

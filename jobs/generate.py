@@ -1,4 +1,5 @@
-"""python -m jobs.generate: make a set of class-conditional DiT samples, on a Ray cluster or --local.
+"""python -m jobs.generate: make a set of samples of a DiT, text-to-image or unconditional diffusion model, on a
+Ray cluster or --local.
 
 Under `ray job submit` the driver joins the cluster from RAY_ADDRESS. Rerunning the same command on
 the same --out resumes: committed shards are skipped. See README.md, "The generation job".
@@ -26,7 +27,12 @@ SAMPLING_FLAGS = ("sampler", "steps", "cfg_scale", "cfg_channels", "eta", "guida
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.generate", description=__doc__.split("\n")[0])
     model = p.add_argument_group("model")
-    model.add_argument("--model", required=True, help="diffusers DiT directory, original .pt, hub id or s3:// prefix")
+    model.add_argument(
+        "--model",
+        required=True,
+        help="diffusers pipeline directory (DiT, PixArt-α/Σ, Stable Diffusion, DDPM, DDIM), original DiT .pt, hub id "
+        "or s3:// prefix",
+    )
     model.add_argument("--vae", help="AutoencoderKL directory or hub id (required with an original .pt)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="local folder or s3://bucket/prefix")
@@ -51,13 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     samples = p.add_argument_group("samples")
     samples.add_argument("--classes", help="comma-separated class ids or names (default: every class)")
     samples.add_argument("--per-class", type=int, help="samples per chosen class")
-    samples.add_argument("--manifest", help="Parquet, CSV or JSONL with class_id (or class_name), seed[, sample_id]")
+    samples.add_argument("--prompts", help="text-to-image: a UTF-8 file with one prompt per line")
+    samples.add_argument("--per-prompt", type=int, help="samples per prompt of --prompts")
+    samples.add_argument("--num-samples", type=int, help="unconditional models: how many samples")
+    samples.add_argument(
+        "--manifest",
+        help="Parquet, CSV or JSONL: seed[, sample_id] and class_id (or class_name), or prompt[, negative_prompt]",
+    )
     samples.add_argument("--seed", type=int, help="global seed: per-sample seed = seed * 2**32 + sample_id (default 0)")
     samples.add_argument("--preset", help="fid50k: 50 per class x all classes, ddpm, 250 steps, cfg 1.5 on 3 channels")
     sampling = p.add_argument_group("sampling (docs/numerics.md)")
-    sampling.add_argument("--sampler", help="ddpm (default), ddim or dpm-solver")
-    sampling.add_argument("--steps", type=int, help="sampling steps (default 250)")
-    sampling.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale; <= 1 is off (default 1.5)")
+    sampling.add_argument(
+        "--sampler",
+        help="ddpm (DiT default), ddim, dpm-solver, euler (diffusers pipelines; omitted: their own scheduler)",
+    )
+    sampling.add_argument("--steps", type=int, help="sampling steps (default: DiT 250, else the pipeline's own)")
+    sampling.add_argument(
+        "--cfg-scale",
+        type=float,
+        help="classifier-free guidance scale; <= 1 is off (default: DiT 1.5, else the pipeline's)",
+    )
     sampling.add_argument("--cfg-channels", type=int, help="3 (DiT, default) or 4 (diffusers) guided latent channels")
     sampling.add_argument("--eta", type=float, help="DDIM eta (default 0)")
     sampling.add_argument(
@@ -66,6 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=2,
         metavar=("LO", "HI"),
         help="guide only at model timesteps LO..HI; CHANGES the sampling protocol (off: paper/diffusers)",
+    )
+    text = p.add_argument_group("text-to-image (docs/backends.md)")
+    text.add_argument("--negative-prompt", help="negative prompt for every row without its own")
+    text.add_argument("--height", type=int, help="image height (default: the model's)")
+    text.add_argument("--width", type=int, help="image width (default: the model's)")
+    text.add_argument("--max-sequence-length", type=int, help="PixArt: T5 tokens per prompt (default: the pipeline's)")
+    text.add_argument(
+        "--clean-caption",
+        action=argparse.BooleanOptionalAction,
+        help="PixArt's caption cleaning (default: on, as in diffusers; needs beautifulsoup4 and ftfy)",
+    )
+    text.add_argument(
+        "--text-encoder",
+        help="device (default), cpu, or shard-first (encode a shard's prompts, free the encoder, then sample)",
     )
     run = p.add_argument_group("execution")
     run.add_argument("--batch-size", type=batch_size, help="samples per forward batch, or auto (default 32)")

@@ -74,3 +74,27 @@ def ray_cluster():
             yield head
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pixart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random PixArt-Σ pipeline in the diffusers layout (T5 encoder, trained sentencepiece tokenizer)."""
+    from pipelines import save_pixart_sigma
+
+    return save_pixart_sigma(tmp_path_factory.mktemp("pixart") / "pixart-sigma")
+
+
+@pytest.fixture(scope="session")
+def sd_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Stable Diffusion pipeline (CLIP text model, trained BPE tokenizer)."""
+    from pipelines import save_stable_diffusion
+
+    return save_stable_diffusion(tmp_path_factory.mktemp("sd") / "stable-diffusion")
+
+
+@pytest.fixture(scope="session")
+def ddim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random unconditional DDIM pipeline (UNet2DModel, 16x16 RGB)."""
+    from pipelines import save_ddim
+
+    return save_ddim(tmp_path_factory.mktemp("ddim") / "ddim")

@@ -105,7 +105,9 @@ def test_unknown_class_name_suggests_close_matches(tiny_ckpt: Path) -> None:
     [
         ({"steps": 0}, "steps: Input should be greater than or equal to 1"),
         ({"cfg_scale": -1.0}, "cfg_scale: Input should be greater than or equal to 0"),
-        ({"sampler": "euler"}, "sampler: Input should be 'ddpm', 'ddim' or 'dpm-solver'"),
+        # euler is a diffusers-pipeline sampler (docs/backends.md), not one of DiT's native ones
+        ({"sampler": "euler"}, "sampler 'euler' is not one of DiT's native samplers; choose one of ddpm, ddim, dpm-s"),
+        ({"sampler": "heun"}, "sampler: Input should be 'ddpm', 'ddim', 'dpm-solver' or 'euler'"),
         ({"cfg_channels": 2}, "cfg_channels: Input should be 3 or 4"),
         ({"seeds": [-1]}, r"seeds must lie in \[0, 2\*\*63\)"),
         ({"seeds": [2**63]}, r"seeds must lie in \[0, 2\*\*63\)"),

@@ -97,7 +97,7 @@ def test_not_an_output_and_missing_reference(tmp_path: Path, small_set: Path, ca
     err = run_fid(capsys, tmp_path / "empty", small_set)
     assert "not a dit-worker output (no metadata/part-*.parquet and no _SUCCESS)" in err
     assert "--ref /nope.npz: no such file" in run_fid(capsys, small_set, Path("/nope.npz"))
-    assert "no images (.png, .jpg, .jpeg) found" in run_fid(capsys, small_set, tmp_path / "empty")
+    assert "no images (.png, .jpg, .jpeg, .webp) found" in run_fid(capsys, small_set, tmp_path / "empty")
 
 
 def test_per_class_needs_reference_labels(tmp_path: Path, small_set: Path, capsys: pytest.CaptureFixture) -> None:

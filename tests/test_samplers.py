@@ -130,7 +130,7 @@ def test_ddim_with_eta_matches_diffusers() -> None:
         ("ddim", {"thresholding": True}, "thresholding"),
         ("ddim", {"timestep_spacing": "karras"}, "timestep_spacing"),
         ("ddpm", {"beta_schedule": "sigmoid"}, "beta_schedule"),
-        ("euler", {}, "unknown sampler"),
+        ("euler", {}, "not one of DiT's native samplers"),
     ],
 )
 def test_unsupported_scheduler_configs_are_refused(name: str, config: dict, fragment: str) -> None:

@@ -18,8 +18,7 @@ from dit_worker.checkpoints.diffusers_layout import (
     vae_state,
 )
 from dit_worker.checkpoints.errors import CheckpointError
-from dit_worker.checkpoints.files import is_torch_file, read_json, weight_files
-from dit_worker.checkpoints.identity import WeightsIdentity, hub_revision, weights_identity
+from dit_worker.checkpoints.files import is_torch_file, read_json
 from dit_worker.checkpoints.original import ORIGINAL_SCHEDULER_CONFIG, load_original
 from dit_worker.checkpoints.sources import resolve_source
 from dit_worker.models.dit import DiT, DiTConfig
@@ -35,13 +34,6 @@ class Checkpoint:
     scheduler_config: dict[str, Any]  # original DiT files: ORIGINAL_SCHEDULER_CONFIG
     id2label: dict[int, str]
     source: str
-    # (name, path) of every weight file loading reads, and the hub revision: the checkpoint's identity.
-    weight_files: tuple[tuple[str, Path], ...] = ()
-    revision: str | None = None
-
-    def identity(self) -> WeightsIdentity:
-        """sha256 of every weight file (cached per node by path, size and mtime)."""
-        return weights_identity(self.weight_files, self.revision)
 
 
 def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights: bool = True) -> Checkpoint:
@@ -68,7 +60,6 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights
         config, state = load_original(root)
         scheduler: dict[str, Any] = dict(ORIGINAL_SCHEDULER_CONFIG)
         id2label: dict[int, str] = {}
-        files = [(root.name, root)]
     else:
         tdir = root / "transformer"
         if not tdir.is_dir():
@@ -83,7 +74,6 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights
         sched = root / "scheduler" / "scheduler_config.json"
         scheduler = read_json(sched) if sched.is_file() else {}
         config, state = transformer_state(tdir, config) if weights else (config, {})
-        files = [(f"transformer/{f.name}", f) for f in weight_files(tdir)]
     if vcfg.latent_channels != config.in_channels:
         raise CheckpointError(
             f"{vae_dir}: VAE latent_channels {vcfg.latent_channels} does not match the transformer's "
@@ -93,8 +83,7 @@ def load_checkpoint(model: str | Path, vae: str | Path | None = None, *, weights
     if bad:
         raise CheckpointError(f"{root}: id2label has class ids {bad[:5]} outside 0..{config.num_classes - 1}")
     vstate = vae_state(vae_dir) if weights else {}
-    files += [(f"vae/{f.name}", f) for f in weight_files(vae_dir)]
-    return Checkpoint(config, state, vcfg, vstate, scheduler, id2label, str(model), tuple(files), hub_revision(root))
+    return Checkpoint(config, state, vcfg, vstate, scheduler, id2label, str(model))
 
 
 def materialize(module: nn.Module, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dit_worker.cache import cache_root
+from dit_worker.checkpoints.sources import resolve_source
 
 CHUNK = 16 << 20
 
@@ -64,3 +65,24 @@ def hub_revision(path: Path) -> str | None:
 def weights_identity(files: Sequence[tuple[str, Path]], revision: str | None) -> WeightsIdentity:
     """`files`: (name, path) pairs; names say which component a file belongs to (`vae/...`)."""
     return WeightsIdentity({name: file_sha256(path) for name, path in files}, revision)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
+
+
+def checkpoint_identity(model: str, vae: str | None = None) -> WeightsIdentity:
+    """Every weight file of a checkpoint: an original `.pt` itself, or each weight file below a
+    diffusers directory (all components: transformer or UNet, VAE, text encoders), plus those of a
+    separate `--vae`."""
+    root = resolve_source(model, "model")
+    files = _weight_files(root, "")
+    if vae is not None:
+        files += _weight_files(resolve_source(vae, "vae"), "--vae/")
+    return weights_identity(files, hub_revision(root))
+
+
+def _weight_files(root: Path, prefix: str) -> list[tuple[str, Path]]:
+    if root.is_file():
+        return [(prefix + root.name, root)]
+    found = (p for p in root.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    return sorted((prefix + p.relative_to(root).as_posix(), p) for p in found)

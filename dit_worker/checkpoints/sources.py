@@ -11,8 +11,10 @@ from dit_worker.cache import cache_root, node_lock
 from dit_worker.checkpoints.errors import CheckpointError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-CONFIG_PATTERNS = ["model_index.json", "config.json", "*/config.json", "scheduler/*.json"]
+# tokenizer/: the text-to-image pipelines' tokenizers (docs/backends.md).
+CONFIG_PATTERNS = ["model_index.json", "config.json", "*/config.json", "scheduler/*.json", "tokenizer/*"]
 WEIGHT_NAME = "diffusion_pytorch_model"
+TEXT_ENCODER_WEIGHTS = ["text_encoder/model*.safetensors*"]  # transformers' name, in pipelines that have one
 
 
 def resolve_source(spec: str, what: str = "model") -> Path:
@@ -31,7 +33,8 @@ def _hub_snapshot(repo_id: str, what: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=CONFIG_PATTERNS + _weight_patterns(repo_id)))
+        patterns = CONFIG_PATTERNS + _weight_patterns(repo_id) + TEXT_ENCODER_WEIGHTS
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as err:  # the hub client raises its own, httpx's and OS errors alike: one line for all
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dit_worker.backends import GenerationRequest, TextEncoderPlacement
 from dit_worker.job.manifest import MAX_GLOBAL_SEED
 from dit_worker.output.encoding import LOSSY_FORMATS, ImageEncoding, ImageFormat
 from dit_worker.output.storage import RetryMode
@@ -39,6 +40,16 @@ class JobConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=MAX_GLOBAL_SEED)
     preset: Literal["fid50k"] | None = None
     sampling: SamplingSettings = SamplingSettings()
+    # Text-to-image and unconditional models (docs/backends.md).
+    prompts: Path | None = None  # one UTF-8 prompt per line
+    per_prompt: int | None = Field(None, ge=1)
+    num_samples: int | None = Field(None, ge=1)  # unconditional models
+    negative_prompt: str | None = Field(None, min_length=1)  # every row without its own
+    height: int | None = Field(None, ge=8)
+    width: int | None = Field(None, ge=8)
+    max_sequence_length: int | None = Field(None, ge=1)
+    clean_caption: bool | None = None  # PixArt's caption cleaning; None: diffusers' default (on)
+    text_encoder: TextEncoderPlacement = "device"
 
     batch_size: int | Literal["auto"] = 32  # auto: the largest that fits, measured by each worker
     shard_size: int = Field(1000, ge=1)
@@ -77,7 +88,8 @@ class JobConfig(BaseModel):
         if not isinstance(data, dict) or data.get("preset") not in PRESETS:
             return data
         fixed = PRESETS[data["preset"]]
-        given = [flag(k) for k in ("classes", "per_class", "manifest") if data.get(k) is not None]
+        sources = ("classes", "per_class", "manifest", "prompts", "per_prompt", "num_samples")
+        given = [flag(k) for k in sources if data.get(k) is not None]
         given += [flag(k) for k in (data.get("sampling") or {}) if k in fixed["sampling"]]
         if given:
             raise ValueError(f"--preset {data['preset']} fixes {', '.join(given)}; drop them or drop --preset")
@@ -91,8 +103,16 @@ class JobConfig(BaseModel):
         if self.inception_weights is not None and not self.metrics:
             raise ValueError("--inception-weights is for --metrics; add --metrics or drop it")
         self._check_encoding()
-        if self.manifest is None and self.per_class is None:
-            raise ValueError("say which samples to make: --per-class N (with --classes), --manifest FILE or --preset")
+        if (self.prompts is None) != (self.per_prompt is None):
+            raise ValueError("--prompts FILE and --per-prompt N go together; pass both")
+        sources = [f for f in ("per_class", "prompts", "num_samples", "manifest") if getattr(self, f) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"{' and '.join(flag(f) for f in sources)} each list the samples; pass one of them")
+        if not sources:
+            raise ValueError(
+                "say which samples to make: --per-class N (with --classes), --prompts FILE --per-prompt N, "
+                "--num-samples N, --manifest FILE or --preset"
+            )
         if self.local:
             if self.num_workers is not None or self.min_workers is not None:
                 raise ValueError("--num-workers and --min-workers apply to Ray runs; drop them with --local")
@@ -130,6 +150,18 @@ class JobConfig(BaseModel):
     def encoding(self) -> ImageEncoding:
         """How every image is stored; lossy formats get DEFAULT_QUALITY unless --quality says otherwise."""
         return ImageEncoding.of(self.image_format, self.quality)
+
+    @property
+    def request(self) -> GenerationRequest:
+        """The settings asked for, for the model's backend to resolve (docs/backends.md)."""
+        return GenerationRequest(
+            sampling=self.sampling,
+            height=self.height,
+            width=self.width,
+            max_sequence_length=self.max_sequence_length,
+            clean_caption=self.clean_caption,
+            negative_prompt=self.negative_prompt,
+        )
 
     @property
     def worker_device(self) -> str:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+from dit_worker.backends import Generator
 from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import PermanentError, TaskQueue
 from dit_worker.job.shard_worker import SHARDS_IN_FLIGHT, ShardResult, ShardWorker, WorkerSpec
@@ -26,7 +27,7 @@ class LocalRunner:
         stats = runner.run(TaskQueue(shard_tasks(samples, pending, 1000), max_tries=3), on_committed)
     """
 
-    def __init__(self, spec: WorkerSpec, pipe: DiTPipeline | None = None) -> None:
+    def __init__(self, spec: WorkerSpec, pipe: DiTPipeline | Generator | None = None) -> None:
         self.spec = spec
         self.pipe = pipe
         self.worker: ShardWorker | None = None

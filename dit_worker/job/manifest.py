@@ -1,7 +1,10 @@
-"""The samples a job makes: (sample_id, class_id, seed) rows in sample_id order.
+"""The samples a job makes: (sample_id, seed) rows in sample_id order, each with its conditioning:
+a class id (class-conditional DiT), a prompt and optional negative prompt (text-to-image), or
+nothing (unconditional).
 
-Kept as three numpy columns, 20 bytes a sample (a 1,000,000-sample manifest is 20 MB), so the
-driver slices shards out of it without building a Python object per sample.
+Kept as numpy columns (20 bytes a sample for a class model: a 1,000,000-sample manifest is 20 MB)
+and prompts as one byte buffer plus offsets (TextColumn), so the driver slices shards out of it
+without building a Python object per sample.
 
 Seeds derived from `--seed` (no manifest file): `seed = global_seed * 2**32 + sample_id`, with
 `0 <= global_seed < 2**31` and `sample_id < 2**32`. Each global seed owns its own 2**32-wide block,
@@ -18,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from dit_worker.backends import Conditioning, Rows
+from dit_worker.job.text_column import TextColumn
 from dit_worker.labels import ClassNames
 from dit_worker.sampling.noise import MAX_SEED
 
@@ -33,20 +38,50 @@ class ManifestError(ValueError):
 @dataclass(frozen=True)
 class Samples:
     sample_id: np.ndarray  # int64, strictly increasing
-    class_id: np.ndarray  # int32
+    class_id: np.ndarray | None  # int32; None: the rows carry no class (text-to-image, unconditional)
     seed: np.ndarray  # int64, in [0, 2**63)
+    prompt: TextColumn | None = None  # text-to-image rows
+    negative_prompt: TextColumn | None = None  # optional per-row negative prompts (empty cells: none)
 
     def __len__(self) -> int:
         return len(self.sample_id)
 
     def __getitem__(self, rows: slice) -> Samples:
-        return Samples(self.sample_id[rows], self.class_id[rows], self.seed[rows])
+        return Samples(
+            self.sample_id[rows],
+            None if self.class_id is None else self.class_id[rows],
+            self.seed[rows],
+            None if self.prompt is None else self.prompt[rows],
+            None if self.negative_prompt is None else self.negative_prompt[rows],
+        )
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return "class" if self.class_id is not None else "text" if self.prompt is not None else "none"
+
+    def rows(self) -> Rows:
+        """These samples as a generator takes them (one batch: Python lists are fine here)."""
+        return Rows(
+            seeds=self.seed.tolist(),
+            class_ids=None if self.class_id is None else self.class_id.tolist(),
+            prompts=None if self.prompt is None else self.prompt.tolist(),  # type: ignore[arg-type]
+            negative_prompts=None if self.negative_prompt is None else self.negative_prompt.tolist(),
+        )
 
     def sha256(self) -> str:
         """Content hash: the same samples give the same hash whatever file format they came from."""
         h = hashlib.sha256()
-        for column, dtype in ((self.sample_id, "<i8"), (self.class_id, "<i4"), (self.seed, "<i8")):
+        if self.class_id is not None and self.prompt is None:  # class rows: the hash jobs have always had
+            for column, dtype in ((self.sample_id, "<i8"), (self.class_id, "<i4"), (self.seed, "<i8")):
+                h.update(np.ascontiguousarray(column, dtype=dtype).tobytes())
+            return h.hexdigest()
+        h.update(f"samples/{self.conditioning}".encode())
+        for column, dtype in ((self.sample_id, "<i8"), (self.seed, "<i8")):
             h.update(np.ascontiguousarray(column, dtype=dtype).tobytes())
+        for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
+            if text is not None:
+                h.update(name.encode())
+                text.digest_into(h)
         return h.hexdigest()
 
 
@@ -75,18 +110,60 @@ def parse_classes(tokens: Sequence[str] | None, names: ClassNames) -> list[int]:
 
 def from_classes(class_ids: Sequence[int], per_class: int, global_seed: int) -> Samples:
     """`per_class` samples of each class, class-major: sample_id = class position * per_class + n."""
+    sample_id, seed = _derived(len(class_ids) * per_class, global_seed)
+    return Samples(sample_id, np.repeat(np.asarray(class_ids, dtype=np.int32), per_class), seed)
+
+
+def from_prompts(path: Path, per_prompt: int, global_seed: int) -> Samples:
+    """`--prompts FILE --per-prompt N`: one UTF-8 prompt per line, prompt-major like `from_classes`."""
+    prompts = read_prompt_lines(path)
+    sample_id, seed = _derived(len(prompts) * per_prompt, global_seed)
+    return Samples(sample_id, None, seed, prompts.repeat(per_prompt))
+
+
+def from_count(count: int, global_seed: int) -> Samples:
+    """`--num-samples N` of an unconditional model."""
+    sample_id, seed = _derived(count, global_seed)
+    return Samples(sample_id, None, seed)
+
+
+def _derived(count: int, global_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """sample_id 0..count-1 and seed = global_seed * 2**32 + sample_id."""
     if not 0 <= global_seed < MAX_GLOBAL_SEED:
         raise ManifestError(f"--seed must lie in [0, 2**31), got {global_seed}")
-    count = len(class_ids) * per_class
     if count > SEED_STRIDE:
         raise ManifestError(f"{count} samples exceed the 2**32 that --seed derivation allows; use --manifest")
     sample_id = np.arange(count, dtype=np.int64)
-    class_id = np.repeat(np.asarray(class_ids, dtype=np.int32), per_class)
-    return Samples(sample_id, class_id, global_seed * SEED_STRIDE + sample_id)
+    return sample_id, global_seed * SEED_STRIDE + sample_id
 
 
-def read_manifest(path: Path, names: ClassNames) -> Samples:
-    """A Parquet, CSV or JSONL file with `class_id` (or `class_name`) and `seed`, optional `sample_id`.
+def read_prompt_lines(path: Path) -> TextColumn:
+    """One prompt per line (a final newline is optional; CRLF is read as LF); refuses empty lines."""
+    if not path.is_file():
+        raise ManifestError(f"--prompts {path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ManifestError(
+            f"--prompts {path}: line {line} is not UTF-8 ({err.reason}); save the file as UTF-8"
+        ) from None
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise ManifestError(f"--prompts {path}: no prompts; write one prompt per line")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise ManifestError(f"--prompts {path}: line {number} is empty; write one prompt per line, no blank lines")
+    return TextColumn.from_strings(lines)
+
+
+def read_manifest(path: Path, names: ClassNames | None, conditioning: Conditioning = "class") -> Samples:
+    """A Parquet, CSV or JSONL file with `seed`, optional `sample_id`, and the model's conditioning:
+    `class_id` or `class_name` (class-conditional), `prompt` and optional `negative_prompt`
+    (text-to-image), or neither (unconditional). Columns for another kind of model are refused.
 
     Without `sample_id`, rows are numbered 0, 1, ... in file order.
     """
@@ -96,30 +173,91 @@ def read_manifest(path: Path, names: ClassNames) -> Samples:
         raise ManifestError(f"{path}: no rows (columns {sorted(columns)}); a manifest needs one row per sample")
     if "seed" not in columns:
         raise ManifestError(f"{path}: missing column 'seed' (found {sorted(columns)}); every row needs its seed")
-    if "class_id" in columns:
-        class_id = _int_column(table, "class_id", path)
-        try:
-            names.check_ids(np.unique(class_id).tolist())
-        except ValueError as err:
-            raise ManifestError(f"{path}: {err}") from None
-        if "class_name" in columns and names.labels:
-            _check_names_match(table, class_id, path, names)
-    elif "class_name" in columns:
-        class_id = _class_names_to_ids(table, path, names)
-    else:
-        raise ManifestError(f"{path}: needs a 'class_id' or 'class_name' column (found {sorted(columns)})")
+    _refuse_other_conditioning(path, columns, conditioning)
+    class_id = prompt = negative = None
+    if conditioning == "class":
+        assert names is not None
+        if "class_id" in columns:
+            class_id = _int_column(table, "class_id", path)
+            try:
+                names.check_ids(np.unique(class_id).tolist())
+            except ValueError as err:
+                raise ManifestError(f"{path}: {err}") from None
+            if "class_name" in columns and names.labels:
+                _check_names_match(table, class_id, path, names)
+        elif "class_name" in columns:
+            class_id = _class_names_to_ids(table, path, names)
+        else:
+            raise ManifestError(f"{path}: needs a 'class_id' or 'class_name' column (found {sorted(columns)})")
+        class_id = class_id.astype(np.int32)
+    elif conditioning == "text":
+        if "prompt" not in columns:
+            raise ManifestError(f"{path}: a text-to-image model needs a 'prompt' column (found {sorted(columns)})")
+        prompt = _text_column(table, "prompt", path, nulls=False)
+        if "negative_prompt" in columns:
+            negative = _text_column(table, "negative_prompt", path, nulls=True)
     seed = _int_column(table, "seed", path, lo=0, hi=MAX_SEED, bounds="[0, 2**63)")
     if "sample_id" in columns:
         sample_id = _int_column(table, "sample_id", path, lo=0, hi=2**63, bounds=">= 0")
     else:
         sample_id = np.arange(table.num_rows, dtype=np.int64)
+    if prompt is not None:
+        _refuse_empty_prompts(path, prompt, sample_id)
     order = np.argsort(sample_id, kind="stable")
     sample_id = sample_id[order]
     dup = np.flatnonzero(sample_id[1:] == sample_id[:-1])
     if dup.size:
         values = sorted({int(v) for v in sample_id[dup[:5]]})
         raise ManifestError(f"{path}: duplicate sample_id {values}; each sample_id must appear once")
-    return Samples(sample_id, class_id.astype(np.int32)[order], seed[order])
+    return Samples(
+        sample_id,
+        None if class_id is None else class_id[order],
+        seed[order],
+        None if prompt is None else prompt.take(order),
+        None if negative is None else negative.take(order),
+    )
+
+
+_CONDITIONING_COLUMNS: dict[str, tuple[str, ...]] = {
+    "class": ("class_id", "class_name"),
+    "text": ("prompt", "negative_prompt"),
+    "none": (),
+}
+_KIND = {"class": "a class-conditional model", "text": "a text-to-image model", "none": "an unconditional model"}
+
+
+def _refuse_other_conditioning(path: Path, columns: set[str], conditioning: Conditioning) -> None:
+    for other, names in _CONDITIONING_COLUMNS.items():
+        found = sorted(columns & set(names))
+        if other != conditioning and found:
+            takes = ", ".join(_CONDITIONING_COLUMNS[conditioning]) or "only seed and sample_id"
+            raise ManifestError(
+                f"{path}: column(s) {', '.join(found)} are for {_KIND[other]}, but this is {_KIND[conditioning]} "
+                f"(it takes {takes}); drop them"
+            )
+
+
+def _text_column(table: pa.Table, name: str, path: Path, *, nulls: bool) -> TextColumn:
+    column = table.column(name)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type)):
+        raise ManifestError(f"{path}: column {name!r} must hold text, found {column.type}")
+    if column.null_count and not nulls:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ManifestError(f"{path}: row {row + 1} has no {name}; every row needs one")
+    return TextColumn.from_arrow(column.cast(pa.large_string()))
+
+
+def _refuse_empty_prompts(path: Path, prompt: TextColumn, sample_id: np.ndarray) -> None:
+    import pyarrow.compute as pc
+
+    blank = pc.equal(pc.utf8_trim_whitespace(prompt.to_arrow()), "").to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(blank)
+    if rows.size:
+        row = int(rows[0])
+        raise ManifestError(
+            f"{path}: row {row + 1} (sample_id {int(sample_id[row])}) has an empty prompt"
+            f"{f' ({rows.size} rows in all)' if rows.size > 1 else ''}; give every row a prompt"
+        )
 
 
 def _read_table(path: Path) -> pa.Table:

@@ -1,39 +1,50 @@
-"""What a job driver knows about a checkpoint without loading its weights onto any device."""
+"""What a job driver knows about a checkpoint without loading its weights onto any device: its
+backend's spec (docs/backends.md), the settings resolved for it, and the weights' identity."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from dit_worker.checkpoints import load_checkpoint
-from dit_worker.checkpoints.identity import WeightsIdentity
+from pydantic import BaseModel
+
+from dit_worker.backends import Conditioning, ModelSpec
+from dit_worker.backends import inspect_model as inspect_backend
+from dit_worker.checkpoints.identity import WeightsIdentity, checkpoint_identity
+from dit_worker.job.config import JobConfig
+from dit_worker.job.errors import JobError
 from dit_worker.labels import ClassNames
-from dit_worker.models.dit import DiTConfig
-from dit_worker.pipeline import configure_sampler
-from dit_worker.settings import SamplingSettings
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    config: DiTConfig
-    scheduler_config: dict[str, Any]
-    names: ClassNames
-    image_size: int
-    weights: WeightsIdentity
+    spec: ModelSpec
+    settings: BaseModel  # resolved: SamplingSettings (DiT) or DiffusersSettings; all of it is fingerprinted
+    weights: WeightsIdentity  # sha256 of every weight file: the fingerprint knows the model by content
 
-    def check_settings(self, settings: SamplingSettings) -> None:
-        """Raise ValueError for settings this checkpoint cannot honour, as a worker would."""
-        configure_sampler(settings, self.config, self.scheduler_config)
+    @property
+    def names(self) -> ClassNames | None:
+        return self.spec.names
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return self.spec.conditioning
+
+    @property
+    def pipeline_class(self) -> str:
+        return self.spec.pipeline_class
+
+    @property
+    def image_size(self) -> int | list[int]:
+        return self.spec.image_size(self.settings)
 
 
-def inspect_model(model: str, vae: str | None) -> ModelInfo:
-    """Configs, class names and the weights' sha256 (no tensors loaded; an original .pt is read whole to
-    infer its architecture); s3:// and hub sources land in this node's cache (fetched once)."""
-    ckpt = load_checkpoint(model, vae, weights=False)
-    return ModelInfo(
-        config=ckpt.transformer,
-        scheduler_config=ckpt.scheduler_config,
-        names=ClassNames(ckpt.id2label, ckpt.transformer.num_classes),
-        image_size=ckpt.transformer.input_size * ckpt.vae.upscale,
-        weights=ckpt.identity(),
-    )
+def inspect_model(config: JobConfig) -> ModelInfo:
+    """Configs and the weights' sha256 (no tensors on any device); s3:// and hub sources land in this
+    node's cache (fetched once). Settings the checkpoint cannot honour are refused here, as a worker
+    would refuse them."""
+    spec = inspect_backend(config.model, config.vae)
+    try:
+        settings = spec.resolve(config.request)
+    except ValueError as err:
+        raise JobError(f"settings for {spec.pipeline_class}: {err}") from None
+    return ModelInfo(spec, settings, checkpoint_identity(config.model, config.vae))

@@ -28,7 +28,9 @@ def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[st
     """
     return {
         "weights_sha256": info.weights.sha256,
-        **config.sampling.model_dump(mode="json"),  # every sampling setting changes the images
+        # Every resolved setting changes the images: DiT's SamplingSettings, or a diffusers pipeline's
+        # (pipeline class, scheduler, steps, guidance, size, sequence length, caption cleaning, ...).
+        **info.settings.model_dump(mode="json"),
         "dtype": config.worker_dtype,
         "device": config.worker_device.split(":")[0],  # cpu and cuda kernels round differently
         "compile": config.worker_compile,  # the compiled path differs from eager by up to 1 level

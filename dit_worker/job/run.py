@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
+from dit_worker.backends import DiffusersSettings
 from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
 from dit_worker.job.config import JobConfig
 from dit_worker.job.errors import JobError, JobFailed
 from dit_worker.job.lease import LeaseKeeper, LeaseLost, acquire, new_token
 from dit_worker.job.local_runner import LocalRunner
-from dit_worker.job.manifest import Samples, from_classes, parse_classes, read_manifest
+from dit_worker.job.manifest import Samples, from_classes, from_count, from_prompts, parse_classes, read_manifest
 from dit_worker.job.model_info import ModelInfo, inspect_model
 from dit_worker.job.progress import progress_bar
 from dit_worker.job.record import check_resumable, job_record
+from dit_worker.job.row_checks import check_rows, check_sample_source
 from dit_worker.job.shard_worker import ShardResult, WorkerSpec
 from dit_worker.job.sharding import ShardTask, num_shards, shard_name, shard_task, shard_tasks
 from dit_worker.metrics.inception import resolve_inception_weights
@@ -44,10 +46,20 @@ class Runner(Protocol):
 
 
 def build_samples(config: JobConfig, info: ModelInfo) -> Samples:
+    """The job's rows, each checked against the model before anything is written."""
+    check_sample_source(config, info)
     if config.manifest is not None:
-        return read_manifest(config.manifest, info.names)
-    assert config.per_class is not None
-    return from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
+        samples = read_manifest(config.manifest, info.names, info.conditioning)
+    elif config.prompts is not None:
+        assert config.per_prompt is not None
+        samples = from_prompts(config.prompts, config.per_prompt, config.seed)
+    elif config.num_samples is not None:
+        samples = from_count(config.num_samples, config.seed)
+    else:
+        assert config.per_class is not None and info.names is not None
+        samples = from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
+    check_rows(samples, info, config)
+    return samples
 
 
 @dataclass(frozen=True)
@@ -61,15 +73,12 @@ class JobPlan:
     num_shards: int
     committed: list[int]
     pending: list[int]
+    info: ModelInfo  # the backend's spec and the resolved settings
 
 
 def plan_job(config: JobConfig) -> JobPlan:
     """Check the model, settings, samples and output, and read what OUT already holds; writes nothing."""
-    info = inspect_model(config.model, config.vae)
-    try:
-        info.check_settings(config.sampling)
-    except ValueError as err:
-        raise JobError(f"sampling settings: {err}") from None
+    info = inspect_model(config)
     if config.metrics:  # a bad weights file fails now, not on every worker after sampling started
         resolve_inception_weights(config.inception_weights, s3_endpoint=config.s3_endpoint)
     samples = build_samples(config, info)
@@ -85,7 +94,7 @@ def plan_job(config: JobConfig) -> JobPlan:
         raise JobError(f"{storage.url} holds metadata parts but no {JOB_KEY}; pick an empty --out")
     total = num_shards(len(samples), config.shard_size)
     pending = [k for k in range(total) if k not in committed]
-    return JobPlan(storage, samples, record, stored is not None, total, sorted(committed), pending)
+    return JobPlan(storage, samples, record, stored is not None, total, sorted(committed), pending, info)
 
 
 def run_job(config: JobConfig) -> dict[str, Any]:
@@ -106,7 +115,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
 
     token = new_token()
     pending = sorted({*plan.pending, *(r.shard for r in broken)})
-    runner = _runner(config, token) if pending else None
+    runner = _runner(config, plan.info, token) if pending else None
     if runner is not None:
         runner.start()  # on Ray, refuses a pool the cluster cannot place: still nothing written
     try:
@@ -200,7 +209,7 @@ def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
         raise JobError(f"{storage.child(key)}: not valid JSON ({err}); was OUT written by another tool?") from None
 
 
-def _runner(config: JobConfig, lease_token: str) -> Runner:
+def _runner(config: JobConfig, info: ModelInfo, lease_token: str) -> Runner:
     spec = WorkerSpec(
         model=config.model,
         vae=config.vae,
@@ -218,6 +227,8 @@ def _runner(config: JobConfig, lease_token: str) -> Runner:
         lease_token=lease_token,
         encoding=config.encoding,
         io_threads=config.io_threads,
+        diffusers=info.settings if isinstance(info.settings, DiffusersSettings) else None,
+        text_encoder=config.text_encoder,
     )
     if config.local:
         return LocalRunner(spec)

@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from dit_worker.backends import DiffusersSettings, Generator, NativeGenerator, TextEncoderPlacement, load_generator
 from dit_worker.execution.tries import PermanentError
 from dit_worker.job.config import OutputFormat
 from dit_worker.job.manifest import Samples
@@ -26,7 +27,7 @@ from dit_worker.job.sharding import ShardTask, shard_name
 from dit_worker.metrics.shard_sink import feature_sinks
 from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.storage import RetryMode, open_storage
-from dit_worker.pipeline import DiTPipeline, NonFiniteLatents, load_pipeline
+from dit_worker.pipeline import DiTPipeline, NonFiniteLatents
 from dit_worker.settings import SamplingSettings
 
 SHARDS_IN_FLIGHT = 2  # per worker: the one sampling and the one committing (or queued behind it)
@@ -37,8 +38,8 @@ class BatchSink(Protocol):
     features). `close` runs once all the shard's images are stored and before its metadata part is
     written, so whatever it stores is there for every committed shard."""
 
-    def add(self, sample_ids: np.ndarray, class_ids: np.ndarray, images: torch.Tensor) -> None:
-        """images: uint8 [N, H, W, 3] on the pipeline's device, row i is sample sample_ids[i]."""
+    def add(self, sample_ids: np.ndarray, class_ids: np.ndarray | None, images: torch.Tensor) -> None:
+        """images: uint8 [N, H, W, 3], row i is sample sample_ids[i]; class_ids None for rows without one."""
 
     def close(self, image_sha256: list[str]) -> None:
         """image_sha256: the stored images' hashes, in the shard's sample order."""
@@ -67,15 +68,21 @@ class WorkerSpec:
     encoding: ImageEncoding = PNG  # --image-format / --quality
     # The driver's lease token: commits are fenced on it (dit_worker.job.lease). None: unfenced (benchmark).
     lease_token: str | None = None
+    # Models that run through diffusers (docs/backends.md): their resolved settings, which replace
+    # `sampling`, and where the text encoder lives.
+    diffusers: DiffusersSettings | None = None
+    text_encoder: TextEncoderPlacement = "device"
 
 
 class NonFiniteSamples(PermanentError):
     """A batch whose latents are NaN or infinite: the same inputs give the same result, so no retry."""
 
     def __init__(self, shard: int, rows: Samples, bad: list[int]) -> None:
-        named = ", ".join(
-            f"{int(rows.sample_id[i])} (class {int(rows.class_id[i])}, seed {int(rows.seed[i])})" for i in bad[:5]
-        )
+        def one(i: int) -> str:
+            cls = "" if rows.class_id is None else f"class {int(rows.class_id[i])}, "
+            return f"{int(rows.sample_id[i])} ({cls}seed {int(rows.seed[i])})"
+
+        named = ", ".join(one(i) for i in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         super().__init__(
             f"{shard_name(shard)}: sampling produced non-finite latents for sample(s) {named}{more}; nothing of "
@@ -102,26 +109,30 @@ class ShardWorker:
         result = worker.run(shard_task(samples, shard=3, shard_size=1000))
     """
 
-    def __init__(self, spec: WorkerSpec, pipe: DiTPipeline | None = None) -> None:
-        """`pipe`: an already loaded pipeline for `spec` (the benchmark reuses its own)."""
+    def __init__(self, spec: WorkerSpec, pipe: DiTPipeline | Generator | None = None) -> None:
+        """`pipe`: an already loaded pipeline or generator for `spec` (the benchmark reuses its own)."""
         self.spec = spec
-        self.pipe = pipe or load_pipeline(spec.model, spec.vae, device=spec.device, dtype=spec.dtype)
+        settings = spec.diffusers or spec.sampling
+        if isinstance(pipe, DiTPipeline):
+            pipe = NativeGenerator(pipe, spec.sampling)
+        self.model: Generator = pipe or load_generator(
+            spec.model, spec.vae, spec.device, spec.dtype, settings, spec.text_encoder
+        )
         if spec.compile:
-            self.pipe.compile()
-        self.sampler = self.pipe.sampler(spec.sampling)
+            self.model.compile()
         auto = spec.batch_size == "auto"
-        self.batch_size = self.pipe.max_batch_size(spec.sampling) if auto else int(spec.batch_size)
+        self.batch_size = self.model.max_batch_size() if auto else int(spec.batch_size)
         self.storage = open_storage(spec.out, s3_endpoint=spec.s3_endpoint, retry_mode=spec.retry_mode)
         self._sinks: Callable[[int], list[BatchSink]] = lambda shard: []
         if spec.metrics:
-            self._sinks = feature_sinks(spec.inception_weights, self.storage, self.pipe.device, spec.s3_endpoint)
+            self._sinks = feature_sinks(spec.inception_weights, self.storage, self.model.device, spec.s3_endpoint)
         self.pool = IOPool(spec.io_threads, max_queued=SHARDS_IN_FLIGHT * self.batch_size)
         self._sampling = threading.Lock()
 
     def ready(self) -> str:
         """Answers once the pipeline is loaded (the pool feeds only workers that answered): who we are."""
         return (
-            f"pid {os.getpid()} on {socket.gethostname()} ({self.pipe.device}, {self.pipe.dtype}, "
+            f"pid {os.getpid()} on {socket.gethostname()} ({self.model.device}, {self.model.dtype}, "
             f"batch {self.batch_size}{', compiled' if self.spec.compile else ''})"
         )
 
@@ -137,18 +148,20 @@ class ShardWorker:
             self.storage,
             self.pool,
             fmt=spec.format,
-            names=self.pipe.names,
-            settings=spec.sampling,
-            image_size=self.pipe.image_size,
+            names=self.model.names,
+            settings=self.model.columns,
+            image_size=self.model.image_size,
+            negative_prompt=spec.diffusers.negative_prompt if spec.diffusers else None,
             lease_token=spec.lease_token,
             encoding=spec.encoding,
         )
         extras = self._sinks(task.shard)
         with self._sampling:
+            self.model.begin_shard(task.samples.rows())
             for lo in range(0, len(task.samples), self.batch_size):
                 rows = task.samples[lo : lo + self.batch_size]
                 try:
-                    images = self.pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), self.sampler)
+                    images = self.model.generate(rows.rows())
                 except NonFiniteLatents as err:
                     raise NonFiniteSamples(task.shard, rows, err.rows) from None
                 writer.add(rows, images)

@@ -22,10 +22,9 @@ from dit_worker.job.sharding import ShardTask, shard_name
 from dit_worker.labels import ClassNames
 from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.layout import data_key, image_key, member_name, part_key, tar_key
-from dit_worker.output.metadata import parquet_bytes, shard_table
+from dit_worker.output.metadata import RowSettings, parquet_bytes, shard_table
 from dit_worker.output.parquet_images import image_parquet_bytes
 from dit_worker.output.storage import Storage
-from dit_worker.settings import SamplingSettings
 
 T = TypeVar("T")
 
@@ -83,14 +82,16 @@ class ShardWriter:
         pool: IOPool,
         *,
         fmt: OutputFormat,
-        names: ClassNames,
-        settings: SamplingSettings,
-        image_size: int,
+        names: ClassNames | None,
+        settings: RowSettings,
+        image_size: int | tuple[int, int],
+        negative_prompt: str | None = None,
         encoding: ImageEncoding = PNG,
         lease_token: str | None = None,
     ) -> None:
         self.task, self.storage, self.pool, self.fmt = task, storage, pool, fmt
         self.names, self.settings, self.image_size = names, settings, image_size
+        self.negative_prompt = negative_prompt  # the job's --negative-prompt, for rows without their own
         self.encoding, self.lease_token = encoding, lease_token
         self._stored: list[Future[tuple[str, int, bytes | None]]] = []
         self._table: pa.Table | None = None
@@ -150,9 +151,25 @@ class ShardWriter:
         else:
             container = tar_key(shard) if self.fmt == "webdataset" else data_key(shard)
             keys = [f"{container}#{member_name(i, ext)}" for i in ids]
-        names = [self.names.name(c) for c in samples.class_id.tolist()]
-        ids, classes, seeds = samples.sample_id, samples.class_id, samples.seed
-        return shard_table(shard, ids, classes, seeds, names, keys, sha256, sizes, self.image_size, self.settings)
+        classes = samples.class_id
+        names = None if classes is None or self.names is None else [self.names.name(c) for c in classes.tolist()]
+        ids, seeds = samples.sample_id, samples.seed
+        return shard_table(
+            shard, ids, classes, seeds, names, keys, sha256, sizes, self.image_size, self.settings,
+            prompt=None if samples.prompt is None else samples.prompt.to_arrow(),
+            negative_prompt=self._negative_prompts(samples),
+        )  # fmt: skip
+
+    def _negative_prompts(self, samples: Samples) -> pa.Array | None:
+        """Each row's own negative prompt, else the job's; None (null) where there is none or no
+        guidance uses it."""
+        if samples.prompt is None or not (self.settings.cfg_scale or 0) > 1:
+            return None
+        if samples.negative_prompt is not None:
+            return samples.negative_prompt.to_arrow()
+        if self.negative_prompt is None:
+            return None
+        return pa.array([self.negative_prompt] * len(samples), pa.large_string())
 
 
 def webdataset_tar(table: pa.Table, images: list[bytes], extension: str = "png") -> bytes:

@@ -91,6 +91,11 @@ def _check_inputs(settings: FidSettings) -> tuple[OutputSet, Reference]:
             f"{ref.url}: {ref.num_images} reference images; {NEIGHBOURHOOD}-NN precision/recall need at least "
             f"{NEIGHBOURHOOD + 1}"
         )
+    if settings.per_class and not output.labelled:
+        raise MetricsInputError(
+            f"--per-class needs class ids, and {output.url} has samples without one (a text-to-image or "
+            "unconditional set); drop --per-class"
+        )
     if settings.per_class and not ref.has_labels:
         raise MetricsInputError(
             f"--per-class needs class ids for the reference images, and {ref.url} has none: use an ADM batch with "

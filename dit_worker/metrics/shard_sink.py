@@ -24,8 +24,8 @@ class ShardFeatures:
     def __init__(self, shard: int, accumulator: FeatureAccumulator, storage: Storage) -> None:
         self.shard, self.accumulator, self.storage = shard, accumulator, storage
 
-    def add(self, sample_ids: np.ndarray, class_ids: np.ndarray, images: torch.Tensor) -> None:
-        self.accumulator.add(images, sample_ids.tolist(), class_ids.tolist())
+    def add(self, sample_ids: np.ndarray, class_ids: np.ndarray | None, images: torch.Tensor) -> None:
+        self.accumulator.add(images, sample_ids.tolist(), None if class_ids is None else class_ids.tolist())
 
     def close(self, image_sha256: list[str]) -> None:
         # The digest of the stored images lets jobs.fid tell these features from a rerun's.

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from dit_worker.settings import SamplingSettings
 
 SCHEMA = pa.schema(
     [
@@ -26,32 +25,56 @@ SCHEMA = pa.schema(
         ("cfg_scale", pa.float32()),
         ("cfg_channels", pa.int32()),
         ("shard", pa.int32()),
+        # Text-to-image rows (null elsewhere); negative_prompt is null where guidance uses none.
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
     ]
 )
+
+
+class RowSettings(Protocol):
+    """The settings every row records: DiT's SamplingSettings, or a backend's RowColumns (cfg_scale
+    None for a model without guidance, cfg_channels None outside DiT)."""
+
+    @property
+    def sampler(self) -> str: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def cfg_scale(self) -> float | None: ...
+    @property
+    def cfg_channels(self) -> int | None: ...
 
 
 def shard_table(
     shard: int,
     sample_id: np.ndarray,
-    class_id: np.ndarray,
+    class_id: np.ndarray | None,
     seed: np.ndarray,
-    class_names: Sequence[str],
+    class_names: Sequence[str] | None,
     image_keys: Sequence[str],
     sha256: Sequence[str],
     image_bytes: Sequence[int],
-    image_size: int,
-    settings: SamplingSettings,
+    image_size: int | tuple[int, int],
+    settings: RowSettings,
+    *,
+    prompt: pa.Array | None = None,
+    negative_prompt: pa.Array | None = None,
 ) -> pa.Table:
+    """One row per sample; class columns are null for rows without a class, prompt columns for rows
+    without a prompt. `image_size` is a side or (height, width)."""
     n = len(sample_id)
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    nulls = pa.nulls(n, pa.string())
     return pa.table(
         {
             "sample_id": sample_id,
-            "class_id": class_id,
-            "class_name": class_names,
+            "class_id": pa.nulls(n, pa.int32()) if class_id is None else class_id,
+            "class_name": nulls if class_names is None else class_names,
             "seed": seed,
             "image_key": image_keys,
-            "width": [image_size] * n,
-            "height": [image_size] * n,
+            "width": [width] * n,
+            "height": [height] * n,
             "sha256": sha256,
             "image_bytes": image_bytes,
             "sampler": [settings.sampler] * n,
@@ -59,6 +82,8 @@ def shard_table(
             "cfg_scale": [settings.cfg_scale] * n,
             "cfg_channels": [settings.cfg_channels] * n,
             "shard": [shard] * n,
+            "prompt": nulls if prompt is None else prompt.cast(pa.string()),
+            "negative_prompt": nulls if negative_prompt is None else negative_prompt.cast(pa.string()),
         },
         schema=SCHEMA,
     )

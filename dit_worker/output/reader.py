@@ -29,7 +29,8 @@ from dit_worker.output.layout import SUCCESS_KEY, committed_shards, part_key
 from dit_worker.output.parquet_images import IMAGE_COLUMN
 from dit_worker.output.storage import Storage, open_storage
 
-REQUIRED_COLUMNS = ("sample_id", "class_id", "image_key", "width", "height", "sha256")
+REQUIRED_COLUMNS = ("sample_id", "image_key", "width", "height", "sha256")
+# class_id / class_name are optional: text-to-image and unconditional sets hold nulls (or no column).
 IMAGE_SUFFIXES = tuple(FORMAT_OF_SUFFIX)  # .png, .jpg, .jpeg, .webp
 CONTAINER_SUFFIXES = (".tar", ".parquet")
 READ_WINDOW = 32  # images fetched and decoded concurrently (S3 latency, not bandwidth, bounds a serial reader)
@@ -45,7 +46,7 @@ class Shard:
 
     index: int
     sample_ids: np.ndarray  # int64
-    class_ids: np.ndarray  # int32
+    class_ids: np.ndarray  # int32, -1 for samples without a class (text-to-image, unconditional)
     image_keys: tuple[str, ...]
     sha256: tuple[str, ...]
     heights: np.ndarray
@@ -60,7 +61,7 @@ class Shard:
 @dataclass(frozen=True)
 class Sample:
     sample_id: int
-    class_id: int
+    class_id: int  # -1: no class
     image: np.ndarray  # uint8 [H, W, 3]
 
 
@@ -183,6 +184,13 @@ class OutputSet:
         optional = ("class_name", "image_bytes")
         cols = {c: table.column(c).to_pylist() for c in table.column_names if c in (*REQUIRED_COLUMNS, *optional)}
         ids = np.asarray(cols["sample_id"], np.int64)
+        classes = (
+            table.column("class_id").fill_null(-1).to_numpy().astype(np.int32)
+            if "class_id" in table.column_names
+            else np.full(ids.shape, -1, np.int32)
+        )
+        if "class_name" in cols and all(name is None for name in cols["class_name"]):
+            del cols["class_name"]
         order = np.argsort(ids, kind="stable")
 
         def pick(name: str) -> list:
@@ -191,7 +199,7 @@ class OutputSet:
         return Shard(
             index=index,
             sample_ids=ids[order],
-            class_ids=np.asarray(cols["class_id"], np.int32)[order],
+            class_ids=classes[order],
             image_keys=tuple(pick("image_key")),
             sha256=tuple(pick("sha256")),
             heights=np.asarray(cols["height"], np.int64)[order],
@@ -214,6 +222,11 @@ class OutputSet:
             )
         if not self.shards:
             raise OutputSetError(f"{self.url}: no committed shard (no metadata/part-*.parquet); nothing to read")
+
+    @property
+    def labelled(self) -> bool:
+        """Every sample has a class id (a class-conditional set)."""
+        return all(bool((s.class_ids >= 0).all()) for s in self.shards)
 
     @property
     def num_samples(self) -> int:

@@ -32,7 +32,7 @@ def make_sampler(
         if eta:
             raise ValueError("eta applies to the ddim sampler only")
         return DPMSolverSampler(DPMSolverConfig.model_validate(scheduler_config), steps)
-    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    raise ValueError(f"sampler {name!r} is not one of DiT's native samplers; choose one of {', '.join(SAMPLERS)}")
 
 
 __all__ = ["SAMPLERS", "Sampler", "make_sampler"]

@@ -1,0 +1,112 @@
+"""What the job needs from a model, whatever runs it (docs/backends.md).
+
+Two sides: on the driver a `ModelSpec`, read from the checkpoint's configs without its weights,
+which resolves the requested settings and checks every row's conditioning before anything is
+written; on each worker a `Generator`, the loaded model, which turns a batch of rows into images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from dit_worker.labels import ClassNames
+from dit_worker.settings import SamplingSettings
+
+# What a row carries besides its seed: a class (DiT), a prompt (text-to-image) or nothing.
+Conditioning = Literal["class", "text", "none"]
+# Where a text encoder lives on a worker (docs/backends.md, "Memory"): on the worker's device for the
+# whole run; on the CPU, its outputs copied to the device; or loaded for each shard, all of the
+# shard's prompts encoded at once, and freed before the denoiser runs.
+TextEncoderPlacement = Literal["device", "cpu", "shard-first"]
+
+
+class GenerationRequest(BaseModel):
+    """The settings a job asks for, before a backend resolves them for its model.
+
+    Fields left None mean "the model's own default"; `sampling.model_fields_set` tells which of the
+    sampling flags were given (a diffusers pipeline's defaults are its own, not DiT's).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sampling: SamplingSettings = SamplingSettings()
+    height: int | None = Field(None, ge=8)
+    width: int | None = Field(None, ge=8)
+    max_sequence_length: int | None = Field(None, ge=1)
+    clean_caption: bool | None = None
+    negative_prompt: str | None = None
+
+    def given(self) -> set[str]:
+        """The sampling fields set explicitly (command-line flags), by name."""
+        return set(self.sampling.model_fields_set)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One batch of samples as a generator takes them: Python lists of the batch only."""
+
+    seeds: list[int]
+    class_ids: list[int] | None = None
+    prompts: list[str] | None = None
+    negative_prompts: list[str | None] | None = None  # None entries: the job's --negative-prompt, else none
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass(frozen=True)
+class RowColumns:
+    """The per-sample metadata columns that come from the settings (docs/output.md)."""
+
+    sampler: str
+    steps: int
+    cfg_scale: float | None  # None: the model takes no guidance
+    cfg_channels: int | None  # DiT only
+
+
+class ModelSpec(Protocol):
+    """A checkpoint as the driver sees it: configs only, no weights on any device."""
+
+    pipeline_class: str  # model_index.json `_class_name`, "DiTPipeline" for an original .pt
+    conditioning: Conditioning
+    names: ClassNames | None  # class-conditional models only
+
+    def resolve(self, request: GenerationRequest) -> BaseModel:
+        """The settings a worker runs with (frozen, JSON-serialisable: they enter the fingerprint);
+        raises ValueError naming the setting and what this model accepts."""
+        ...
+
+    def image_size(self, settings: BaseModel) -> int | list[int]:
+        """What the fingerprint records: DiT's side length, or [height, width] (JSON's list)."""
+        ...
+
+    def check_prompts(self, prompts: list[str], settings: BaseModel) -> list[tuple[int, str]]:
+        """(index into `prompts`, problem) for each prompt the model cannot take as it is."""
+        ...
+
+
+class Generator(Protocol):
+    """A model loaded on one worker. `generate` is a pure function of each row and the settings:
+    row i's image does not depend on the other rows of the batch (docs/numerics.md)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    names: ClassNames | None
+    image_size: tuple[int, int]  # (height, width) of every image
+    columns: RowColumns
+
+    def begin_shard(self, rows: Rows) -> None:
+        """Called with all of a shard's rows before its first batch (shard-first text encoding)."""
+        ...
+
+    def generate(self, rows: Rows) -> torch.Tensor:
+        """uint8 [N, H, W, 3], row i the image of rows[i]."""
+        ...
+
+    def compile(self) -> None: ...
+
+    def max_batch_size(self) -> int: ...

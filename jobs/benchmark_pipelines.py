@@ -1,0 +1,132 @@
+"""jobs.benchmark for checkpoints that run through diffusers (docs/backends.md): PixArt-α/Σ, Stable
+Diffusion, DDPM, DDIM. The worker's own generator is timed, text encoding and decoding included,
+one JSON line per batch size: images/s, seconds per denoising step, peak memory.
+
+Seconds per step are the slope between a call with `--steps` steps and one with a single step
+(t_N - t_1) / (N - 1), so prompt encoding and VAE decoding, which do not grow with the step count,
+are left out of it as the DiT benchmark leaves them out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from dit_worker.backends import GenerationRequest, Rows, inspect_model, load_generator
+from dit_worker.backends.diffusers_pipelines import DiffusersGenerator
+from dit_worker.settings import DTYPES, SamplingSettings, resolve_device, resolve_dtype
+
+PROMPTS = (
+    "a photo of a red fox in the snow",
+    "a watercolor painting of a lighthouse at dawn",
+    "a bowl of ramen on a wooden table, studio lighting",
+    "an astronaut riding a horse on the moon",
+)
+
+
+def add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("diffusers pipelines (PixArt, Stable Diffusion, DDPM, DDIM)")
+    group.add_argument("--height", type=int, help="image height (default: the model's)")
+    group.add_argument("--width", type=int, help="image width (default: the model's)")
+    group.add_argument("--max-sequence-length", type=int, help="PixArt: T5 tokens per prompt")
+    group.add_argument("--text-encoder", default="device", choices=("device", "cpu", "shard-first"))
+
+
+def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import json
+
+    spec = inspect_model(args.model, None)
+    fields: dict[str, Any] = {"steps": args.steps}
+    if args.sampler is not None:
+        fields["sampler"] = args.sampler
+    if args.cfg_scale is not None and spec.conditioning == "text":
+        fields["cfg_scale"] = args.cfg_scale
+    request = GenerationRequest(
+        sampling=SamplingSettings(**fields),
+        height=args.height,
+        width=args.width,
+        max_sequence_length=args.max_sequence_length,
+    )
+    settings = spec.resolve(request)
+    device = resolve_device(args.device)
+    dtype = next(k for k, v in DTYPES.items() if v == resolve_dtype(args.dtype, device))
+    gen = load_generator(args.model, None, str(device), dtype, settings, args.text_encoder)
+    assert isinstance(gen, DiffusersGenerator)
+    compile_ = device.type == "cuda" if args.compile is None else args.compile
+    if compile_:
+        gen.compile()
+    sizes = [gen.max_batch_size()] if args.batch_sizes == "auto" else [int(b) for b in args.batch_sizes.split(",")]
+    lines = []
+    for batch in sizes:
+        rows = Rows(
+            seeds=list(range(batch)),
+            prompts=[PROMPTS[i % len(PROMPTS)] for i in range(batch)] if spec.conditioning == "text" else None,
+        )
+        for _ in range(args.warmup):
+            _timed(gen, rows, settings.steps)
+        full, one, peaks, resident = [], [], [], []
+        for _ in range(args.repeats):
+            t, peak, rss = _timed(gen, rows, settings.steps)
+            full.append(t)
+            peaks.append(peak)
+            resident.append(rss or 0)
+            one.append(_timed(gen, rows, 1)[0] if settings.steps > 1 else 0.0)
+        total = statistics.median(full)
+        per_step = (total - statistics.median(one)) / (settings.steps - 1) if settings.steps > 1 else total
+        per_step = per_step if per_step > 0 else None  # the slope drowned in timing noise: not resolved
+        line = {
+            "impl": "diffusers",
+            "pipeline": settings.pipeline,
+            "batch_size": batch,
+            "dtype": dtype,
+            "device": str(device),
+            "sampler": settings.sampler or settings.scheduler,
+            "steps": settings.steps,
+            "cfg_scale": settings.cfg_scale,
+            "height": settings.height,
+            "width": settings.width,
+            "text_encoder": args.text_encoder,
+            "images_per_s": batch / total,
+            "s_per_step": per_step,
+            "peak_mem_gib": max(peaks) / 2**30 if device.type == "cuda" else None,
+            # CPU: the process's high-water mark so far (every option and batch before this line included).
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_while_denoising_mib": max(resident) / 2**20 if any(resident) else None,
+            "compiled": compile_,
+            "repeats": args.repeats,
+        }
+        lines.append(line)
+        print(json.dumps(line), flush=True)
+    return lines
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux /proc), None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _timed(gen: DiffusersGenerator, rows: Rows, steps: int) -> tuple[float, int, int | None]:
+    """Seconds for one shard's worth of work on `rows` (shard-first encoding included), the peak GPU
+    memory it allocated, and the process's resident memory as the denoising starts (what the text
+    encoder placement changes on a CPU worker)."""
+    cuda = gen.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(gen.device)
+        torch.cuda.reset_peak_memory_stats(gen.device)
+    t0 = time.perf_counter()
+    gen.begin_shard(rows)
+    resident = resident_bytes()
+    gen.generate_steps(rows, steps)
+    if cuda:
+        torch.cuda.synchronize(gen.device)
+    return time.perf_counter() - t0, torch.cuda.max_memory_allocated(gen.device) if cuda else 0, resident
