@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest",
         help="Parquet, CSV or JSONL: seed[, sample_id] and class_id (or class_name), or prompt[, negative_prompt]",
     )
-    samples.add_argument("--seed", type=int, help="global seed: per-sample seed = seed * 2**32 + sample_id (default 0)")
+    samples.add_argument(
+        "--seed", type=int, help="global seed: per-sample seed = (sample_id + seed * 2654435761) mod 2**32 (default 0)"
+    )
     samples.add_argument("--preset", help="fid50k: 50 per class x all classes, ddpm, 250 steps, cfg 1.5 on 3 channels")
     sampling = p.add_argument_group("sampling (docs/numerics.md)")
     sampling.add_argument(

@@ -70,7 +70,7 @@ def test_local_run_writes_the_spec_layout(tiny_ckpt: Path, tmp_path: Path) -> No
     assert table["sample_id"].to_pylist() == list(range(6))
     assert table["class_id"].to_pylist() == [207] * 3 + [879] * 3
     assert table["class_name"].to_pylist() == ["golden retriever"] * 3 + ["umbrella"] * 3
-    assert table["seed"].to_pylist() == list(range(6))  # --seed 0: seed = 0 * 2**32 + sample_id
+    assert table["seed"].to_pylist() == list(range(6))  # --seed 0: seed = sample_id
     expected_keys = [f"images/{i // 4:05d}/{i:08d}.png" for i in range(6)]
     assert table["image_key"].to_pylist() == expected_keys
     assert sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")) == expected_keys

@@ -105,7 +105,7 @@ CASES = {
         "pixart_ckpt",
         [*PIXART, "--prompts", "PROMPTS", "--per-prompt", 2, "--negative-prompt", "a green tree", "--sampler", "euler",
          "--seed", 3],
-        [{"sample_id": i, "prompt": p, "negative_prompt": "a green tree", "seed": 3 * 2**32 + i}
+        [{"sample_id": i, "prompt": p, "negative_prompt": "a green tree", "seed": (i + 3 * 2654435761) % 2**32}
          for i, p in enumerate(["a red cat at night"] * 2 + ["a blue house over the sea"] * 2)],
         {**PIXART_SETTINGS, "sampler": "euler"},
         "prompt",

@@ -6,9 +6,14 @@ Kept as numpy columns (20 bytes a sample for a class model: a 1,000,000-sample m
 and prompts as one byte buffer plus offsets (TextColumn), so the driver slices shards out of it
 without building a Python object per sample.
 
-Seeds derived from `--seed` (no manifest file): `seed = global_seed * 2**32 + sample_id`, with
-`0 <= global_seed < 2**31` and `sample_id < 2**32`. Each global seed owns its own 2**32-wide block,
-so different global seeds give disjoint seed sets, and every seed stays below 2**63.
+Seeds derived from `--seed` (no manifest file): `seed = (sample_id + global_seed * 2654435761) mod
+2**32`, with `0 <= global_seed < 2**31` and `sample_id < 2**32`. Seeds must differ in their low 32
+bits: torch's CPU generator (mt19937) keeps only those of `manual_seed(seed)`, so the earlier
+`global_seed * 2**32 + sample_id` gave every global seed the same noise. For one global seed the
+seeds of up to 2**32 samples are distinct (adding a constant mod 2**32 is a bijection); global seed
+0 gives seed = sample_id, as before. Different global seeds shift the block by multiples of Knuth's
+multiplicative-hash constant (about 2**32 / golden ratio), so two sets of N samples share seeds
+only when their shifted blocks overlap: with probability about 2N / 2**32 per pair of global seeds.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dit_worker.job.text_column import TextColumn
 from dit_worker.labels import ClassNames
 from dit_worker.sampling.noise import MAX_SEED
 
-SEED_STRIDE = 2**32
+SEED_SPACE = 2**32  # the seeds torch's CPU generator tells apart: it keeps the low 32 bits
+SEED_SHIFT = 2654435761  # Knuth's multiplicative-hash constant, ~2**32 / golden ratio: spreads global seeds
 MAX_GLOBAL_SEED = 2**31  # exclusive
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 
@@ -128,13 +134,17 @@ def from_count(count: int, global_seed: int) -> Samples:
 
 
 def _derived(count: int, global_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """sample_id 0..count-1 and seed = global_seed * 2**32 + sample_id."""
+    """sample_id 0..count-1 and seed = (sample_id + global_seed * SEED_SHIFT) mod 2**32 (module docstring)."""
     if not 0 <= global_seed < MAX_GLOBAL_SEED:
         raise ManifestError(f"--seed must lie in [0, 2**31), got {global_seed}")
-    if count > SEED_STRIDE:
-        raise ManifestError(f"{count} samples exceed the 2**32 that --seed derivation allows; use --manifest")
+    if count > SEED_SPACE:
+        raise ManifestError(f"{count} samples exceed the 2**32 distinct seeds torch's generator has; use --manifest")
     sample_id = np.arange(count, dtype=np.int64)
-    return sample_id, global_seed * SEED_STRIDE + sample_id
+    return sample_id, derived_seeds(sample_id, global_seed)
+
+
+def derived_seeds(sample_id: np.ndarray, global_seed: int) -> np.ndarray:
+    return (sample_id + global_seed * SEED_SHIFT) % SEED_SPACE
 
 
 def read_prompt_lines(path: Path) -> TextColumn:

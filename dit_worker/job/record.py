@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dit_worker.job.config import JobConfig
-from dit_worker.job.manifest import Samples
+from dit_worker.job.manifest import SEED_SHIFT, Samples
 from dit_worker.job.model_info import ModelInfo
 from dit_worker.job.sharding import num_shards
 
@@ -50,7 +50,7 @@ def job_record(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[str
         "fingerprint": fp,
         "fingerprint_sha256": hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest(),
         "num_shards": num_shards(len(samples), config.shard_size),
-        "seeds": "from the manifest" if config.manifest else f"{config.seed} * 2**32 + sample_id",
+        "seeds": "from the manifest" if config.manifest else f"(sample_id + {config.seed} * {SEED_SHIFT}) mod 2**32",
         "config": config.model_dump(mode="json"),
         "model_path": normalised_source(config.model),
         "vae_path": normalised_source(config.vae) if config.vae else None,
