@@ -190,8 +190,11 @@ def test_storage_faults_and_a_30_s_outage(multinode: MultiNode, s3_server, s3_bu
     which then drops everything for 30 s mid-run: backoff rides it out, nothing lost or doubled."""
     faults = Faults(error_500=0.05, slow_down_503=0.05, reset=0.03, stall=0.02, stall_s=2.0, seed=7)
     with s3_proxy(s3_server.endpoint, faults) as endpoint:
-        sid = submit(multinode, s3_server, "--model", tiny_ckpt, *JOB, "--num-workers", 2,
-                     "--out", f"s3://{s3_bucket}/faults", env={"AWS_ENDPOINT_URL": endpoint})  # fmt: skip
+        # Tries 4-8, 8-16, 16-32, 30-60 s apart: at least a minute, so 30 s of outage cannot use up a
+        # shard's 5 tries (botocore's own retry quota drains within seconds of an outage).
+        sid = submit(multinode, s3_server, "--model", tiny_ckpt, *JOB, "--num-workers", 2, "--retry-backoff", 8,
+                     "--retry-backoff-max", 60, "--out", f"s3://{s3_bucket}/faults",
+                     env={"AWS_ENDPOINT_URL": endpoint})  # fmt: skip
         wait_for(lambda: committed(s3_server, s3_bucket, "faults"), 240, "a first committed shard")
         outage(faults, 30.0)
         assert finish(multinode.head, sid, timeout=480) == "SUCCEEDED", multinode.head.job_logs(sid)[-3000:]

@@ -119,8 +119,18 @@ def _read(storage: Storage) -> dict[str, Any]:
 
 
 def holds(storage: Storage, token: str) -> bool:
-    """Whether the lease still names `token`: the fence a worker checks before committing a shard."""
-    return _read(storage).get("token") == token
+    """Whether the lease still names `token`: the fence a worker checks before committing a shard.
+
+    Storage errors propagate (an outage fails the try, which is retried after its backoff); only a
+    lease that is gone or names another run means this run's commits are fenced off.
+    """
+    if storage.stat(LEASE_KEY) is None:
+        return False
+    try:
+        data = json.loads(storage.get(LEASE_KEY))
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("token") == token
 
 
 class LeaseKeeper:
