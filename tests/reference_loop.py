@@ -13,6 +13,18 @@ import numpy as np
 import torch
 
 
+def float64_schedule_ddpm():
+    """diffusers' learned-range DDPM on DiT's float64 schedule: diffusers builds alphas_cumprod in
+    float32, whose cumulative product over 1000 steps is 3e-5 off near t = 999 and would swamp the
+    float noise. Its per-step scalars then come from float64; the tensor arithmetic stays float32."""
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(variance_type="learned_range", timestep_spacing="linspace", clip_sample=False)
+    betas = torch.from_numpy(np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+    sched.betas, sched.alphas, sched.alphas_cumprod = betas, 1.0 - betas, torch.cumprod(1.0 - betas, dim=0)
+    return sched
+
+
 def reference_latents(
     transformer,
     scheduler,
