@@ -30,6 +30,7 @@ MODEL_TOL = 5e-7
 VAE_TOL = 2e-6
 LATENT_TOL = 1e-6
 PIXEL_TOL = 1  # levels: a float difference can flip a rounding
+FLIPPED_PIXELS = 0.01  # the fraction of pixel values that may differ by that level
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -173,6 +174,8 @@ def test_full_images_equal_diffusers_pipeline(tiny_ckpt: Path, sampler: str, ste
     assert actual.std() > 20, "images must not be saturated for the comparison to mean anything"
     assert_rel_close(latents, expected_latents, LATENT_TOL)
     assert max_pixel_diff(actual, expected) <= PIXEL_TOL
+    # Float noise flips a rounding now and then (measured: none here); another rounding mode half of them.
+    assert (actual != expected).mean() < FLIPPED_PIXELS
     assert np.array_equal(pipe.generate(classes, seeds, **base.model_dump(exclude={"guidance_interval"})), actual)
 
     wrong = {
@@ -220,7 +223,7 @@ def test_ddpm_pipeline_matches_reference_loop(tiny_ckpt: Path) -> None:
     latents = pipe.sample_latents(classes, seeds, pipe.sampler(SamplingSettings(**settings_kwargs)))
     assert_rel_close(latents, expected_latents, LATENT_TOL)
     actual = pipe.generate(classes, seeds, **settings_kwargs)
-    assert max_pixel_diff(actual, expected) <= PIXEL_TOL
+    assert max_pixel_diff(actual, expected) <= PIXEL_TOL and (actual != expected).mean() < FLIPPED_PIXELS
     # The learned variance only matters in the last steps, where it is small: zeroing it moves the
     # latents by 5e-5 (50x the tolerance), guidance on 4 channels by 0.18, no guidance by 0.38.
     assert_far(latents, reference(ZeroVariance(transformer)), LATENT_TOL, "learned variance zeroed")
