@@ -75,20 +75,14 @@ def test_architecture_is_inferred_from_shapes(
 
 
 # facebook/DiT-XL-2-256's scheduler/scheduler_config.json as the hub ships it (written by diffusers
-# 0.12's conversion script): no timestep_spacing key, so each scheduler uses its own default.
-HUB_SCHEDULER_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "_diffusers_version": "0.12.0.dev0",
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": True,
-    "steps_offset": 0,
-    "trained_betas": None,
-}
+# 0.12's conversion script): no timestep_spacing key, so each scheduler uses its own default. Kept
+# as the file's text, independent of the product's copy it must equal.
+HUB_SCHEDULER_JSON = """{
+  "_class_name": "DDIMScheduler", "_diffusers_version": "0.12.0.dev0", "beta_end": 0.02,
+  "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": false, "num_train_timesteps": 1000,
+  "prediction_type": "epsilon", "set_alpha_to_one": true, "steps_offset": 0, "trained_betas": null
+}"""
+HUB_SCHEDULER_CONFIG = json.loads(HUB_SCHEDULER_JSON)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +97,7 @@ def three_forms(tmp_path_factory: pytest.TempPathFactory, original_pt: Path, tin
     hub = root / "hub"
     transformer = original_as_diffusers(torch.load(original_pt, weights_only=True), 12, 6, 8, 16)
     DiTPipeline(transformer=transformer, vae=random_vae(), scheduler=ddim_scheduler()).save_pretrained(hub)
-    (hub / "scheduler" / "scheduler_config.json").write_text(json.dumps(HUB_SCHEDULER_CONFIG))
+    (hub / "scheduler" / "scheduler_config.json").write_text(HUB_SCHEDULER_JSON)
     return original_pt, converted, hub
 
 
