@@ -278,22 +278,23 @@ def apply(tree: Path, breakage: Breakage) -> None:
     path.write_text(text)
 
 
-def run_tests(tree: Path, tests: tuple[str, ...], report: Path, timeout: float) -> tuple[int, list[str]]:
-    """pytest's exit status and the failed or errored tests, first first."""
+def run_tests(tree: Path, tests: tuple[str, ...], report: Path, timeout: float) -> tuple[int, list[str], int]:
+    """pytest's exit status, the failed or errored tests (first first) and how many tests ran."""
     env = os.environ | {"PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *tests]
     try:
         proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return -1, ["(timed out)"]
-    failed = []
+        return -1, ["(timed out)"], 0
+    failed, ran = [], 0
     if report.is_file():
         for case in ET.parse(report).getroot().iter("testcase"):
+            ran += 1
             if case.find("failure") is not None or case.find("error") is not None:
                 failed.append(f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}")
     if proc.returncode not in (0, 1):  # collection or usage error: show it
         failed.append(f"(pytest exit {proc.returncode}: {proc.stdout[-300:].strip()})")
-    return proc.returncode, failed
+    return proc.returncode, failed, ran
 
 
 def imports_the_copy(tree: Path) -> bool:
@@ -324,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         every = tuple(dict.fromkeys(t for b in chosen for t in b.tests))
         started = time.perf_counter()
-        rc, failed = run_tests(clean, every, Path(tmp) / "baseline.xml", 4 * args.timeout)
-        print(f"baseline (no breakage): {len(every)} test selections, exit {rc}, {time.perf_counter() - started:.0f} s")
+        rc, failed, ran = run_tests(clean, every, Path(tmp) / "baseline.xml", 4 * args.timeout)
+        took = time.perf_counter() - started
+        print(f"baseline (no breakage): {len(every)} test selections, {ran} tests, exit {rc}, {took:.0f} s")
         if rc != 0:
             print("baseline fails, so nothing can be judged: " + "; ".join(failed), file=sys.stderr)
             return 1
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             tree = copy_tree(Path(tmp) / f"m{i}", clean)  # from the snapshot: later edits do not leak in
             apply(tree, breakage)
             started = time.perf_counter()
-            rc, failed = run_tests(tree, breakage.tests, Path(tmp) / f"m{i}.xml", args.timeout)
+            rc, failed, _ = run_tests(tree, breakage.tests, Path(tmp) / f"m{i}.xml", args.timeout)
             caught = rc != 0
             rows.append((breakage.name, caught, failed[0] if failed else "-", time.perf_counter() - started))
             print(f"  {'caught' if caught else 'MISSED'}: {breakage.name} ({rows[-1][3]:.0f} s)", flush=True)
