@@ -24,15 +24,44 @@ def id2label(num_classes: int = 1000) -> dict[int, str]:
     return {i: KNOWN_LABELS.get(i, f"synthetic class {i}") for i in range(num_classes)}
 
 
+# Standard deviations that make the network, not the seed, shape the image. With DiT's N(0, 0.02)
+# everywhere a tiny random DiT predicts eps ~ 0.1 whatever its class: sampling then mostly rescales
+# the initial noise, the VAE decoder (GroupNorm first) ignores the scale, and a test would pass with
+# guidance off or on the wrong channels. A unit-scale label table and strong adaLN make the
+# conditioning steer every block; the final layer gives eps ~ 6 and learned-variance channels ~ 1,
+# in the range [-1, 1] that learned-range interpolation expects. Scaled by 1/sqrt(hidden) so the
+# DiT-S/8 `.pt` fixture and the 32-wide diffusers one get the same output magnitudes.
+LABEL_STD = 1.0
+ADALN_GAIN = 1.1  # std * sqrt(hidden)
+EPS_GAIN = 5.7
+VAR_GAIN = 0.85
+
+
+def final_layer_row_std(out_channels: int, in_channels: int, patch: int, hidden: int) -> torch.Tensor:
+    """Per-row std of the final linear layer; row r writes channel r % out_channels (DiT's unpatchify
+    reads [p, p, C] patches, channel last), channels >= in_channels are the learned variance."""
+    channel = torch.arange(patch * patch * out_channels) % out_channels
+    return torch.where(channel < in_channels, EPS_GAIN, VAR_GAIN) / hidden**0.5
+
+
 def random_transformer(seed: int = 0, *, share_embedding: bool = True, learn_sigma: bool = True, **overrides: object):
+    """A tiny diffusers DiT whose output depends strongly on class and timestep (see LABEL_STD)."""
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(seed)
     kwargs = {**TINY_DIT, "in_channels": 4, "out_channels": 8 if learn_sigma else 4, **overrides}
     model = DiTTransformer2DModel(**kwargs)
+    hidden = model.inner_dim
+    row_std = final_layer_row_std(kwargs["out_channels"], 4, kwargs["patch_size"], hidden)
     with torch.no_grad():
-        for p in model.parameters():  # fresh diffusers init zeroes nothing; keep activations O(1)
+        for name, p in model.named_parameters():  # fresh diffusers init zeroes nothing; keep activations O(1)
             p.normal_(0, 0.02 if p.ndim > 1 else 0.01)
+            if name.endswith("class_embedder.embedding_table.weight"):
+                p.normal_(0, LABEL_STD)
+            elif name.endswith(("norm1.linear.weight", "proj_out_1.weight")):
+                p.normal_(0, ADALN_GAIN / hidden**0.5)
+            elif name == "proj_out_2.weight":
+                p.normal_(0, 1.0).mul_(row_std[:, None])
         if share_embedding:  # converted checkpoints repeat the one trained embedding in every block
             first = model.transformer_blocks[0].norm1.emb
             for block in model.transformer_blocks[1:]:
@@ -117,6 +146,12 @@ def random_original_state_dict(
             f"blocks.{i}.adaLN_modulation.1.bias": (6 * hidden,),
         }
     sd = {k: torch.randn(shape, generator=g) * (0.02 if len(shape) > 1 else 0.01) for k, shape in shapes.items()}
+    # The same output magnitudes as random_transformer (see LABEL_STD).
+    sd["y_embedder.embedding_table.weight"] *= LABEL_STD / 0.02
+    for key in [k for k in sd if k.endswith("adaLN_modulation.1.weight")]:
+        sd[key] *= ADALN_GAIN / hidden**0.5 / 0.02
+    row_std = final_layer_row_std(out_ch, 4, patch, hidden)
+    sd["final_layer.linear.weight"] *= (row_std / 0.02)[:, None]
     grid = input_size // patch
     sd["pos_embed"] = torch.as_tensor(get_2d_sincos_pos_embed(hidden, grid, base_size=grid), dtype=torch.float32)[None]
     return sd
@@ -147,6 +182,24 @@ def original_to_diffusers(sd: dict[str, torch.Tensor], depth: int) -> dict[str, 
             out[f"{b}ff.net.2.{kind}"] = sd[f"blocks.{i}.mlp.fc2.{kind}"]
             out[f"{b}norm1.linear.{kind}"] = sd[f"blocks.{i}.adaLN_modulation.1.{kind}"]
     return {k: v.clone() for k, v in out.items()}
+
+
+def original_as_diffusers(sd: dict[str, torch.Tensor], depth: int, heads: int, patch: int, input_size: int):
+    """An original state dict loaded into diffusers' DiTTransformer2DModel through `original_to_diffusers`."""
+    from diffusers import DiTTransformer2DModel
+
+    hidden = sd["x_embedder.proj.weight"].shape[0]
+    model = DiTTransformer2DModel(
+        num_attention_heads=heads,
+        attention_head_dim=hidden // heads,
+        in_channels=4,
+        out_channels=sd["final_layer.linear.weight"].shape[0] // (patch * patch),
+        num_layers=depth,
+        sample_size=input_size,
+        patch_size=patch,
+    )
+    model.load_state_dict(original_to_diffusers(sd, depth=depth), strict=True)
+    return model.eval()
 
 
 def patch_to_original_numerics(transformer) -> None:

@@ -1,8 +1,12 @@
-"""Generated sets in the layout of docs/output.md, written through dit_worker.storage.
+"""Hand-built output sets in the layout jobs.generate writes (docs/output.md), through dit_worker.storage.
 
-This is test data in the on-disk format that jobs.generate writes, built here independently of its
-writer: image objects, webdataset tars or Parquet data parts (the Hugging Face `Image` layout), one
-metadata Parquet part per shard, `_SUCCESS` last.
+For what the job cannot cheaply be asked to make: non-square or random-pixel images, sample ids
+interleaved across shards, missing shards, a replaced image, 2,000-image sets for memory
+measurements. This is test data in the on-disk format that jobs.generate writes, built here
+independently of its writer: image objects, webdataset tars or Parquet data parts (the Hugging Face
+`Image` layout), one metadata Parquet part per shard, `_SUCCESS` last. Sets made by jobs.generate
+itself feed the FID tests; tests/test_export_npz.py checks that a jobs.generate set and its
+hand-built copy have the same keys and export the same arrays, so the two cannot drift apart.
 """
 
 from __future__ import annotations

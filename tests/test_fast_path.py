@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checkpoints import random_transformer, save_diffusers_pipeline
 
 from dit_worker import load_pipeline
+from dit_worker.settings import SamplingSettings
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -16,20 +18,36 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile (dynamo) has traced in this process since the counters were cleared."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def test_compiled_equals_eager_within_bfloat16_tolerance(tiny_ckpt: Path) -> None:
+    import torch._dynamo
+
     classes, seeds = [2, 879, 207, 5], [0, 1, 2, 3]
     kw = dict(sampler="dpm-solver", steps=6, cfg_scale=1.5, cfg_channels=3)
     eager = load_pipeline(tiny_ckpt, device="cpu", dtype="bfloat16")
     compiled = load_pipeline(tiny_ckpt, device="cpu", dtype="bfloat16")
     compiled.compile()
+    torch._dynamo.reset()  # a fresh trace, counted below
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     a = eager.generate(classes, seeds, **kw)
+    assert compiled_graphs() == 0
     b = compiled.generate(classes, seeds, **kw)
+    assert compiled_graphs() == 1  # the transformer really ran through torch.compile, as one graph
     reference = load_pipeline(tiny_ckpt, device="cpu", dtype="float32").generate(classes, seeds, **kw)
-    # Compiled and eager bfloat16 differ only by rounding order (measured: 56 dB, max 1 level);
-    # bfloat16 against float32 measured 54 dB. Both must stay at bfloat16 precision.
+    # Measured: compiled vs eager bfloat16 52 dB (max 3 levels, mean 0.37), bfloat16 vs float32
+    # 52 dB; another class's images 14 dB. Both must stay at bfloat16 precision.
     assert psnr(a, b) > 40
     assert psnr(a, reference) > 40
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
+    assert psnr(eager.generate([5, 6, 7, 8], seeds, **kw), a) < 25  # the same measure on a wrong input
 
 
 def test_guidance_interval(tiny_ckpt: Path) -> None:
@@ -37,7 +55,6 @@ def test_guidance_interval(tiny_ckpt: Path) -> None:
     classes, seeds = [1, 2], [5, 6]
     guided = pipe.generate(classes, seeds, sampler="ddim", steps=8, cfg_scale=4.0)
     unguided = pipe.generate(classes, seeds, sampler="ddim", steps=8, cfg_scale=1.0)
-    from dit_worker.settings import SamplingSettings
 
     def with_interval(lo: int, hi: int) -> np.ndarray:
         settings = SamplingSettings(sampler="ddim", steps=8, cfg_scale=4.0, guidance_interval=(lo, hi))
@@ -73,13 +90,18 @@ def test_benchmark_reports_both_implementations(
         assert line["dtype"] == "float32" and line["mfu"] is None  # no peak known for a CPU
     ours, theirs, ratio = lines[:3]
     assert ratio["ratio"] == pytest.approx(ours["images_per_s"] / theirs["images_per_s"])
+    for line in (ours, theirs):  # each side's decode is timed inside its own call, and the parts add up
+        assert line["decode_s"] > 0
+        total = line["batch_size"] / line["images_per_s"]
+        assert total == pytest.approx(line["batch_size"] / line["sampling_images_per_s"] + line["decode_s"])
+    assert ratio["decode_ratio"] == pytest.approx(theirs["decode_s"] / ours["decode_s"])
 
 
-@pytest.mark.parametrize(("dtype", "compile_"), [("float32", False), ("bfloat16", True)])
+@pytest.mark.parametrize(("dtype", "compile_"), [("float32", True), ("bfloat16", False)])
 def test_benchmark_psnr_against_float32(
-    tiny_ckpt: Path, dtype: str, compile_: bool, capsys: pytest.CaptureFixture[str]
+    tiny_ckpt: Path, tmp_path: Path, dtype: str, compile_: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from jobs.benchmark import main
+    from jobs.benchmark import main, measure_psnr
 
     argv = ["--model", str(tiny_ckpt), "--device", "cpu", "--dtype", dtype, "--steps", "4", "--sampler", "ddpm",
             "--cfg-channels", "3", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0", "--psnr-samples", "5",
@@ -87,10 +109,15 @@ def test_benchmark_psnr_against_float32(
     assert main(argv) == 0
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert line["samples"] == 5 and line["psnr"] == f"{dtype} vs float32 eager" and line["compiled"] is compile_
-    if dtype == "float32":  # the same eager float32 path: the same images
-        assert line["max_abs_diff"] == 0 and line["psnr_db"] is None
-    else:
+    if dtype == "float32":  # compiled against eager float32: measured identical on this CPU
+        assert line["max_abs_diff"] <= 1 and (line["psnr_db"] is None or line["psnr_db"] > 60)
+    else:  # measured 52 dB
         assert 30 < line["min_sample_psnr_db"] <= line["psnr_db"] < 80 and line["max_abs_diff"] > 0
+    # The same measure against a model with other weights reads far lower.
+    other = load_pipeline(save_diffusers_pipeline(tmp_path / "other", random_transformer(7)), device="cpu")
+    settings = SamplingSettings(sampler="ddpm", steps=4, cfg_channels=3, cfg_scale=1.5)
+    wrong = measure_psnr(load_pipeline(tiny_ckpt, device="cpu"), other, settings, samples=2, batch=2)
+    assert wrong["psnr_db"] < 25
 
 
 def test_job_with_auto_batch_and_compile(tmp_path: Path, tiny_ckpt: Path) -> None:
@@ -103,7 +130,13 @@ def test_job_with_auto_batch_and_compile(tmp_path: Path, tiny_ckpt: Path) -> Non
             "--steps", "3", "--device", "cpu", "--dtype", "float32", "--shard-size", "4"]  # fmt: skip
     assert main([str(a) for a in [*args, "--batch-size", "2", "--out", tmp_path / "eager"]]) == 0
     fast = tmp_path / "fast"
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     assert main([str(a) for a in [*args, "--batch-size", "auto", "--compile", "--out", fast]]) == 0
+    assert compiled_graphs() >= 1  # the worker's transformer ran compiled
     record = json.loads((fast / "job.json").read_text())
     assert record["config"]["batch_size"] == "auto" and record["config"]["compile"] is True
     eager_pngs = sorted((tmp_path / "eager" / "images").rglob("*.png"))

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,9 @@ def test_local_run_writes_the_spec_layout(tiny_ckpt: Path, tmp_path: Path) -> No
         "--classes", "golden retriever,umbrella", "--per-class", "3", "--sampler", "ddim", "--steps", "2",
         "--shard-size", "4", "--batch-size", "3", "--out", str(out),
     ]  # fmt: skip
+    started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    outside = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr
     assert "samples: 100%" in proc.stderr  # the progress bar, one line per redraw off a terminal
 
@@ -81,7 +84,10 @@ def test_local_run_writes_the_spec_layout(tiny_ckpt: Path, tmp_path: Path) -> No
         assert Image.open(io.BytesIO(data)).size == (row["width"], row["height"]) == (16, 16)
     summary = json.loads((out / "_SUCCESS").read_text())
     assert summary["samples"] == 6 and summary["shards"] == 2 and summary["retries"] == 0
-    assert summary["images_per_s"] > 0 and summary["images_per_s_per_worker"] > 0
+    # Throughput is the samples over the job's own wall time, which lies inside the process's.
+    assert 0 < summary["run_time_s"] <= summary["wall_time_s"] < outside
+    assert summary["images_per_s"] == pytest.approx(6 / summary["wall_time_s"], rel=1e-3, abs=1e-3)
+    assert summary["workers_ran"] == 1 and summary["images_per_s_per_worker"] == summary["images_per_s"]
     assert json.loads(proc.stdout) == summary
 
 
@@ -253,6 +259,17 @@ def test_a_rerun_with_another_encoding_is_refused(tiny_ckpt: Path, tmp_path: Pat
     assert "quality: 95 there, 80 now" in capsys.readouterr().err
     assert snapshot(out) == before
     assert generate(*args, "--image-format", "webp", "--quality", "95") == 0  # 95 is the default: same job
+def test_webdataset_shard_whose_tar_cannot_be_written_is_not_committed(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The metadata part follows the shard's tar: a tar that fails to store leaves no part behind."""
+    out = tmp_path / "out"
+    (out / "shards" / "00001.tar").mkdir(parents=True)  # a folder where shard 1's tar must go
+    args = ["--local", "--model", tiny_ckpt, "--classes", "207", "--per-class", "4", *FAST, "--shard-size", "2"]
+    assert generate(*args, "--format", "webdataset", "--max-tries", "1", "--out", out) == 1
+    assert "shard 00001 failed" in capsys.readouterr().err
+    assert (out / "metadata" / "part-00000.parquet").is_file() and (out / "shards" / "00000.tar").is_file()
+    assert not (out / "metadata" / "part-00001.parquet").exists()
 
 
 def manifest_file(tmp_path: Path, rows: dict) -> Path:
@@ -337,12 +354,16 @@ def test_bad_s3_output_is_refused(
         env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    bucket = "no-such-bucket" if case == "missing bucket" else s3_bucket
+    missing = f"{s3_bucket}-missing"
+    bucket = missing if case == "missing bucket" else s3_bucket
     # The Ray path: refused before the driver even connects to a cluster.
     args = ["--num-workers", "1", "--num-gpus-per-worker", "0", "--classes", "1", "--per-class", "1"]
     assert generate("--model", tiny_ckpt, "--out", f"s3://{bucket}/run", *args) == 2
     err = capsys.readouterr().err
-    assert ("bucket 'no-such-bucket' does not exist" if case == "missing bucket" else "access denied") in err
+    assert (f"bucket '{missing}' does not exist" if case == "missing bucket" else "access denied") in err
+    # Nothing written where the job pointed: the missing bucket was not created, the real one is empty.
+    names = [b["Name"] for b in s3_server.client().list_buckets()["Buckets"]]
+    assert missing not in names and s3_bucket in names
     assert "Contents" not in s3_server.client().list_objects_v2(Bucket=s3_bucket)
 
 

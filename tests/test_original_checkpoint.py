@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from checkpoints import ddim_scheduler, original_to_diffusers, random_original_state_dict, random_vae
-from diffusers import DiTPipeline, DiTTransformer2DModel
+from checkpoints import ddim_scheduler, original_as_diffusers, random_original_state_dict, random_vae
+from diffusers import DiTPipeline
 
 from dit_worker import load_pipeline
 from dit_worker.checkpoints import build_models, load_checkpoint
@@ -24,17 +25,7 @@ def models_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 def test_original_loader_equals_diffusers_layout_loader(tmp_path: Path, original_pt: Path, tiny_vae_dir: Path) -> None:
     """Same random weights: as a DiT `.pt`, and converted the way diffusers' conversion script does."""
-    sd = torch.load(original_pt, weights_only=True)
-    reference = DiTTransformer2DModel(
-        num_attention_heads=6,
-        attention_head_dim=64,
-        in_channels=4,
-        out_channels=8,
-        num_layers=12,
-        sample_size=16,
-        patch_size=8,
-    )
-    reference.load_state_dict(original_to_diffusers(sd, depth=12), strict=True)
+    reference = original_as_diffusers(torch.load(original_pt, weights_only=True), 12, 6, 8, 16)
     layout = tmp_path / "diffusers"
     DiTPipeline(transformer=reference, vae=random_vae(), scheduler=ddim_scheduler()).save_pretrained(layout)
 
@@ -83,21 +74,78 @@ def test_architecture_is_inferred_from_shapes(
     )
 
 
-def test_conversion_round_trip_gives_identical_images(tmp_path: Path, original_pt: Path, tiny_vae_dir: Path) -> None:
+# facebook/DiT-XL-2-256's scheduler/scheduler_config.json as the hub ships it (written by diffusers
+# 0.12's conversion script): no timestep_spacing key, so each scheduler uses its own default. Kept
+# as the file's text, independent of the product's copy it must equal.
+HUB_SCHEDULER_JSON = """{
+  "_class_name": "DDIMScheduler", "_diffusers_version": "0.12.0.dev0", "beta_end": 0.02,
+  "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": false, "num_train_timesteps": 1000,
+  "prediction_type": "epsilon", "set_alpha_to_one": true, "steps_offset": 0, "trained_betas": null
+}"""
+HUB_SCHEDULER_CONFIG = json.loads(HUB_SCHEDULER_JSON)
+
+
+@pytest.fixture(scope="module")
+def three_forms(tmp_path_factory: pytest.TempPathFactory, original_pt: Path, tiny_vae_dir: Path):
+    """The same weights as an original `.pt`, as its jobs.convert output and as a hub-style layout
+    (diffusers' own save_pretrained, the hub's scheduler config)."""
     from jobs.convert import main
 
-    out = tmp_path / "converted"
-    assert main([str(original_pt), "--vae", str(tiny_vae_dir), "--out", str(out)]) == 0
-    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
-    original = load_pipeline(original_pt, vae=tiny_vae_dir, device="cpu", dtype="float32")
-    converted = load_pipeline(out, device="cpu", dtype="float32")
+    root = tmp_path_factory.mktemp("forms")
+    converted = root / "converted"
+    assert main([str(original_pt), "--vae", str(tiny_vae_dir), "--out", str(converted)]) == 0
+    hub = root / "hub"
+    transformer = original_as_diffusers(torch.load(original_pt, weights_only=True), 12, 6, 8, 16)
+    DiTPipeline(transformer=transformer, vae=random_vae(), scheduler=ddim_scheduler()).save_pretrained(hub)
+    (hub / "scheduler" / "scheduler_config.json").write_text(HUB_SCHEDULER_JSON)
+    return original_pt, converted, hub
+
+
+# The wrong scheduler config each sampler must notice: DDIMScheduler's own defaults (clip_sample true,
+# what a `.pt` used to get), a modern save_pretrained's explicit "leading" spacing (dpm-solver then
+# spaces its steps otherwise), another beta schedule (the one thing ddpm reads).
+WRONG_CONFIG = {
+    "ddim": {"clip_sample": True},
+    "dpm-solver": {"timestep_spacing": "leading"},
+    "ddpm": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+}
+
+
+@pytest.fixture(scope="module")
+def three_pipes(three_forms, tiny_vae_dir: Path):
+    pt, converted, hub = three_forms
+    return (
+        load_pipeline(pt, vae=tiny_vae_dir, device="cpu", dtype="float32"),
+        load_pipeline(converted, device="cpu", dtype="float32"),
+        load_pipeline(hub, device="cpu", dtype="float32"),
+    )
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 20), ("ddim", 10), ("dpm-solver", 10)])
+def test_pt_conversion_and_hub_layout_give_identical_images(three_forms, three_pipes, sampler: str, steps: int):
+    _, converted, _ = three_forms
+    written = json.loads((converted / "scheduler" / "scheduler_config.json").read_text())
+    assert written == {k: v for k, v in HUB_SCHEDULER_CONFIG.items() if k != "_diffusers_version"}
     classes, seeds = [1, 2, 999], [7, 8, 9]
-    for sampler, steps in (("ddpm", 20), ("ddim", 10), ("dpm-solver", 10)):
-        a = original.generate(classes, seeds, sampler=sampler, steps=steps)
-        b = converted.generate(classes, seeds, sampler=sampler, steps=steps)
-        assert a.std() > 10
-        assert np.array_equal(a, b), sampler
-    # A second conversion into the same, now non-empty, folder is refused and changes nothing.
+    kw = dict(sampler=sampler, steps=steps, cfg_scale=4.0, cfg_channels=4)
+    images = [p.generate(classes, seeds, **kw) for p in three_pipes]
+    assert images[0].std() > 20
+    assert np.array_equal(images[0], images[1]) and np.array_equal(images[0], images[2])  # bit for bit
+    # The same comparison against a wrongly configured schedule misses by far more than 0 levels.
+    hub = three_pipes[2]
+    right, hub.scheduler_config = hub.scheduler_config, {**HUB_SCHEDULER_CONFIG, **WRONG_CONFIG[sampler]}
+    try:
+        diff = np.abs(hub.generate(classes, seeds, **kw).astype(int) - images[0].astype(int))
+    finally:
+        hub.scheduler_config = right
+    assert diff.max() >= 10 and diff.mean() >= 1.0, (sampler, diff.max(), diff.mean())
+
+
+def test_a_second_conversion_into_the_same_folder_is_refused(three_forms, original_pt: Path, tiny_vae_dir: Path):
+    from jobs.convert import main
+
+    _, out, _ = three_forms
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     before = sorted(p.name for p in out.rglob("*"))
     assert main([str(original_pt), "--vae", str(tiny_vae_dir), "--out", str(out)]) == 2
     assert sorted(p.name for p in out.rglob("*")) == before

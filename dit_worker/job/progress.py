@@ -24,8 +24,12 @@ class _Lines:
         self.stream.flush()
 
 
-def progress_bar(total: int, initial: int, stream: TextIO = sys.stderr) -> tqdm:
-    """A bar starting at `initial` samples (shards committed by earlier runs count as made)."""
+def progress_bar(total: int, initial: int, stream: TextIO | None = None) -> tqdm:
+    """A bar starting at `initial` samples (shards committed by earlier runs count as made).
+
+    `stream` None is sys.stderr as it is at the call, not at import: a process that runs the job
+    more than once (tests, notebooks) may have replaced and closed an earlier stderr."""
+    stream = sys.stderr if stream is None else stream
     interactive = stream.isatty()
     return tqdm(
         total=total,

@@ -136,4 +136,10 @@ def spaced_timesteps(
     else:  # trailing
         ts = np.round(np.arange(last, 0, -num_train_timesteps / steps)) - 1
     ts = ts.astype(np.int64)
-    return ts[:-1].copy() if extra_step and spacing != "trailing" else ts.copy()
+    ts = ts[:-1].copy() if extra_step and spacing != "trailing" else ts.copy()
+    if ts.max() >= num_train_timesteps:  # "leading" + steps_offset at steps == num_train_timesteps
+        raise ValueError(
+            f"{steps} steps with {spacing!r} spacing and steps_offset {steps_offset} reach timestep "
+            f"{int(ts.max())}, beyond the schedule's {num_train_timesteps}; use fewer steps"
+        )
+    return ts

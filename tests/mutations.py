@@ -1,0 +1,356 @@
+"""Mutation check: break the code on purpose, one small breakage at a time, and see the suite catch it.
+
+    python -m tests.mutations                 # every breakage (6 to 12 minutes on 2 CPU cores)
+    python -m tests.mutations --only noise    # the breakages whose name contains "noise"
+    python -m tests.mutations --list
+
+Each breakage is an exact text edit to one product file. It is applied to a copy of the working
+tree in a temporary folder (the working tree itself is never modified), and the tests that should
+catch it run there, with PYTHONPATH pointing at the copy, stopping at the first failure. A breakage
+is caught when those tests fail; the table names the test that failed first. The unbroken copy runs
+every listed test first: a failure there would make "caught" meaningless. Exit status 1 when any
+breakage goes uncaught or the baseline fails.
+
+Not part of the default pytest run (it runs the relevant tests once per breakage): pytest collects
+test_*.py files only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("dit_worker", "jobs", "tests", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Breakage:
+    name: str
+    path: str  # product file, relative to the repository root
+    old: str  # occurs exactly once in that file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids (files or file::test) expected to catch it
+
+
+PARITY = "tests/test_parity_diffusers.py"
+SAMPLERS = "tests/test_samplers.py"
+DETERMINISM = "tests/test_determinism.py"
+FULL_IMAGES = f"{PARITY}::test_full_images_equal_diffusers_pipeline"
+
+BREAKAGES = [
+    Breakage(
+        "guidance on all 4 channels instead of cfg_channels",
+        "dit_worker/sampling/guidance.py",
+        "    g = cfg_channels\n",
+        "    g = latent_channels\n",
+        (
+            f"{PARITY}::test_ddpm_pipeline_matches_reference_loop",
+            FULL_IMAGES,
+        ),
+    ),
+    Breakage(
+        "guidance off (conditional eps only)",
+        "dit_worker/sampling/guidance.py",
+        "    mixed = uncond[:, :g] + scale * (cond[:, :g] - uncond[:, :g])\n",
+        "    mixed = cond[:, :g]\n",
+        (FULL_IMAGES,),
+    ),
+    Breakage(
+        "guidance scale convention cond + s*(cond - uncond)",
+        "dit_worker/sampling/guidance.py",
+        "    mixed = uncond[:, :g] + scale * (cond[:, :g] - uncond[:, :g])\n",
+        "    mixed = cond[:, :g] + scale * (cond[:, :g] - uncond[:, :g])\n",
+        (FULL_IMAGES,),
+    ),
+    Breakage(
+        "label dropout: null class 999 instead of 1000",
+        "dit_worker/pipeline.py",
+        "torch.full_like(y, self.transformer.null_class)",
+        "torch.full_like(y, self.transformer.null_class - 1)",
+        (
+            FULL_IMAGES,
+            f"{PARITY}::test_ddpm_pipeline_matches_reference_loop",
+        ),
+    ),
+    Breakage(
+        "learned variance zeroed (frac fixed at 0.5)",
+        "dit_worker/sampling/ddpm.py",
+        "            frac = (var + 1) / 2\n",
+        "            frac = (0 * var + 1) / 2\n",
+        (f"{SAMPLERS}::test_ddpm_variance_per_step_equals_learned_range_formula", PARITY),
+    ),
+    Breakage(
+        "learned variance: min and max log swapped",
+        "dit_worker/sampling/ddpm.py",
+        "frac * self._max_log[i] + (1 - frac) * self._min_log[i]",
+        "frac * self._min_log[i] + (1 - frac) * self._max_log[i]",
+        (f"{SAMPLERS}::test_ddpm_variance_per_step_equals_learned_range_formula", PARITY),
+    ),
+    Breakage(
+        "DDPM ignores the learned variance (fixed large)",
+        "dit_worker/sampling/ddpm.py",
+        "        if self.uses_variance:\n",
+        "        if False:\n",
+        (f"{SAMPLERS}::test_ddpm_variance_per_step_equals_learned_range_formula", PARITY),
+    ),
+    Breakage(
+        "DDPM posterior mean: sqrt(1 - beta) -> 1 - beta",
+        "dit_worker/sampling/ddpm.py",
+        "* np.sqrt(1.0 - betas[j]) / (1.0 - alpha_bar[j])",
+        "* (1.0 - betas[j]) / (1.0 - alpha_bar[j])",
+        (f"{SAMPLERS}::test_ddpm_learned_range_matches_diffusers_step_by_step",),
+    ),
+    Breakage(
+        "DDIM direction coefficient uses alpha_t instead of alpha_prev",
+        "dit_worker/sampling/ddim.py",
+        "            self._dir.append(float((1 - a_prev - std**2) ** 0.5))\n",
+        "            self._dir.append(float((1 - a_t - std**2) ** 0.5))\n",
+        (f"{SAMPLERS}::test_deterministic_samplers_match_from_config",),
+    ),
+    Breakage(
+        "DDIM eta: std = eta * variance (no square root)",
+        "dit_worker/sampling/ddim.py",
+        "            std = eta * variance**0.5\n",
+        "            std = eta * variance\n",
+        (f"{SAMPLERS}::test_ddim_with_eta_matches_diffusers",),
+    ),
+    Breakage(
+        "DPM-Solver++ midpoint correction doubled",
+        "dit_worker/sampling/dpm_solver.py",
+        "                d1 = 0.5 * (alpha_t * (torch.exp(-h) - 1.0)) / r0\n",
+        "                d1 = 1.0 * (alpha_t * (torch.exp(-h) - 1.0)) / r0\n",
+        (f"{SAMPLERS}::test_deterministic_samplers_match_from_config",),
+    ),
+    Breakage(
+        "DPM-Solver++ lower_order_final below 10 steps instead of 15",
+        "dit_worker/sampling/dpm_solver.py",
+        "(config.lower_order_final and steps_taken < 15)",
+        "(config.lower_order_final and steps_taken < 10)",
+        (f"{SAMPLERS}::test_deterministic_samplers_match_from_config",),
+    ),
+    Breakage(
+        "DiT respacing truncates instead of rounding",
+        "dit_worker/sampling/schedule.py",
+        "        taken.append(round(cursor))\n",
+        "        taken.append(int(cursor))\n",
+        (f"{SAMPLERS}::test_dit_respacing_is_exact_for_every_step_count",),
+    ),
+    Breakage(
+        "leading spacing stride from last - 1",
+        "dit_worker/sampling/schedule.py",
+        "(np.arange(0, n) * (last // n))",
+        "(np.arange(0, n) * ((last - 1) // n))",
+        (f"{SAMPLERS}::test_timesteps_equal_set_timesteps_exactly",),
+    ),
+    Breakage(
+        "noise stream: every sample drawn from the batch's first generator",
+        "dit_worker/sampling/noise.py",
+        "        for row, g in zip(out, self.generators, strict=True):\n",
+        "        for row, g in zip(out, [self.generators[0]] * len(self.generators), strict=True):\n",
+        (DETERMINISM,),
+    ),
+    Breakage(
+        "noise stream: one draw skipped before the initial latent",
+        "dit_worker/sampling/noise.py",
+        "        self._pin = pin_memory\n",
+        "        self._pin = pin_memory\n        self.draw()\n",
+        (FULL_IMAGES, DETERMINISM),
+    ),
+    Breakage(
+        "noise stream: the first sample's step noise used for the whole batch",
+        "dit_worker/pipeline.py",
+        "            z = noise.draw().to(self.device, acc, non_blocking=True) if sampler.stochastic else None\n",
+        "            z = noise.draw()[:1].expand(len(seeds), -1, -1, -1).to(self.device, acc)"
+        " if sampler.stochastic else None\n",
+        (DETERMINISM, f"{PARITY}::test_ddpm_pipeline_matches_reference_loop"),
+    ),
+    Breakage(
+        "class ids reversed within a batch",
+        "dit_worker/pipeline.py",
+        "        y = torch.tensor(list(class_ids), dtype=torch.long, device=self.device)\n",
+        "        y = torch.tensor(list(class_ids)[::-1], dtype=torch.long, device=self.device)\n",
+        (DETERMINISM, FULL_IMAGES),
+    ),
+    Breakage(
+        "timestep frequencies divided by dim/2 - 1 (diffusers' shift)",
+        "dit_worker/models/dit.py",
+        "torch.arange(half, dtype=torch.float32, device=t.device) / half)",
+        "torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1))",
+        (f"{PARITY}::test_transformer_output_equals_patched_diffusers",),
+    ),
+    Breakage(
+        "LayerNorm eps 1e-5 instead of DiT's 1e-6",
+        "dit_worker/models/dit.py",
+        "LAYER_NORM_EPS = 1e-6\n",
+        "LAYER_NORM_EPS = 1e-5\n",
+        (f"{PARITY}::test_transformer_output_equals_patched_diffusers",),
+    ),
+    Breakage(
+        "VAE latents multiplied by the scaling factor instead of divided",
+        "dit_worker/models/vae.py",
+        "        z = latents / self.config.scaling_factor\n",
+        "        z = latents * self.config.scaling_factor\n",
+        (f"{PARITY}::test_vae_decode_equals_diffusers", FULL_IMAGES),
+    ),
+    Breakage(
+        "uint8 conversion truncates instead of rounding",
+        "dit_worker/models/vae.py",
+        ".clamp_(0, 255).round_().to(torch.uint8)",
+        ".clamp_(0, 255).floor_().to(torch.uint8)",
+        (FULL_IMAGES,),
+    ),
+    Breakage(
+        "commit order: png uploads not awaited before the metadata part",
+        "dit_worker/job/shard_writer.py",
+        "            self.storage.put(image_key(self.task.shard, sample_id, self.encoding.extension), data)\n",
+        "            self.pool._pool.submit(\n"
+        "                self.storage.put, image_key(self.task.shard, sample_id, self.encoding.extension), data\n"
+        "            )\n",
+        ("tests/test_job_local.py::test_a_shard_failing_every_try_fails_the_job_and_keeps_committed_shards",),
+    ),
+    Breakage(
+        "commit order: webdataset tar written after the metadata part",
+        "dit_worker/job/shard_writer.py",
+        "        self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))\n",
+        "        self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))\n"
+        "        self.storage.put(tar_key(self.task.shard), self._tar)\n",
+        ("tests/test_job_local.py::test_webdataset_shard_whose_tar_cannot_be_written_is_not_committed",),
+    ),
+    Breakage(
+        "Fréchet distance with the trace term once instead of twice",
+        "dit_worker/metrics/frechet.py",
+        "- 2.0 * trace_sqrt_product(a.sigma, b.sigma))",
+        "- 1.0 * trace_sqrt_product(a.sigma, b.sigma))",
+        ("tests/test_frechet.py",),
+    ),
+    Breakage(
+        "Inception Score shuffled with another seed",
+        "dit_worker/metrics/inception_score.py",
+        "SHUFFLE_SEED = 2020\n",
+        "SHUFFLE_SEED = 2021\n",
+        ("tests/test_metric_parity.py",),
+    ),
+    Breakage(
+        "precision/recall with k = 4 neighbours",
+        "dit_worker/metrics/precision_recall.py",
+        "NEIGHBOURHOOD = 3\n",
+        "NEIGHBOURHOOD = 4\n",
+        ("tests/test_metric_parity.py",),
+    ),
+]
+# The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.
+TAR_IN_STORE = (
+    "            self.storage.put(tar_key(shard), webdataset_tar(self._table, [png for _, png in stored]))\n",
+    "            self._tar = webdataset_tar(self._table, [png for _, png in stored])\n",
+)
+
+
+def copy_tree(dest: Path, root: Path = ROOT) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache")
+    for name in COPIED:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def apply(tree: Path, breakage: Breakage) -> None:
+    path = tree / breakage.path
+    text = path.read_text()
+    if text.count(breakage.old) != 1:
+        raise SystemExit(
+            f"{breakage.name}: the text to break occurs {text.count(breakage.old)} times in {breakage.path}"
+        )
+    text = text.replace(breakage.old, breakage.new)
+    if "self._tar)" in breakage.new:
+        if text.count(TAR_IN_STORE[0]) != 1:
+            raise SystemExit(f"{breakage.name}: the tar write is not where expected in {breakage.path}")
+        text = text.replace(*TAR_IN_STORE)
+    path.write_text(text)
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], report: Path, timeout: float) -> tuple[int, list[str], int]:
+    """pytest's exit status, the failed or errored tests (first first) and how many tests ran."""
+    env = os.environ | {"PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *tests]
+    try:
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, ["(timed out)"], 0
+    failed, ran = [], 0
+    if report.is_file():
+        for case in ET.parse(report).getroot().iter("testcase"):
+            ran += 1
+            if case.find("failure") is not None or case.find("error") is not None:
+                failed.append(f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}")
+    if proc.returncode not in (0, 1):  # collection or usage error: show it
+        failed.append(f"(pytest exit {proc.returncode}: {proc.stdout[-300:].strip()})")
+    return proc.returncode, failed, ran
+
+
+def imports_the_copy(tree: Path) -> bool:
+    env = os.environ | {"PYTHONPATH": str(tree)}
+    code = "import dit_worker, jobs; print(dit_worker.__file__, jobs.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True).stdout
+    return all(p.startswith(str(tree)) for p in out.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.mutations", description=__doc__.split("\n")[0])
+    p.add_argument("--only", help="run the breakages whose name contains this text")
+    p.add_argument("--list", action="store_true", help="list the breakages and the tests meant to catch them")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
+    args = p.parse_args(argv)
+    chosen = [b for b in BREAKAGES if args.only is None or args.only.lower() in b.name.lower()]
+    if args.list:
+        for b in chosen:
+            print(f"{b.name}\n    {b.path}\n    " + "\n    ".join(b.tests))
+        return 0
+    if not chosen:
+        print(f"no breakage matches {args.only!r}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="dit-mutations-") as tmp:
+        clean = copy_tree(Path(tmp) / "clean")
+        if not imports_the_copy(clean):
+            print("the copy does not import its own dit_worker (an installed copy shadows it)", file=sys.stderr)
+            return 2
+        every = tuple(dict.fromkeys(t for b in chosen for t in b.tests))
+        started = time.perf_counter()
+        rc, failed, ran = run_tests(clean, every, Path(tmp) / "baseline.xml", 4 * args.timeout)
+        took = time.perf_counter() - started
+        print(f"baseline (no breakage): {len(every)} test selections, {ran} tests, exit {rc}, {took:.0f} s")
+        if rc != 0:
+            print("baseline fails, so nothing can be judged: " + "; ".join(failed), file=sys.stderr)
+            return 1
+        rows = []
+        for i, breakage in enumerate(chosen):
+            tree = copy_tree(Path(tmp) / f"m{i}", clean)  # from the snapshot: later edits do not leak in
+            apply(tree, breakage)
+            started = time.perf_counter()
+            rc, failed, _ = run_tests(tree, breakage.tests, Path(tmp) / f"m{i}.xml", args.timeout)
+            caught = rc != 0
+            rows.append((breakage.name, caught, failed[0] if failed else "-", time.perf_counter() - started))
+            print(f"  {'caught' if caught else 'MISSED'}: {breakage.name} ({rows[-1][3]:.0f} s)", flush=True)
+            shutil.rmtree(tree, ignore_errors=True)
+    width = max(len(r[0]) for r in rows)
+    print(f"\n| {'breakage':<{width}} | caught | by |\n|{'-' * (width + 2)}|--------|----|")
+    for name, caught, by, _ in rows:
+        print(f"| {name:<{width}} | {'yes' if caught else 'NO':<6} | {by} |")
+    missed = [r[0] for r in rows if not r[1]]
+    print(f"\n{len(rows) - len(missed)} of {len(rows)} breakages caught" + (f"; missed: {missed}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
