@@ -125,7 +125,10 @@ class ActorPool(Generic[T, R]):
                 if book.none_left:
                     raise TaskFailed(f"every worker failed to start; last error: {book.last_start_error}")
                 t = time.perf_counter()
-                timeout = min(WAIT_S, queue.wait_s())  # wake for a retry whose backoff ends
+                # With a free slot, wake when a retry's backoff ends; with none, a ready task waits for
+                # a result (a zero timeout here would be a busy loop stealing the workers' CPU).
+                free = next(book.free_slots(), None) is not None
+                timeout = min(WAIT_S, queue.wait_s()) if free else WAIT_S
                 pending = book.pending()
                 if pending:
                     finished, _ = ray.wait(pending, num_returns=1, timeout=timeout)

@@ -47,8 +47,11 @@ class LocalRunner:
                     key, task = queue.take()
                     in_flight[pool.submit(self.worker.run, task)] = (key, task)
                 t = time.perf_counter()
-                if in_flight:  # woken early, too, when a retry's backoff ends
-                    timeout = queue.wait_s() if queue.wait_s() < float("inf") else None
+                if in_flight:
+                    # With a free slot, wake when a retry's backoff ends; with none, only for a result
+                    # (a ready task waiting for a slot must not turn this into a busy loop).
+                    wake = queue.wait_s() if len(in_flight) < SHARDS_IN_FLIGHT else float("inf")
+                    timeout = None if wake == float("inf") else wake
                     finished, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
                 else:  # only retries left, each waiting out its backoff
                     finished = set()
