@@ -212,7 +212,7 @@ def test_lossy_image_formats(
     fmt: str, image_format: str, pil_format: str, tiny_ckpt: Path, tmp_path: Path, png_reference: dict[int, np.ndarray]
 ) -> None:
     """Keys and members carry the format's extension, sha256 covers the stored bytes, and the decoded
-    image is the PNG run's image up to compression (luma within 4 levels; another sample is ~30 off)."""
+    image is the PNG run's image up to compression (luma within 4 levels; the other class is > 20 off)."""
     from dit_worker.output.reader import OutputSet
 
     out = tmp_path / "out"
@@ -232,7 +232,7 @@ def test_lossy_image_formats(
     for sample in output.iter_samples():
         luma = np.asarray(Image.fromarray(sample.image).convert("L"), np.int16)
         assert np.abs(luma - png_reference[sample.sample_id]).mean() < 4
-        assert np.abs(luma - png_reference[(sample.sample_id + 1) % 4]).mean() > 20
+        assert np.abs(luma - png_reference[(sample.sample_id + 2) % 4]).mean() > 20  # the other class
     if fmt == "png":
         assert Image.open(out / keys[0]).format == pil_format
 
