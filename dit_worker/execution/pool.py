@@ -183,6 +183,8 @@ class ActorPool(Generic[T, R]):
             final = isinstance(err, RayTaskError) and isinstance(err.cause, PermanentError)
             queue.failed(settled.key, settled.task, reason(err), final=final)
             return None
+        if not book.results[settled.actor]:
+            log.info("worker %d returned its first result (%s)", settled.actor, name)
         book.results[settled.actor] += 1
         return settled.key, result
 
