@@ -24,16 +24,16 @@ from typing import Any
 import torch
 
 from dit_worker.backends import pipeline_class
-from dit_worker.checkpoints import CheckpointError
+from dit_worker.backends.native.pipeline import DiTPipeline, load_pipeline
+from dit_worker.backends.settings import SamplingSettings
 from dit_worker.checkpoints.convert import random_checkpoint_dir
+from dit_worker.checkpoints.errors import CheckpointError
+from dit_worker.execution.pool import make_pool
 from dit_worker.execution.tries import TaskQueue
-from dit_worker.job.local_runner import LocalRunner
-from dit_worker.job.manifest import from_classes
-from dit_worker.job.shard_worker import WorkerSpec
-from dit_worker.job.sharding import shard_name, shard_tasks
+from dit_worker.manifest.samples import from_classes
 from dit_worker.models.flops import dit_paper_gflops, transformer_flops, vae_decode_flops
-from dit_worker.pipeline import DiTPipeline, load_pipeline
-from dit_worker.settings import SamplingSettings
+from dit_worker.shard import SHARDS_IN_FLIGHT, WorkerSpec, shard_name, shard_tasks
+from dit_worker.worker.shard_worker import ShardWorker
 from jobs import benchmark_encoding
 from jobs.benchmark_pipelines import add_pipeline_args, run_pipeline_benchmark
 
@@ -222,11 +222,15 @@ def measure_end_to_end(
     spec = WorkerSpec(model="", vae=None, device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."),
                       sampling=settings, batch_size=batch, out=out, s3_endpoint=None, retry_mode="standard",
                       format=fmt)  # fmt: skip
-    runner = LocalRunner(spec, pipe)
-    runner.start()
+    pool = make_pool(ShardWorker, (spec, pipe), local=True, per_actor={"CPU": 1.0}, num_workers=1,
+                     tasks_per_actor=SHARDS_IN_FLIGHT, max_concurrency=SHARDS_IN_FLIGHT)  # fmt: skip
+    pool.start()
     t_pure, _ = timer(pure)
     queue = TaskQueue(shard_tasks(samples, range(shards), shard_size), max_tries=1, name=shard_name)
-    t_job, _ = timer(lambda: runner.run(queue, lambda _: None))
+    try:
+        t_job, _ = timer(lambda: list(pool.map(queue)))
+    finally:
+        pool.close()
     return {
         "impl": "dit_worker-job",
         "batch_size": batch,

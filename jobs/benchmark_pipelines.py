@@ -17,10 +17,10 @@ import time
 from typing import Any
 
 import torch
+from dit_worker.backends.diffusers.run import DiffusersGenerator
 
 from dit_worker.backends import GenerationRequest, Rows, inspect_model, load_generator
-from dit_worker.backends.diffusers_pipelines import DiffusersGenerator
-from dit_worker.settings import DTYPES, SamplingSettings, resolve_device, resolve_dtype
+from dit_worker.backends.settings import DTYPES, SamplingSettings, resolve_device, resolve_dtype
 
 PROMPTS = (
     "a photo of a red fox in the snow",

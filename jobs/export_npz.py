@@ -20,7 +20,7 @@ import numpy as np
 
 from dit_worker.output.npz_stream import NpzStreamWriter
 from dit_worker.output.reader import OutputSet, OutputSetError
-from dit_worker.output.storage import StorageError
+from dit_worker.storage.objects import StorageError
 
 log = logging.getLogger("jobs.export_npz")
 

@@ -22,7 +22,7 @@ from dit_worker.metrics.config import FidSettings
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.evaluation import evaluate
 from dit_worker.output.reader import OutputSetError
-from dit_worker.output.storage import StorageError
+from dit_worker.storage.objects import StorageError
 
 
 def parse_settings(argv: list[str] | None) -> FidSettings:

@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dit_worker.job.config import JobConfig, describe_config_error
-from dit_worker.job.errors import JobFailed
-from dit_worker.output.storage import StorageError
+from dit_worker.driver.config import JobConfig, describe_config_error
+from dit_worker.driver.errors import JobFailed
+from dit_worker.storage.objects import StorageError
 
 SAMPLING_FLAGS = ("sampler", "steps", "cfg_scale", "cfg_channels", "eta", "guidance_interval")
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.s3_endpoint:  # s3:// model sources read the endpoint from the environment
         os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint
 
-    from dit_worker.job.run import run_job
+    from dit_worker.driver.run import run_job
 
     # `ray job stop` and schedulers send SIGTERM: unwind like Ctrl-C, so the output's lease is
     # released (a rerun may start at once) instead of blocking reruns until it expires.

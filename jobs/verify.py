@@ -15,13 +15,13 @@ import json
 import logging
 import sys
 
-from dit_worker.job.errors import JobError
-from dit_worker.job.lease import DEFAULT_TTL_S, LeaseKeeper, acquire
-from dit_worker.job.sharding import shard_name
+from dit_worker.driver.errors import JobError
 from dit_worker.output.layout import committed_shards
+from dit_worker.output.lease import DEFAULT_TTL_S, LeaseKeeper, acquire
 from dit_worker.output.reader import OutputSetError
-from dit_worker.output.storage import StorageError, open_storage
 from dit_worker.output.verify import check_shards, uncommit
+from dit_worker.shard import shard_name
+from dit_worker.storage.objects import StorageError, open_storage
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,7 +73,7 @@ BREAKAGES = [
     ),
     Breakage(
         "label dropout: null class 999 instead of 1000",
-        "dit_worker/pipeline.py",
+        "dit_worker/backends/native/pipeline.py",
         "torch.full_like(y, self.transformer.null_class)",
         "torch.full_like(y, self.transformer.null_class - 1)",
         (
@@ -167,7 +167,7 @@ BREAKAGES = [
     ),
     Breakage(
         "noise stream: the first sample's step noise used for the whole batch",
-        "dit_worker/pipeline.py",
+        "dit_worker/backends/native/pipeline.py",
         "            z = noise.draw().to(self.device, acc, non_blocking=True) if sampler.stochastic else None\n",
         "            z = noise.draw()[:1].expand(len(seeds), -1, -1, -1).to(self.device, acc)"
         " if sampler.stochastic else None\n",
@@ -175,7 +175,7 @@ BREAKAGES = [
     ),
     Breakage(
         "class ids reversed within a batch",
-        "dit_worker/pipeline.py",
+        "dit_worker/backends/native/pipeline.py",
         "        y = torch.tensor(list(class_ids), dtype=torch.long, device=self.device)\n",
         "        y = torch.tensor(list(class_ids)[::-1], dtype=torch.long, device=self.device)\n",
         (DETERMINISM, FULL_IMAGES),
@@ -210,7 +210,7 @@ BREAKAGES = [
     ),
     Breakage(
         "commit order: png uploads not awaited before the metadata part",
-        "dit_worker/job/shard_writer.py",
+        "dit_worker/worker/shard_writer.py",
         "            self.storage.put(image_key(self.task.shard, sample_id, self.encoding.extension), data)\n",
         "            self.pool._pool.submit(\n"
         "                self.storage.put, image_key(self.task.shard, sample_id, self.encoding.extension), data\n"
@@ -219,7 +219,7 @@ BREAKAGES = [
     ),
     Breakage(
         "commit order: webdataset tar written after the metadata part",
-        "dit_worker/job/shard_writer.py",
+        "dit_worker/worker/shard_writer.py",
         "        self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))\n",
         "        self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))\n"
         "        self.storage.put(tar_key(self.task.shard), self._tar)\n",

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dit_worker.output.storage import Storage
+from dit_worker.storage.objects import Storage
 
 
 def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:

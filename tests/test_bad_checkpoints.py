@@ -12,7 +12,7 @@ import torch
 from checkpoints import random_vae, save_diffusers_pipeline
 
 from dit_worker import load_pipeline
-from dit_worker.checkpoints import CheckpointError
+from dit_worker.checkpoints.errors import CheckpointError
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from dit_worker import load_pipeline
-from dit_worker.checkpoints import load_checkpoint
-from dit_worker.pipeline import DiTPipeline
-from dit_worker.settings import SamplingSettings
+from dit_worker.backends.native.checkpoint import load_checkpoint
+from dit_worker.backends.native.pipeline import DiTPipeline
+from dit_worker.backends.settings import SamplingSettings
 
 CLASSES = [2, 879, 207, 360, 0, 999, 5]
 SEEDS = [11, 12, 13, 14, 15, 16, 2**63 - 1]

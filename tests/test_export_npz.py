@@ -15,7 +15,7 @@ from output_sets import jpeg_bytes, write_output_set
 from PIL import Image
 
 from dit_worker.output.npz_stream import open_npz_array
-from dit_worker.output.storage import open_storage
+from dit_worker.storage.objects import open_storage
 from jobs.export_npz import main as export_main
 
 ROOT = Path(__file__).resolve().parents[1]

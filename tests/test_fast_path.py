@@ -10,7 +10,7 @@ import pytest
 from checkpoints import random_transformer, save_diffusers_pipeline
 
 from dit_worker import load_pipeline
-from dit_worker.settings import SamplingSettings
+from dit_worker.backends.settings import SamplingSettings
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

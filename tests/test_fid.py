@@ -33,7 +33,7 @@ from dit_worker import load_pipeline
 from dit_worker.metrics.inception import InceptionFeatures, resolve_inception_weights
 from dit_worker.metrics.shard_statistics import FeatureAccumulator, ShardStatistics, shard_digest
 from dit_worker.output.reader import OutputSet
-from dit_worker.output.storage import open_storage
+from dit_worker.storage.objects import open_storage
 from jobs.fid import main as fid_main
 from jobs.generate import main as generate_main
 

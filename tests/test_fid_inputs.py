@@ -13,7 +13,7 @@ import pytest
 import torch
 from output_sets import png_bytes, write_output_set
 
-from dit_worker.output.storage import open_storage
+from dit_worker.storage.objects import open_storage
 from jobs.fid import main as fid_main
 
 MISSING_WEIGHTS = "/nonexistent/inception.pth"

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from test_storage import unwritable_folder
 
-from dit_worker.output.storage import open_storage
+from dit_worker.storage.objects import open_storage
 from jobs.generate import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,8 +166,13 @@ def test_parquet_commits_one_data_part_per_shard_and_resumes(tiny_ckpt: Path, tm
     args = ["--local", "--model", tiny_ckpt, "--classes", "207", "--per-class", "5", *FAST, "--shard-size", "3"]
     assert generate(*args, "--format", "parquet", "--out", out) == 0
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name[0] != ".") == [
-        "_SUCCESS", "_lease.json", "data/part-00000.parquet", "data/part-00001.parquet", "job.json",
-        "metadata/part-00000.parquet", "metadata/part-00001.parquet",
+        "_SUCCESS",
+        "_lease.json",
+        "data/part-00000.parquet",
+        "data/part-00001.parquet",
+        "job.json",
+        "metadata/part-00000.parquet",
+        "metadata/part-00001.parquet",
     ]  # fmt: skip (hidden: the lease's lock file)
     table = metadata(out)
     assert table["image_key"].to_pylist() == [f"data/part-{i // 3:05d}.parquet#{i:08d}.png" for i in range(5)]
@@ -259,6 +264,8 @@ def test_a_rerun_with_another_encoding_is_refused(tiny_ckpt: Path, tmp_path: Pat
     assert "quality: 95 there, 80 now" in capsys.readouterr().err
     assert snapshot(out) == before
     assert generate(*args, "--image-format", "webp", "--quality", "95") == 0  # 95 is the default: same job
+
+
 def test_webdataset_shard_whose_tar_cannot_be_written_is_not_committed(
     tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

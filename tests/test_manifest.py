@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from checkpoints import id2label
 
-from dit_worker.job.manifest import ManifestError, from_classes, parse_classes, read_manifest
-from dit_worker.job.sharding import num_shards, shard_task
-from dit_worker.labels import ClassNames
+from dit_worker.backends.labels import ClassNames
+from dit_worker.manifest.samples import ManifestError, from_classes, parse_classes, read_manifest
+from dit_worker.shard import num_shards, shard_task
 
 NAMES = ClassNames(id2label(), 1000)
 ROWS = {"sample_id": [7, 3, 11], "class_id": [207, 879, 2], "seed": [2**63 - 1, 0, 42]}

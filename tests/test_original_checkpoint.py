@@ -13,7 +13,7 @@ from checkpoints import ddim_scheduler, original_as_diffusers, random_original_s
 from diffusers import DiTPipeline
 
 from dit_worker import load_pipeline
-from dit_worker.checkpoints import build_models, load_checkpoint
+from dit_worker.backends.native.checkpoint import build_models, load_checkpoint
 
 
 def models_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:

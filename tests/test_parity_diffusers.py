@@ -21,8 +21,8 @@ from reference_loop import float64_schedule_ddpm, reference_decode, reference_la
 from safetensors.torch import load_file, save_file
 
 from dit_worker import load_pipeline
-from dit_worker.checkpoints import build_models, load_checkpoint
-from dit_worker.settings import SamplingSettings
+from dit_worker.backends.native.checkpoint import build_models, load_checkpoint
+from dit_worker.backends.settings import SamplingSettings
 
 # Measured relative L2 errors against diffusers (float32, this CPU): transformer 8.5e-8, VAE decoder
 # 6.6e-7, full-pipeline latents 1.6e-7..2.7e-7 (ddim, dpm-solver), DDPM latents 3.3e-7.

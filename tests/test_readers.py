@@ -237,11 +237,15 @@ def ray_rows(sets, ray_cluster, s3_server, tmp_path_factory: pytest.TempPathFact
                           "kwargs": kwargs})  # fmt: skip
     work = tmp_path_factory.mktemp("ray-readers")
     (work / "reads.json").write_text(json.dumps(reads))
-    env = os.environ | s3_server.env() | {
-        "RAY_ADDRESS": ray_cluster.address,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the driver joins over 127.0.0.1, where the head listens
-        "RAY_AUTH_MODE": "disabled",
-    }
+    env = (
+        os.environ
+        | s3_server.env()
+        | {
+            "RAY_ADDRESS": ray_cluster.address,
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the driver joins over 127.0.0.1, where the head listens
+            "RAY_AUTH_MODE": "disabled",
+        }
+    )
     cmd = [sys.executable, str(HERE / "ray_readers.py"), str(work / "reads.json"), str(work / "rows.pickle")]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -18,8 +18,8 @@ import pyarrow.dataset as ds
 import pytest
 from safetensors.torch import load_file, save_file
 
-from dit_worker.job.lease import LeaseLost, acquire, holds
-from dit_worker.output.storage import open_storage
+from dit_worker.output.lease import LeaseLost, acquire, holds
+from dit_worker.storage.objects import open_storage
 from jobs.generate import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dit_worker.checkpoints.sources import s3_snapshot
-from dit_worker.output.storage import StorageError, open_storage
+from dit_worker.storage.objects import StorageError, open_storage
 
 
 def unwritable_folder(tmp_path: Path) -> Path:

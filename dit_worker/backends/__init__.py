@@ -22,12 +22,13 @@ from dit_worker.backends.base import (
     Rows,
     TextEncoderPlacement,
 )
-from dit_worker.backends.diffusers_pipelines import FAMILIES, DiffusersGenerator, DiffusersSettings, inspect_diffusers
-from dit_worker.backends.native import PIPELINE_CLASS, NativeGenerator, inspect_native
+from dit_worker.backends.diffusers.resolve import FAMILIES, DiffusersSettings, inspect_diffusers
+from dit_worker.backends.diffusers.run import DiffusersGenerator
+from dit_worker.backends.native.backend import PIPELINE_CLASS, NativeGenerator, inspect_native
+from dit_worker.backends.settings import SamplingSettings
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import read_json
 from dit_worker.checkpoints.sources import resolve_source
-from dit_worker.settings import SamplingSettings
 
 SUPPORTED = (PIPELINE_CLASS, *FAMILIES)
 

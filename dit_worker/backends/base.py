@@ -13,8 +13,8 @@ from typing import Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from dit_worker.labels import ClassNames
-from dit_worker.settings import SamplingSettings
+from dit_worker.backends.labels import ClassNames
+from dit_worker.backends.settings import SamplingSettings
 
 # What a row carries besides its seed: a class (DiT), a prompt (text-to-image) or nothing.
 Conditioning = Literal["class", "text", "none"]
@@ -22,6 +22,14 @@ Conditioning = Literal["class", "text", "none"]
 # whole run; on the CPU, its outputs copied to the device; or loaded for each shard, all of the
 # shard's prompts encoded at once, and freed before the denoiser runs.
 TextEncoderPlacement = Literal["device", "cpu", "shard-first"]
+
+
+class NonFiniteLatents(ValueError):
+    """Sampling produced NaN or infinite latents (bad weights or settings): no image is made of them."""
+
+    def __init__(self, rows: list[int]) -> None:
+        super().__init__(f"non-finite latents in batch rows {rows[:10]}")
+        self.rows = rows
 
 
 class GenerationRequest(BaseModel):

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dit_worker.cache import cache_root
 from dit_worker.checkpoints.sources import resolve_source
+from dit_worker.storage.node_cache import cache_root
 
 CHUNK = 16 << 20
 

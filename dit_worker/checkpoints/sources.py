@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from dit_worker.cache import cache_root, node_lock
 from dit_worker.checkpoints.errors import CheckpointError
+from dit_worker.storage.node_cache import cache_root, node_lock
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # tokenizer/: the text-to-image pipelines' tokenizers (docs/backends.md).

@@ -10,13 +10,11 @@ from dataclasses import dataclass
 
 import ray
 
+from dit_worker.execution.actors import PlacementError
+
 log = logging.getLogger(__name__)
 
 POLL_S = 5.0  # how often an autoscaler's progress is checked
-
-
-class PlacementError(ValueError):
-    """More actors asked for than the cluster can place."""
 
 
 @dataclass(frozen=True)

@@ -17,43 +17,49 @@ from typing import Any
 
 import numpy as np
 
-from dit_worker.cache import cache_root
+from dit_worker.backends.settings import resolve_device
+from dit_worker.execution.pool import ActorPool, cluster_gpus, make_pool
+from dit_worker.execution.tries import TaskQueue
 from dit_worker.metrics.config import FidSettings
 from dit_worker.metrics.errors import MetricsInputError
-from dit_worker.metrics.executors import Executor, LocalExecutor, RayExecutor
 from dit_worker.metrics.frechet import frechet_distance, frechet_distance_of_samples
 from dit_worker.metrics.inception import InceptionWeights, resolve_inception_weights
 from dit_worker.metrics.inception_score import SHUFFLE_SEED, SPLITS, inception_score
 from dit_worker.metrics.precision_recall import NEIGHBOURHOOD, precision_recall
 from dit_worker.metrics.reference import Reference, open_reference
 from dit_worker.metrics.shard_statistics import ShardStatistics, StatisticsMerger
-from dit_worker.metrics.tasks import FeatureTask, SetShardTask
+from dit_worker.metrics.tasks import FeatureActor, FeatureTask, SetShardTask
 from dit_worker.output.encoding import LOSSY_FORMATS
 from dit_worker.output.reader import OutputSet
-from dit_worker.settings import resolve_device
+from dit_worker.storage.node_cache import cache_root
 
 log = logging.getLogger(__name__)
+FeaturePool = ActorPool[FeatureTask, ShardStatistics]
 METRICS_KEY = "metrics.json"
 PER_CLASS_KEY = "metrics_per_class.json"
 
 
-def _collect(executor: Executor, tasks: Iterable[FeatureTask], total: int, what: str) -> ShardStatistics | None:
+MAX_TRIES = 3
+
+
+def _collect(pool: FeaturePool, tasks: Iterable[FeatureTask], total: int, what: str) -> ShardStatistics | None:
     merger, chunks, start = StatisticsMerger(), 0, time.monotonic()
-    for part in executor.map(tasks):
+    queue = TaskQueue(enumerate(tasks), MAX_TRIES, name=lambda k: f"feature task {k}")
+    for _, part in pool.map(queue):
         merger.add(part)
         chunks += 1
         log.info("%s: %d/%d chunks (%d samples), %.0f s", what, chunks, total, part.count, time.monotonic() - start)
     return merger.result() if chunks else None
 
 
-def reference_features(ref: Reference, weights: InceptionWeights, executor: Executor) -> ShardStatistics | None:
+def reference_features(ref: Reference, weights: InceptionWeights, pool: FeaturePool) -> ShardStatistics | None:
     """Features of the reference images, cached per node by (reference content, weights)."""
     key = hashlib.sha256(f"{ref.fingerprint()}|{weights.id}".encode()).hexdigest()[:32]
     path = cache_root() / "fid-reference" / f"{key}.npz"
     if path.is_file():
         log.info("reference features from cache %s", path)
         return ShardStatistics.from_bytes(path.read_bytes())
-    stats = _collect(executor, ref.tasks(), ref.num_tasks, "reference features")
+    stats = _collect(pool, ref.tasks(), ref.num_tasks, "reference features")
     if stats is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -105,16 +111,28 @@ def _check_inputs(settings: FidSettings) -> tuple[OutputSet, Reference]:
     return output, ref
 
 
-def _executor(settings: FidSettings, weights: InceptionWeights) -> Executor:
-    if settings.mode == "ray":
-        return RayExecutor(
-            weights,
-            address=settings.ray_address,
-            num_workers=settings.num_workers,
-            num_gpus_per_worker=settings.num_gpus_per_worker,
-            batch_size=settings.batch_size,
-        )
-    return LocalExecutor(weights, resolve_device(settings.device), settings.batch_size)
+def feature_pool(settings: FidSettings, weights: InceptionWeights) -> FeaturePool:
+    """FeatureActors on the one pool: in this process, or one per GPU on Ray (one actor without
+    GPUs), placement checked before any work, dead actors restarted, each task tried MAX_TRIES times."""
+    local = settings.mode == "local"
+    address = settings.ray_address or os.environ.get("RAY_ADDRESS") or "auto"  # an existing cluster
+    gpus = 0.0 if local else cluster_gpus(address)
+    per_worker = settings.num_gpus_per_worker if settings.num_gpus_per_worker is not None else float(gpus > 0)
+    num_workers = 1 if local else settings.num_workers or (None if per_worker else 1)
+    # Ray nodes need not share a filesystem: actors there get the weights' bytes.
+    weights_arg = weights.path if local else weights.path.read_bytes()
+    pool: FeaturePool = make_pool(
+        FeatureActor,
+        (weights_arg, weights.id, settings.batch_size, settings.device if local else None),
+        local=local,
+        address=address,
+        per_actor={"CPU": 1.0, "GPU": per_worker},
+        num_workers=num_workers,
+        tasks_per_actor=2,  # tasks that carry images (ADM reference chunks) never pile up in the driver
+        placement_hint="lower --num-workers or --num-gpus-per-worker, or add nodes",
+    )
+    pool.start()
+    return pool
 
 
 def per_class_fid(samples: ShardStatistics, reference: ShardStatistics, names: dict[int, str]) -> list[dict[str, Any]]:
@@ -160,16 +178,16 @@ def evaluate(settings: FidSettings) -> dict[str, Any]:
             output.url,
             " and ".join(lossy),
         )
-    executor = _executor(settings, weights)
+    pool = feature_pool(settings, weights)
     try:
         tasks = (
             SetShardTask(output.url, settings.s3_endpoint, shard, reuse=not settings.recompute_features)
             for shard in output.shards
         )
-        samples = _collect(executor, tasks, len(output.shards), "set features")
-        ref_features = reference_features(ref, weights, executor)
+        samples = _collect(pool, tasks, len(output.shards), "set features")
+        ref_features = reference_features(ref, weights, pool)
     finally:
-        executor.close()
+        pool.close()
     assert samples is not None
     pool_ref, spatial_ref = ref.gaussians(ref_features)
     is_mean, is_std = inception_score(samples.logits)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dit_worker.cache import cache_root, node_lock
 from dit_worker.metrics.errors import MetricsInputError
-from dit_worker.output.storage import S3Storage, open_storage
+from dit_worker.storage.node_cache import cache_root, node_lock
+from dit_worker.storage.objects import S3Storage, open_storage
 
 
 def local_file(url: str, *, flag: str, cache: str, s3_endpoint: str | None = None, hint: str = "") -> tuple[Path, str]:

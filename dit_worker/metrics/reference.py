@@ -30,7 +30,7 @@ from dit_worker.metrics.tasks import FeatureTask, ImageArrayTask, ImageKeysTask,
 from dit_worker.output.layout import SUCCESS_KEY
 from dit_worker.output.npz_stream import open_npz_array
 from dit_worker.output.reader import IMAGE_SUFFIXES, OutputSet, decode_image
-from dit_worker.output.storage import Storage, StorageError, open_storage
+from dit_worker.storage.objects import Storage, StorageError, open_storage
 
 NPZ_STATS = {
     "mu": (POOL_DIM,),

@@ -13,7 +13,7 @@ import torch
 
 from dit_worker.metrics.inception import InceptionFeatures, resolve_inception_weights
 from dit_worker.metrics.shard_statistics import FeatureAccumulator, features_key, shard_digest
-from dit_worker.output.storage import Storage
+from dit_worker.storage.objects import Storage
 
 INCEPTION_BATCH = 64
 

@@ -1,13 +1,16 @@
 """Units of feature work: one shard of a generated set, or one chunk of reference images.
 
 Each task reads its own images from storage (or carries a small chunk of them), so the process that
-plans the work never holds images; a task returns one `ShardStatistics`. The same `run` executes
-in-process (`--local`) or inside a Ray actor.
+plans the work never holds images; a task returns one `ShardStatistics`. `FeatureActor` runs them
+on the one pool (`dit_worker.execution`), in this process or as a Ray actor.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 from dit_worker.metrics.inception import InceptionFeatures
 from dit_worker.metrics.shard_statistics import FeatureAccumulator, ShardStatistics, features_key, shard_digest
 from dit_worker.output.reader import OutputSet, OutputSetError, Sample, Shard, batched, decode_image, prefetch
-from dit_worker.output.storage import StorageError, open_storage
+from dit_worker.storage.objects import StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,33 @@ class FeatureModel:
 
 
 class FeatureTask(Protocol):
+    """A unit of feature work: its images' statistics under `model`."""
+
     def run(self, model: FeatureModel) -> ShardStatistics: ...
+
+
+class FeatureActor:
+    """The pool's actor for feature tasks: Inception-v3 loaded once, then task after task.
+
+    `weights` is the weights file's path on this machine, or its bytes (Ray nodes need not share a
+    filesystem). Usage::
+
+        pool = make_pool(FeatureActor, (weights_path, "pt_inception-2015-12-05", 64, None), local=True, ...)
+    """
+
+    def __init__(self, weights: Path | bytes, weights_id: str, batch_size: int, device: str | None) -> None:
+        if isinstance(weights, bytes):
+            path = Path(tempfile.mkdtemp(prefix="dit-worker-inception-")) / "inception.pth"
+            path.write_bytes(weights)
+            weights = path
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = FeatureModel(weights, weights_id, dev, batch_size)
+
+    def ready(self) -> str:
+        return f"pid {os.getpid()} on {socket.gethostname()} ({self.model.device})"
+
+    def run(self, task: FeatureTask) -> ShardStatistics:
+        return task.run(self.model)
 
 
 @dataclass(frozen=True)

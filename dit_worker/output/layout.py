@@ -4,12 +4,15 @@ a sample id, so a retried shard overwrites exactly the objects of its first try.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from dit_worker.output.storage import Storage
+from dit_worker.storage.objects import Storage
 
+# png: one object per image; webdataset: one tar per shard; parquet: one data part per shard (docs/output.md).
+OutputFormat = Literal["png", "webdataset", "parquet"]
 JOB_KEY = "job.json"
 SUCCESS_KEY = "_SUCCESS"
-LEASE_KEY = "_lease.json"  # one writer per output (dit_worker.job.lease)
+LEASE_KEY = "_lease.json"  # one writer per output (dit_worker.output.lease)
 METADATA_PREFIX = "metadata/part-"
 PART_KEY = re.compile(r"^metadata/part-(\d+)\.parquet$")
 

@@ -27,7 +27,7 @@ from PIL import Image
 from dit_worker.output.encoding import FORMAT_OF_SUFFIX, ImageFormat, format_of_key
 from dit_worker.output.layout import SUCCESS_KEY, committed_shards, part_key
 from dit_worker.output.parquet_images import IMAGE_COLUMN
-from dit_worker.output.storage import Storage, open_storage
+from dit_worker.storage.objects import Storage, open_storage
 
 REQUIRED_COLUMNS = ("sample_id", "image_key", "width", "height", "sha256")
 # class_id / class_name are optional: text-to-image and unconditional sets hold nulls (or no column).

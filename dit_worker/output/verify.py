@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dit_worker.output.layout import SUCCESS_KEY, part_key
 from dit_worker.output.reader import OutputSet, OutputSetError, Shard, prefetch
-from dit_worker.output.storage import Storage
+from dit_worker.storage.objects import Storage
 
 
 @dataclass(frozen=True)

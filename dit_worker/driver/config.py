@@ -9,12 +9,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dit_worker.backends import GenerationRequest, TextEncoderPlacement
-from dit_worker.job.manifest import MAX_GLOBAL_SEED
+from dit_worker.backends.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
+from dit_worker.manifest.samples import MAX_GLOBAL_SEED
 from dit_worker.output.encoding import LOSSY_FORMATS, ImageEncoding, ImageFormat
-from dit_worker.output.storage import RetryMode
-from dit_worker.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
-
-OutputFormat = Literal["png", "webdataset", "parquet"]
+from dit_worker.output.layout import OutputFormat
+from dit_worker.storage.objects import RetryMode
 
 # What each preset fixes; the flags it fixes cannot be passed next to it.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -12,37 +12,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from dit_worker.backends import DiffusersSettings
+from dit_worker.driver.config import JobConfig
+from dit_worker.driver.errors import JobError, JobFailed
+from dit_worker.driver.model_info import ModelInfo, inspect_model
+from dit_worker.driver.progress import progress_bar
+from dit_worker.driver.record import check_resumable, job_record
+from dit_worker.driver.row_checks import check_rows, check_sample_source
+from dit_worker.driver.workers import shard_pool, worker_spec
 from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
-from dit_worker.job.config import JobConfig
-from dit_worker.job.errors import JobError, JobFailed
-from dit_worker.job.lease import LeaseKeeper, LeaseLost, acquire, new_token
-from dit_worker.job.local_runner import LocalRunner
-from dit_worker.job.manifest import Samples, from_classes, from_count, from_prompts, parse_classes, read_manifest
-from dit_worker.job.model_info import ModelInfo, inspect_model
-from dit_worker.job.progress import progress_bar
-from dit_worker.job.record import check_resumable, job_record
-from dit_worker.job.row_checks import check_rows, check_sample_source
-from dit_worker.job.shard_worker import ShardResult, WorkerSpec
-from dit_worker.job.sharding import ShardTask, num_shards, shard_name, shard_task, shard_tasks
+from dit_worker.manifest.samples import Samples, from_classes, from_count, from_prompts, parse_classes, read_manifest
 from dit_worker.metrics.inception import resolve_inception_weights
 from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY, committed_shards
-from dit_worker.output.storage import Storage, StorageError, open_storage
+from dit_worker.output.lease import LeaseKeeper, LeaseLost, acquire, new_token
 from dit_worker.output.verify import check_shards, uncommit
+from dit_worker.shard import ShardResult, num_shards, shard_name, shard_task, shard_tasks
+from dit_worker.storage.objects import Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class Runner(Protocol):
-    def start(self) -> None: ...
-
-    def run(self, queue: TaskQueue[ShardTask], on_committed: Callable[[ShardResult], None]) -> PoolStats: ...
-
-    def close(self) -> None: ...
 
 
 def build_samples(config: JobConfig, info: ModelInfo) -> Samples:
@@ -115,14 +105,14 @@ def run_job(config: JobConfig) -> dict[str, Any]:
 
     token = new_token()
     pending = sorted({*plan.pending, *(r.shard for r in broken)})
-    runner = _runner(config, plan.info, token) if pending else None
-    if runner is not None:
-        runner.start()  # on Ray, refuses a pool the cluster cannot place: still nothing written
+    pool = shard_pool(worker_spec(config, plan.info, token), config) if pending else None
+    if pool is not None:
+        pool.start()  # refuses a pool the cluster cannot place: still nothing written
     try:
         lease = _first_write(storage, lambda: acquire(storage, config.lease_ttl, token))
     except BaseException:
-        if runner is not None:
-            runner.close()
+        if pool is not None:
+            pool.close()
         raise
     with LeaseKeeper(lease) as keeper:
         if broken:
@@ -139,7 +129,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         backoff = Backoff(config.retry_backoff, config.retry_backoff_max)
         queue = TaskQueue(shard_tasks(plan.samples, pending, config.shard_size), config.max_tries, shard_name, backoff)
         stats, worker_seconds = PoolStats(0, 0, 0.0, 0.0), 0.0
-        if runner is not None:
+        if pool is not None:
             with progress_bar(len(plan.samples), initial=len(plan.samples) - todo) as bar:
 
                 def on_committed(result: ShardResult) -> None:
@@ -149,14 +139,16 @@ def run_job(config: JobConfig) -> dict[str, Any]:
                     bar.update(result.samples)
 
                 try:
-                    stats = runner.run(queue, on_committed)
+                    for _, result in pool.map(queue):
+                        on_committed(result)
+                    stats = pool.stats
                 except (TaskFailed, LeaseLost) as err:
                     raise JobFailed(
                         f"{err}. Committed shards are kept: fix the cause and rerun the same command to finish the "
                         "pending ones"
                     ) from None
                 finally:
-                    runner.close()
+                    pool.close()
 
         missing = sorted(set(range(plan.num_shards)) - committed_shards(storage))
         if missing:
@@ -207,40 +199,3 @@ def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
         return json.loads(storage.get(key))
     except ValueError as err:
         raise JobError(f"{storage.child(key)}: not valid JSON ({err}); was OUT written by another tool?") from None
-
-
-def _runner(config: JobConfig, info: ModelInfo, lease_token: str) -> Runner:
-    spec = WorkerSpec(
-        model=config.model,
-        vae=config.vae,
-        device=config.worker_device,
-        dtype=config.worker_dtype,
-        sampling=config.sampling,
-        batch_size=config.batch_size,
-        compile=config.worker_compile,
-        metrics=config.metrics,
-        inception_weights=config.inception_weights,
-        out=config.out,
-        s3_endpoint=config.s3_endpoint,
-        retry_mode=config.s3_retry_mode,
-        format=config.format,
-        lease_token=lease_token,
-        encoding=config.encoding,
-        io_threads=config.io_threads,
-        diffusers=info.settings if isinstance(info.settings, DiffusersSettings) else None,
-        text_encoder=config.text_encoder,
-    )
-    if config.local:
-        return LocalRunner(spec)
-    from dit_worker.job.ray_runner import RayRunner  # imports Ray, which --local runs never need
-
-    # --s3-endpoint must reach the workers' model cache (s3:// sources) too, which reads the environment.
-    env = {"AWS_ENDPOINT_URL": config.s3_endpoint} if config.s3_endpoint else {}
-    return RayRunner(
-        spec,
-        num_workers=config.num_workers,
-        min_workers=config.min_workers,
-        num_gpus=config.num_gpus_per_worker,
-        placement_timeout=config.placement_timeout,
-        env=env,
-    )

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from dit_worker.backends import Conditioning, Rows
-from dit_worker.job.text_column import TextColumn
-from dit_worker.labels import ClassNames
+from dit_worker.backends.labels import ClassNames
+from dit_worker.manifest.text_column import TextColumn
 from dit_worker.sampling.noise import MAX_SEED
 
 SEED_SPACE = 2**32  # the seeds torch's CPU generator tells apart: it keeps the low 32 bits

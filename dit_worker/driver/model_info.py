@@ -9,10 +9,10 @@ from pydantic import BaseModel
 
 from dit_worker.backends import Conditioning, ModelSpec
 from dit_worker.backends import inspect_model as inspect_backend
+from dit_worker.backends.labels import ClassNames
 from dit_worker.checkpoints.identity import WeightsIdentity, checkpoint_identity
-from dit_worker.job.config import JobConfig
-from dit_worker.job.errors import JobError
-from dit_worker.labels import ClassNames
+from dit_worker.driver.config import JobConfig
+from dit_worker.driver.errors import JobError
 
 
 @dataclass(frozen=True)

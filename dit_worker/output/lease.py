@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from dit_worker.driver.errors import JobError
 from dit_worker.execution.tries import PermanentError
-from dit_worker.job.errors import JobError
 from dit_worker.output.layout import LEASE_KEY
-from dit_worker.output.storage import Storage, StorageError
+from dit_worker.storage.objects import Storage, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from dit_worker.job.config import JobConfig
-from dit_worker.job.manifest import ManifestError, Samples
-from dit_worker.job.model_info import ModelInfo
+from dit_worker.driver.config import JobConfig
+from dit_worker.driver.model_info import ModelInfo
+from dit_worker.manifest.samples import ManifestError, Samples
 
 HOW_TO_LIST = {
     "class": "--classes/--per-class or a manifest with class_id or class_name",

@@ -15,16 +15,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dit_worker.job.config import OutputFormat
-from dit_worker.job.lease import LeaseLost, holds
-from dit_worker.job.manifest import Samples
-from dit_worker.job.sharding import ShardTask, shard_name
-from dit_worker.labels import ClassNames
+from dit_worker.backends.labels import ClassNames
+from dit_worker.manifest.samples import Samples
 from dit_worker.output.encoding import PNG, ImageEncoding
-from dit_worker.output.layout import data_key, image_key, member_name, part_key, tar_key
+from dit_worker.output.layout import OutputFormat, data_key, image_key, member_name, part_key, tar_key
+from dit_worker.output.lease import LeaseLost, holds
 from dit_worker.output.metadata import RowSettings, parquet_bytes, shard_table
 from dit_worker.output.parquet_images import image_parquet_bytes
-from dit_worker.output.storage import Storage
+from dit_worker.shard import ShardTask, shard_name
+from dit_worker.storage.objects import Storage
 
 T = TypeVar("T")
 

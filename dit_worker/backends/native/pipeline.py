@@ -11,15 +11,16 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from dit_worker.checkpoints import Checkpoint, build_models, load_checkpoint
+from dit_worker.backends.base import NonFiniteLatents
+from dit_worker.backends.labels import ClassNames
+from dit_worker.backends.native.checkpoint import Checkpoint, build_models, load_checkpoint
+from dit_worker.backends.settings import SamplingSettings, resolve_device, resolve_dtype
 from dit_worker.checkpoints.files import describe_validation
-from dit_worker.labels import ClassNames
 from dit_worker.models.dit import DiTConfig
 from dit_worker.models.vae import to_uint8
 from dit_worker.sampling import Sampler, make_sampler
 from dit_worker.sampling.guidance import guided_eps
 from dit_worker.sampling.noise import SampleNoise
-from dit_worker.settings import SamplingSettings, resolve_device, resolve_dtype
 
 
 def load_pipeline(
@@ -35,14 +36,6 @@ def load_pipeline(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     return DiTPipeline(load_checkpoint(model, vae), dev, dt)
-
-
-class NonFiniteLatents(ValueError):
-    """Sampling produced NaN or infinite latents (bad weights or settings): no image is made of them."""
-
-    def __init__(self, rows: list[int]) -> None:
-        super().__init__(f"non-finite latents in batch rows {rows[:10]}")
-        self.rows = rows
 
 
 @dataclass(frozen=True)

@@ -12,25 +12,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from dit_worker.backends import DiffusersSettings, Generator, NativeGenerator, TextEncoderPlacement, load_generator
+from dit_worker.backends import Generator, NativeGenerator, load_generator
+from dit_worker.backends.native.pipeline import DiTPipeline, NonFiniteLatents
 from dit_worker.execution.tries import PermanentError
-from dit_worker.job.config import OutputFormat
-from dit_worker.job.manifest import Samples
-from dit_worker.job.shard_writer import IOPool, ShardWriter
-from dit_worker.job.sharding import ShardTask, shard_name
+from dit_worker.manifest.samples import Samples
 from dit_worker.metrics.shard_sink import feature_sinks
-from dit_worker.output.encoding import PNG, ImageEncoding
-from dit_worker.output.storage import RetryMode, open_storage
-from dit_worker.pipeline import DiTPipeline, NonFiniteLatents
-from dit_worker.settings import SamplingSettings
-
-SHARDS_IN_FLIGHT = 2  # per worker: the one sampling and the one committing (or queued behind it)
+from dit_worker.shard import SHARDS_IN_FLIGHT, ShardResult, ShardTask, WorkerSpec, shard_name
+from dit_worker.storage.objects import open_storage
+from dit_worker.worker.shard_writer import IOPool, ShardWriter
 
 
 class BatchSink(Protocol):
@@ -43,35 +37,6 @@ class BatchSink(Protocol):
 
     def close(self, image_sha256: list[str]) -> None:
         """image_sha256: the stored images' hashes, in the shard's sample order."""
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What every worker needs to build its pipeline and reach the output (small, sent once)."""
-
-    model: str
-    vae: str | None
-    device: str
-    dtype: str
-    sampling: SamplingSettings
-    batch_size: int | Literal["auto"]
-    out: str
-    s3_endpoint: str | None
-    retry_mode: RetryMode
-    format: OutputFormat
-    compile: bool = False
-    io_threads: int = 4
-    # --metrics: Inception features of every shard, stored next to it for jobs.fid. The weights are
-    # a local path present on every node, an s3:// object, or None for torch-fidelity's download.
-    metrics: bool = False
-    inception_weights: str | None = None
-    encoding: ImageEncoding = PNG  # --image-format / --quality
-    # The driver's lease token: commits are fenced on it (dit_worker.job.lease). None: unfenced (benchmark).
-    lease_token: str | None = None
-    # Models that run through diffusers (docs/backends.md): their resolved settings, which replace
-    # `sampling`, and where the text encoder lives.
-    diffusers: DiffusersSettings | None = None
-    text_encoder: TextEncoderPlacement = "device"
 
 
 class NonFiniteSamples(PermanentError):
@@ -88,13 +53,6 @@ class NonFiniteSamples(PermanentError):
             f"{shard_name(shard)}: sampling produced non-finite latents for sample(s) {named}{more}; nothing of "
             "the shard was committed. Check the weights file (a corrupt checkpoint) and the sampling settings"
         )
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    shard: int
-    samples: int
-    seconds: float  # inside the worker, from taking the task to the committed metadata part
 
 
 class ShardWorker:

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dit_worker.job.config import JobConfig
-from dit_worker.job.manifest import SEED_SHIFT, Samples
-from dit_worker.job.model_info import ModelInfo
-from dit_worker.job.sharding import num_shards
+from dit_worker.driver.config import JobConfig
+from dit_worker.driver.model_info import ModelInfo
+from dit_worker.manifest.samples import SEED_SHIFT, Samples
+from dit_worker.shard import num_shards
 
 
 class ConfigMismatch(ValueError):
