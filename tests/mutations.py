@@ -45,8 +45,51 @@ PARITY = "tests/test_parity_diffusers.py"
 SAMPLERS = "tests/test_samplers.py"
 DETERMINISM = "tests/test_determinism.py"
 FULL_IMAGES = f"{PARITY}::test_full_images_equal_diffusers_pipeline"
+POOL = "tests/test_pool.py"
+
+# The pool's dispatch is one loop over two transports: each of its breakages is run against each.
+POOL_BREAKAGES = [
+    (
+        "a failed try is final (retries lost)",
+        "dit_worker/execution/pool.py",
+        "queue.failed(settled.key, settled.task, err.reason, final=err.permanent)",
+        "queue.failed(settled.key, settled.task, err.reason, final=True)",
+    ),
+    (
+        "a retry does not wait out its backoff",
+        "dit_worker/execution/tries.py",
+        "not_before = self.clock() + self.backoff.delay(tries, self._rng)",
+        "not_before = self.clock()",
+    ),
+    (
+        "one task's result dropped",
+        "dit_worker/execution/pool.py",
+        "                        if result is not None:\n",
+        "                        if result is not None and result[0] != 4:\n",
+    ),
+]
 
 BREAKAGES = [
+    *(
+        Breakage(f"pool ({transport}): {name}", path, old, new, (f"{POOL}::{test}[{transport}]",))
+        for name, path, old, new in POOL_BREAKAGES
+        for transport in ("local", "ray")
+        for test in ("test_every_result_once_and_retries_wait_their_backoff",)
+    ),
+    Breakage(
+        "pool, in-process: a permanent error retried",
+        "dit_worker/execution/local_actors.py",
+        "permanent=isinstance(err, PermanentError)",
+        "permanent=False",
+        (f"{POOL}::test_a_permanent_error_is_not_retried[local]",),
+    ),
+    Breakage(
+        "pool, Ray: a permanent error retried",
+        "dit_worker/execution/ray_actors.py",
+        "permanent = isinstance(err, RayTaskError) and isinstance(err.cause, PermanentError)",
+        "permanent = False",
+        (f"{POOL}::test_a_permanent_error_is_not_retried[ray]",),
+    ),
     Breakage(
         "guidance on all 4 channels instead of cfg_channels",
         "dit_worker/sampling/guidance.py",
