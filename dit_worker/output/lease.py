@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from dit_worker.driver.errors import JobError
 from dit_worker.execution.tries import PermanentError
 from dit_worker.output.layout import LEASE_KEY
 from dit_worker.storage.objects import Storage, StorageError
@@ -32,8 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_S = 120.0
 
 
-class LeaseHeld(JobError):
-    """Another run holds the output's lease."""
+class LeaseHeld(ValueError):
+    """Another run holds the output's lease: refused before anything is written (exit 2)."""
 
 
 class LeaseLost(PermanentError):
