@@ -120,10 +120,11 @@ def test_concurrent_acquires_have_one_winner_and_commits_are_fenced(
         monkeypatch.setenv(key, value)
     for url in (str(tmp_path / "out"), f"s3://{s3_bucket}/fenced"):
         storage = open_storage(url, s3_endpoint=s3_server.endpoint)
-        mine = acquire(storage, ttl=0.5)
+        # A ttl of seconds, not fractions: on a loaded machine one S3 round trip can take half a second.
+        mine = acquire(storage, ttl=3.0)
         with pytest.raises(ValueError, match="is being written by another run"):
-            acquire(storage, ttl=0.5)
-        time.sleep(0.6)  # expired: exactly one of two takers wins the compare-and-swap
+            acquire(storage, ttl=3.0)
+        time.sleep(3.2)  # expired: exactly one of two takers wins the compare-and-swap
         theirs = acquire(storage, ttl=30)
         assert holds(storage, theirs.token) and not holds(storage, mine.token)
         with pytest.raises(LeaseLost):

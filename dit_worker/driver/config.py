@@ -25,6 +25,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class JobConfig(BaseModel):
+    """A generation job's whole configuration, validated once at the edge (docs/cli.md); each field
+    is one `jobs.generate` flag.
+
+    Usage::
+
+        config = JobConfig(model="facebook/DiT-XL-2-256", classes=("golden retriever",), per_class=4,
+                           out="s3://bucket/run", sampling={"sampler": "ddim", "steps": 50})
+        summary = run_job(config)
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(min_length=1)

@@ -17,6 +17,9 @@ from dit_worker.driver.errors import JobError
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What the driver knows of the model before any weights load: its spec, the resolved settings and the weights'
+    identity."""
+
     spec: ModelSpec
     settings: BaseModel  # resolved: SamplingSettings (DiT) or DiffusersSettings; all of it is fingerprinted
     weights: WeightsIdentity  # sha256 of every weight file: the fingerprint knows the model by content

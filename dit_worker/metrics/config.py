@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class FidSettings(BaseModel):
+    """One evaluation's settings (`python -m jobs.fid`), validated once at the edge."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     out: str = Field(min_length=1)

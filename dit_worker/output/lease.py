@@ -45,6 +45,9 @@ def _iso(t: float) -> str:
 
 @dataclass
 class Lease:
+    """A lease this run holds on an output: its token, holder and ttl, and the ETag that its next renewal must match
+    (compare-and-swap)."""
+
     storage: Storage
     token: str
     holder: str

@@ -60,6 +60,8 @@ class Shard:
 
 @dataclass(frozen=True)
 class Sample:
+    """One stored sample read back: its id, class id (-1 for none) and decoded RGB image."""
+
     sample_id: int
     class_id: int  # -1: no class
     image: np.ndarray  # uint8 [H, W, 3]
@@ -149,6 +151,16 @@ class _TarMembers:
 
 
 class OutputSet:
+    """A generated set read back through its committed metadata parts (local folder or s3://).
+
+    Usage::
+
+        output = OutputSet.open("s3://bucket/fid50k")
+        output.require_complete(allow_partial=False)  # OutputSetError unless _SUCCESS is there
+        for sample in output.iter_samples():  # by shard, then sample_id; sha256 checked on read
+            sample.sample_id, sample.class_id, sample.image  # image: uint8 [H, W, 3]
+    """
+
     def __init__(self, storage: Storage, shards: Sequence[Shard], complete: bool) -> None:
         self.storage = storage
         self.url = storage.url

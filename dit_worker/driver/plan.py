@@ -1,0 +1,73 @@
+"""A job planned before anything is written: the model, its rows, and what OUT already holds
+(its record, committed shards, and which of those are broken), in that order."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from dit_worker.driver.config import JobConfig
+from dit_worker.driver.errors import JobError
+from dit_worker.driver.model_info import ModelInfo, inspect_model
+from dit_worker.driver.record import check_resumable, job_record
+from dit_worker.driver.rows import job_rows
+from dit_worker.manifest.samples import Samples
+from dit_worker.metrics.inception import resolve_inception_weights
+from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY, committed_shards
+from dit_worker.output.verify import ShardReport, check_shards
+from dit_worker.shard import num_shards
+from dit_worker.storage.objects import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A validated job: what to make, where, and which shards are still to run."""
+
+    info: ModelInfo  # the backend's spec and the resolved settings
+    samples: Samples
+    storage: Storage
+    record: dict[str, Any]  # job.json
+    resuming: bool  # OUT already holds this job's job.json
+    num_shards: int
+    broken: list[ShardReport]  # committed shards whose objects are missing or differ: regenerated
+    pending: list[int]  # shards to run: never committed, or broken
+    previous_summary: dict[str, Any] | None  # `_SUCCESS` of an earlier run
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending and self.previous_summary is not None
+
+
+def plan_job(config: JobConfig) -> JobPlan:
+    """Check the model, settings, rows and output, and read what OUT already holds; writes nothing."""
+    info = inspect_model(config)
+    if config.metrics:  # a bad weights file fails now, not on every worker after sampling started
+        resolve_inception_weights(config.inception_weights, s3_endpoint=config.s3_endpoint)
+    samples = job_rows(config, info)
+    storage = open_storage(config.out, s3_endpoint=config.s3_endpoint, retry_mode=config.s3_retry_mode)
+    storage.check_writable()
+    record = job_record(config, info, samples)
+    stored = read_json(storage, JOB_KEY)
+    committed = committed_shards(storage)
+    if stored is not None:
+        check_resumable(stored, record, storage.child(JOB_KEY))
+    elif committed:
+        raise JobError(f"{storage.url} holds metadata parts but no {JOB_KEY}; pick an empty --out")
+    broken = [r for r in check_shards(storage, sorted(committed), full=config.verify) if not r.ok]
+    total = num_shards(len(samples), config.shard_size)
+    pending = sorted({*(k for k in range(total) if k not in committed), *(r.shard for r in broken)})
+    summary = read_json(storage, SUCCESS_KEY)
+    return JobPlan(info, samples, storage, record, stored is not None, total, broken, pending, summary)
+
+
+def read_json(storage: Storage, key: str) -> dict[str, Any] | None:
+    if not storage.exists(key):
+        return None
+    try:
+        return json.loads(storage.get(key))
+    except ValueError as err:
+        raise JobError(f"{storage.child(key)}: not valid JSON ({err}); was OUT written by another tool?") from None
