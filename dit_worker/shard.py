@@ -42,8 +42,6 @@ class WorkerSpec:
     metrics: bool = False
     inception_weights: str | None = None
     encoding: ImageEncoding = PNG  # --image-format / --quality
-    # The driver's lease token: commits are fenced on it (dit_worker.output.lease). None: unfenced (benchmark).
-    lease_token: str | None = None
     # Models that run through diffusers (docs/backends.md): their resolved settings, which replace
     # `sampling`, and where the text encoder lives.
     diffusers: DiffusersSettings | None = None

@@ -46,6 +46,7 @@ SAMPLERS = "tests/test_samplers.py"
 DETERMINISM = "tests/test_determinism.py"
 FULL_IMAGES = f"{PARITY}::test_full_images_equal_diffusers_pipeline"
 POOL = "tests/test_pool.py"
+INDEX = "tests/test_commit_index.py"
 
 # The pool's dispatch is one loop over two transports: each of its breakages is run against each.
 POOL_BREAKAGES = [
@@ -70,6 +71,41 @@ POOL_BREAKAGES = [
 ]
 
 BREAKAGES = [
+    Breakage(
+        "commit index: a commit never reaches a log",
+        "dit_worker/output/commit_index.py",
+        "        self._buffer.append(shard)\n",
+        "        pass\n",
+        (INDEX,),
+    ),
+    Breakage(
+        "commit index: the logs a crashed run left are not merged",
+        "dit_worker/output/commit_index.py",
+        "            index.add(shards)\n",
+        "            pass\n",
+        (INDEX,),
+    ),
+    Breakage(
+        "commit index: a run that lost its lease still records",
+        "dit_worker/output/commit_index.py",
+        "        self.live()\n        key = ",
+        "        key = ",
+        (INDEX,),
+    ),
+    Breakage(
+        "lease: an unrenewed lease still counts as held",
+        "dit_worker/output/lease.py",
+        "        if unrenewed > 0.75 * self.lease.ttl:\n",
+        "        if False:\n",
+        (f"{INDEX}::test_a_lease_left_unrenewed_for_most_of_its_ttl_counts_as_lost",),
+    ),
+    Breakage(
+        "lease: never renewed",
+        "dit_worker/output/lease.py",
+        "                self.lease.renew()\n",
+        "                pass\n",
+        (f"{INDEX}::test_the_lease_is_renewed_on_time_and_taken_over_when_it_is_not",),
+    ),
     *(
         Breakage(f"pool ({transport}): {name}", path, old, new, (f"{POOL}::{test}[{transport}]",))
         for name, path, old, new in POOL_BREAKAGES

@@ -28,6 +28,8 @@ from test_job_ray import (  # noqa: F401 - _no_leftover_workers: each Ray test s
 )
 
 from dit_worker.output.reader import OutputSet
+from dit_worker.output.verify import uncommit
+from dit_worker.storage.objects import open_storage
 from jobs.generate import main
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
@@ -187,15 +189,14 @@ def test_text_to_image_job_survives_a_killed_worker_resumes_and_refuses_a_change
     # A shard whose worker died before its commit, rerun here with --local: only it is made again.
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    client = s3_server.client()
-    client.delete_object(Bucket=s3_bucket, Key="kill/metadata/part-00005.parquet")
-    client.delete_object(Bucket=s3_bucket, Key="kill/_SUCCESS")
+    uncommit(open_storage(f"s3://{s3_bucket}/kill", s3_endpoint=s3_server.endpoint), [5])  # not recorded
     before = {k: v for k, v in objects(s3_server, s3_bucket, "kill").items() if "00005" not in k}
     assert run("--local", *args, *CPU, "--out", out) == 0, capsys.readouterr().err[-2000:]
     summary = success(s3_server, s3_bucket, "kill")
     assert (summary["shards_generated"], summary["shards_skipped"]) == (1, 15)
     after = objects(s3_server, s3_bucket, "kill")
-    control = ("_SUCCESS", "_lease.json")  # rewritten by every run; the images and parts must not be
+    control = ("_SUCCESS", "_lease.json", "index/committed.bits")  # rewritten by every run; the images and
+    # parts must not be
     assert {k: after[k] for k in before if k not in control} == {k: v for k, v in before.items() if k not in control}
     check_complete(s3_server, s3_bucket, "kill", 64)
 

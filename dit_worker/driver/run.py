@@ -1,7 +1,8 @@
-"""A generation job from start to `_SUCCESS`, in the order it happens: plan (nothing written),
-start the workers (placement checked, still nothing written), take OUT's lease (the first write),
-prepare OUT (uncommit broken shards, write job.json), run the pending shards with fenced commits,
-and write `_SUCCESS` while still holding the lease.
+"""A generation job from start to `_SUCCESS`, in the order it happens: plan (nothing written), check
+that the workers fit (still nothing written), take OUT's lease (the first write; a second run is
+refused here, before it loads a model), prepare OUT (uncommit broken shards, job.json, the commit
+index), start the workers, run the pending shards recording each commit in the index, and write
+`_SUCCESS` while still holding the lease.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dit_worker.driver.workers import shard_pool, worker_spec
 from dit_worker.execution.pool import ActorPool
 from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
-from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY, committed_shards
+from dit_worker.output.commit_index import CommitRecorder
+from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY
 from dit_worker.output.lease import Lease, LeaseKeeper, LeaseLost, acquire, new_token
-from dit_worker.output.verify import uncommit
 from dit_worker.shard import ShardResult, ShardTask, shard_name, shard_task, shard_tasks
 from dit_worker.storage.objects import Storage, StorageError
 
@@ -39,17 +40,13 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         return plan.previous_summary
     token = new_token()
     # No workers when every shard is committed and only `_SUCCESS` is missing (a driver that died there).
-    pool = shard_pool(worker_spec(config, plan.info, token), config) if plan.pending else None
+    pool = shard_pool(worker_spec(config, plan.info), config) if plan.pending else None
     if pool is not None:
-        pool.start()  # refuses a pool the cluster cannot place: still nothing written
-    try:
-        lease = take_lease(plan.storage, config.lease_ttl, token)
-    except BaseException:
-        if pool is not None:
-            pool.close()
-        raise
+        pool.place()  # refuses a pool the cluster cannot place: still nothing written
+    lease = take_lease(plan.storage, config.lease_ttl, token)
     with LeaseKeeper(lease) as keeper:
         prepare_output(plan)
+        recorder = CommitRecorder(plan.storage, plan.index, token, keeper.check)
         queue = TaskQueue(
             shard_tasks(plan.samples, plan.pending, config.shard_size),
             config.max_tries,
@@ -57,9 +54,17 @@ def run_job(config: JobConfig) -> dict[str, Any]:
             Backoff(config.retry_backoff, config.retry_backoff_max),
         )
         stats, worker_seconds = PoolStats(0, 0, 0.0, 0.0), 0.0
-        if pool is not None:
-            stats, worker_seconds = run_pending(plan, pool, queue, keeper, config.shard_size)
-        missing = sorted(set(range(plan.num_shards)) - committed_shards(plan.storage))
+        try:
+            if pool is not None:
+                stats, worker_seconds = run_pending(plan, pool, queue, recorder, config.shard_size)
+        except BaseException:  # keep what did commit (failed shards, Ctrl-C, lost lease: nothing is recorded)
+            try:
+                recorder.close()
+            except Exception as err:
+                log.warning("could not record the last commits (%s): those shards will be made again", err)
+            raise
+        recorder.close()  # every commit of this run in the snapshot
+        missing = [k for k in range(plan.num_shards) if k not in plan.index]
         if missing:
             raise JobFailed(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
         summary = job_summary(plan, config, stats, queue.retries, worker_seconds, started_at, t0)
@@ -81,13 +86,17 @@ def take_lease(storage: Storage, ttl: float, token: str) -> Lease:
 
 
 def prepare_output(plan: JobPlan) -> None:
-    """Uncommit the broken shards (they rerun) and write job.json on a new output."""
+    """Uncommit the broken shards (they rerun), write job.json on a new output, and the commit
+    index's snapshot (merging the logs a previous run left, or made from the parts of an output
+    written before the index existed)."""
     for report in plan.broken:
         log.warning("%s is broken, regenerating it: %s", shard_name(report.shard), "; ".join(report.problems))
     if plan.broken:
-        uncommit(plan.storage, [r.shard for r in plan.broken])
+        plan.storage.delete(SUCCESS_KEY)
+        plan.index.remove(r.shard for r in plan.broken)
     if not plan.resuming:
         plan.storage.put(JOB_KEY, json.dumps(plan.record, indent=2).encode())
+    plan.index.write_snapshot(plan.storage)
     log.info(
         "%s: %d samples in %d shards, %d shard(s) committed, %d to run (%d broken)",
         plan.storage.url, len(plan.samples), plan.num_shards, plan.num_shards - len(plan.pending),
@@ -99,16 +108,18 @@ def run_pending(
     plan: JobPlan,
     pool: ActorPool[ShardTask, ShardResult],
     queue: TaskQueue[ShardTask],
-    keeper: LeaseKeeper,
+    recorder: CommitRecorder,
     shard_size: int,
 ) -> tuple[PoolStats, float]:
-    """The pending shards through the pool, a progress bar fed by commits; (pool stats, worker seconds)."""
+    """The pending shards through the pool (started here: the lease is held), each commit recorded
+    in the index and fed to the progress bar; (pool stats, worker seconds)."""
     todo = samples_in(plan, shard_size)
     worker_seconds = 0.0
     with progress_bar(len(plan.samples), initial=len(plan.samples) - todo) as bar:
         try:
+            pool.start()
             for _, result in pool.map(queue):
-                keeper.check()  # a run that lost its lease stops dispatching at once
+                recorder.record(result.shard)  # a run that lost its lease stops here, at once
                 worker_seconds += result.seconds
                 bar.update(result.samples)
         except (TaskFailed, LeaseLost) as err:

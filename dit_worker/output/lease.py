@@ -145,6 +145,7 @@ class LeaseKeeper:
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.lost: LeaseLost | None = None
+        self._renewed = time.monotonic()  # the last time the lease was known to be ours
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="lease", daemon=True)
 
@@ -165,6 +166,7 @@ class LeaseKeeper:
         while not self._stop.wait(self.lease.ttl / 4):
             try:
                 self.lease.renew()
+                self._renewed = time.monotonic()
             except LeaseLost as err:
                 self.lost = err
                 log.error("%s", err)
@@ -173,5 +175,13 @@ class LeaseKeeper:
                 log.warning("could not renew the lease (%s); retrying", err)
 
     def check(self) -> None:
+        """Raise LeaseLost once the lease was taken over, or once it went unrenewed for 3/4 of its ttl
+        (an outage): from then on another run may take the output over at any moment."""
         if self.lost is not None:
             raise self.lost
+        unrenewed = time.monotonic() - self._renewed
+        if unrenewed > 0.75 * self.lease.ttl:
+            raise LeaseLost(
+                f"{self.lease.storage.child(LEASE_KEY)}: the lease could not be renewed for {unrenewed:.0f} s "
+                f"(--lease-ttl {self.lease.ttl:g}); another run may take the output over, so this one stops"
+            )

@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from dit_worker.output.commit_index import committed_shards
 from dit_worker.output.encoding import FORMAT_OF_SUFFIX, ImageFormat, format_of_key
-from dit_worker.output.layout import SUCCESS_KEY, committed_shards, part_key
+from dit_worker.output.layout import SUCCESS_KEY, part_key
 from dit_worker.output.parquet_images import IMAGE_COLUMN
 from dit_worker.storage.objects import Storage, open_storage
 

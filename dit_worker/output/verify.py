@@ -17,7 +17,8 @@ from typing import Any
 
 from dit_worker.execution.pool import make_pool
 from dit_worker.execution.tries import TaskQueue
-from dit_worker.output.layout import SUCCESS_KEY, committed_shards, part_key
+from dit_worker.output.commit_index import CommitIndex, committed_shards
+from dit_worker.output.layout import SUCCESS_KEY, part_key
 from dit_worker.output.lease import DEFAULT_TTL_S, LeaseKeeper, acquire
 from dit_worker.output.reader import OutputSet, OutputSetError, Shard, prefetch
 from dit_worker.storage.objects import Storage, open_storage
@@ -83,8 +84,14 @@ def check_shards(storage: Storage, shards: Iterable[int], full: bool = False) ->
 
 
 def uncommit(storage: Storage, shards: Iterable[int]) -> None:
-    """Remove `_SUCCESS`, then each shard's metadata part: the shards are pending again."""
+    """Remove `_SUCCESS`, then the shards from the commit index, then their metadata parts: the
+    shards are pending again. Only under the output's lease."""
+    shards = list(shards)
     storage.delete(SUCCESS_KEY)
+    index = CommitIndex.read(storage)
+    if index is not None:
+        index.remove(shards)
+        index.write_snapshot(storage)
     for k in shards:
         storage.delete(part_key(k))
 

@@ -110,7 +110,6 @@ class ShardWorker:
             settings=self.model.columns,
             image_size=self.model.image_size,
             negative_prompt=spec.diffusers.negative_prompt if spec.diffusers else None,
-            lease_token=spec.lease_token,
             encoding=spec.encoding,
         )
         extras = self._sinks(task.shard)
