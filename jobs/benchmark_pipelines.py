@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 import torch
-from dit_worker.backends.diffusers.run import DiffusersGenerator
 
 from dit_worker.backends import GenerationRequest, Rows, inspect_model, load_generator
+from dit_worker.backends.diffusers.run import DiffusersGenerator
 from dit_worker.backends.settings import DTYPES, SamplingSettings, resolve_device, resolve_dtype
 
 PROMPTS = (

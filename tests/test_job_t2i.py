@@ -210,12 +210,12 @@ def test_text_to_image_job_survives_a_killed_worker_resumes_and_refuses_a_change
 
 @pytest.fixture
 def bad_model(tmp_path: Path, ddim_ckpt: Path) -> Path:
-    """A pipeline directory whose class the job does not run."""
+    """A pipeline directory whose class diffusers does not have."""
     import shutil
 
-    path = Path(shutil.copytree(ddim_ckpt, tmp_path / "kandinsky"))
+    path = Path(shutil.copytree(ddim_ckpt, tmp_path / "my-own"))
     index = json.loads((path / "model_index.json").read_text())
-    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "MyOwnPipeline"}))
     return path
 
 
@@ -254,9 +254,10 @@ BAD = {
     "sequence length for SD": ("sd_ckpt", ["--prompts", "PROMPTS", "--per-prompt", 1, "--max-sequence-length", 8],
                                "--max-sequence-length: StableDiffusionPipeline does not take it"),
     "unsupported pipeline": ("bad_model", ["--num-samples", 1],
-                             "pipeline class 'KandinskyPipeline' is not supported; supported: DiTPipeline, "
-                             "PixArtSigmaPipeline, PixArtAlphaPipeline, StableDiffusionPipeline, DDIMPipeline, "
-                             "DDPMPipeline"),
+                             "pipeline class 'MyOwnPipeline' is not a diffusers pipeline; supported: DiTPipeline, "
+                             "PixArtSigmaPipeline, PixArtAlphaPipeline, StableDiffusionPipeline, "
+                             "StableDiffusion3Pipeline, FluxPipeline, SanaPipeline, StableDiffusionXLPipeline, "
+                             "DDIMPipeline, DDPMPipeline, and any other diffusers pipeline class"),
 }  # fmt: skip
 
 

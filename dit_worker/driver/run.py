@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from dit_worker.backends import DiffusersSettings
+from dit_worker.backends.diffusers.batch_check import SCAN_ROWS
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.errors import JobError, JobFailed
 from dit_worker.driver.model_info import ModelInfo, inspect_model
@@ -21,6 +23,7 @@ from dit_worker.driver.progress import progress_bar
 from dit_worker.driver.record import check_resumable, job_record
 from dit_worker.driver.row_checks import check_rows, check_sample_source
 from dit_worker.driver.workers import shard_pool, worker_spec
+from dit_worker.execution.pool import ActorPool
 from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
 from dit_worker.manifest.samples import Samples, from_classes, from_count, from_prompts, parse_classes, read_manifest
@@ -28,7 +31,7 @@ from dit_worker.metrics.inception import resolve_inception_weights
 from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY, committed_shards
 from dit_worker.output.lease import LeaseKeeper, LeaseLost, acquire, new_token
 from dit_worker.output.verify import check_shards, uncommit
-from dit_worker.shard import ShardResult, num_shards, shard_name, shard_task, shard_tasks
+from dit_worker.shard import BatchCheckTask, ShardResult, num_shards, shard_name, shard_task, shard_tasks
 from dit_worker.storage.objects import Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
@@ -106,9 +109,10 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     token = new_token()
     pending = sorted({*plan.pending, *(r.shard for r in broken)})
     pool = shard_pool(worker_spec(config, plan.info, token), config) if pending else None
-    if pool is not None:
-        pool.start()  # refuses a pool the cluster cannot place: still nothing written
     try:
+        if pool is not None:
+            pool.start()  # refuses a pool the cluster cannot place: still nothing written
+            plan.record["batch_check"] = _batch_check(pool, plan)  # a batch-dependent pipeline: refused here
         lease = _first_write(storage, lambda: acquire(storage, config.lease_ttl, token))
     except BaseException:
         if pool is not None:
@@ -178,6 +182,25 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         keeper.check()
         storage.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _batch_check(pool: ActorPool[Any, Any], plan: JobPlan) -> dict[str, Any] | str | None:
+    """The generic path's batch check, run on a worker before anything is written (docs/backends.md);
+    what job.json records of it. Raises JobError, with the one line to show, when it fails."""
+    settings = plan.info.settings
+    if not isinstance(settings, DiffusersSettings):
+        return None
+    if not settings.generic:
+        return f"not run: {settings.pipeline} is a first-class family, tested against its pipeline per row"
+    queue = TaskQueue([(0, BatchCheckTask(plan.samples[:SCAN_ROWS]))], 1, lambda _: "the batch check")
+    try:
+        ((_, check),) = list(pool.map(queue))
+    except TaskFailed as err:
+        raise JobError(f"{settings.pipeline}: {err}") from None
+    if not check.passed:
+        raise JobError(check.refusal())
+    log.info("batch check passed: %s", check)
+    return check.model_dump() | {"passed": True}
 
 
 def _first_write(storage: Storage, write: Callable[[], T]) -> T:
