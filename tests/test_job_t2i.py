@@ -120,6 +120,17 @@ CASES = {
         {"steps": 3, "cfg_scale": 7.5},
         "prompt",
     ),
+    "flux": (
+        "flux_ckpt",
+        ["--steps", 3, "--cfg-scale", 6.0, "--height", 48, "--width", 64, "--max-sequence-length", 24,
+         "--manifest", "MANIFEST"],
+        [{"sample_id": 4, "prompt": "a red cat at night", "seed": 11},
+         {"sample_id": 5, "prompt": "a blue house over the sea", "seed": 11},
+         {"sample_id": 6, "prompt": "a green tree near the river", "seed": 12},
+         {"sample_id": 7, "prompt": "a red cat at night", "seed": 13}],
+        {"steps": 3, "cfg_scale": 6.0, "height": 48, "width": 64, "max_sequence_length": 24},
+        "prompt",
+    ),
     "ddim": (
         "ddim_ckpt",
         ["--num-samples", 5, "--sampler", "ddim", "--eta", 0.5, "--steps", 3],  # eta: per-sample noise every step
