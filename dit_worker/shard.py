@@ -1,6 +1,6 @@
 """What crosses the pool between the driver and its workers: the worker's spec (sent once), shard
 tasks (contiguous slices of the manifest in sample_id order, the unit of commit and retry) and
-their results.
+their results, and the generic path's batch check.
 
 It sits beneath both sides so that a worker never imports the driver.
 """
@@ -53,6 +53,14 @@ class ShardTask:
     """One shard's rows: all a worker needs besides its spec (never the whole manifest)."""
 
     shard: int
+    samples: Samples
+
+
+@dataclass(frozen=True)
+class BatchCheckTask:
+    """The generic path's batch check (docs/backends.md): these rows made as one batch and one at a
+    time on a worker, before the job writes anything."""
+
     samples: Samples
 
 

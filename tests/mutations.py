@@ -69,6 +69,7 @@ POOL_BREAKAGES = [
         "                        if result is not None and result[0] != 4:\n",
     ),
 ]
+FAMILIES = "tests/test_families.py"
 
 BREAKAGES = [
     Breakage(
@@ -324,6 +325,62 @@ BREAKAGES = [
         "NEIGHBOURHOOD = 3\n",
         "NEIGHBOURHOOD = 4\n",
         ("tests/test_metric_parity.py",),
+    ),
+    Breakage(
+        "SD3: --max-sequence-length dropped on the way to the T5 (its default 256 pads instead)",
+        "dit_worker/backends/diffusers/prompt_encoding.py",
+        "do_classifier_free_guidance=False, max_sequence_length=s.max_sequence_length\n",
+        "do_classifier_free_guidance=False\n",
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[sd3]",),
+    ),
+    Breakage(
+        "Sana: its instruction not prefixed to prompts",
+        "dit_worker/backends/diffusers/prompt_encoding.py",
+        "    instruction = None if negative or not s.complex_human_instruction else list(s.complex_human_instruction)",
+        "    instruction = None",
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[sana]",),
+    ),
+    Breakage(
+        "Sana: the instruction prefixed to negative prompts too",
+        "dit_worker/backends/diffusers/prompt_encoding.py",
+        "    instruction = None if negative or not s.complex_human_instruction else",
+        "    instruction = None if not s.complex_human_instruction else",
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[sana]",),
+    ),
+    Breakage(
+        "SDXL: rows without a negative prompt encode '' instead of zeros",
+        "dit_worker/backends/diffusers/run.py",
+        'fallback = self.settings.negative_prompt or ("" if self.settings.empty_negative == "text" else None)',
+        'fallback = self.settings.negative_prompt or ""',
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[sdxl]",),
+    ),
+    Breakage(
+        "FLUX: guidance not passed (the embedding gets the pipeline's default 3.5)",
+        "dit_worker/backends/diffusers/run.py",
+        '                kwargs["guidance_scale"] = s.cfg_scale\n',
+        "                pass\n",
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[flux]",),
+    ),
+    Breakage(
+        "LoRA scale ignored (every adapter at 1)",
+        "dit_worker/backends/diffusers/run.py",
+        "adapter_weights=[lora.scale for lora in settings.loras]",
+        "adapter_weights=[1.0 for lora in settings.loras]",
+        (f"{FAMILIES}::test_lora_adapter_and_its_scale_equal_the_pipeline_with_the_adapter",),
+    ),
+    Breakage(
+        "batch check tolerance ignored",
+        "dit_worker/backends/diffusers/batch_check.py",
+        "        return self.max_diff <= self.tolerance\n",
+        "        return True\n",
+        (f"{FAMILIES}::test_batch_dependent_pipeline_is_refused_by_the_batch_check_and_runs_at_batch_size_one",),
+    ),
+    Breakage(
+        "batch check compares a row with itself (the batch never formed)",
+        "dit_worker/backends/diffusers/batch_check.py",
+        "    together = generator.generate(rows)\n",
+        "    together = torch.cat([generator.generate(_take(rows, [i])) for i in range(len(rows))])\n",
+        (f"{FAMILIES}::test_batch_dependent_pipeline_is_refused_by_the_batch_check_and_runs_at_batch_size_one",),
     ),
 ]
 # The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.

@@ -122,6 +122,17 @@ CASES = {
         {"steps": 3, "cfg_scale": 7.5},
         "prompt",
     ),
+    "flux": (
+        "flux_ckpt",
+        ["--steps", 3, "--cfg-scale", 6.0, "--height", 48, "--width", 64, "--max-sequence-length", 24,
+         "--manifest", "MANIFEST"],
+        [{"sample_id": 4, "prompt": "a red cat at night", "seed": 11},
+         {"sample_id": 5, "prompt": "a blue house over the sea", "seed": 11},
+         {"sample_id": 6, "prompt": "a green tree near the river", "seed": 12},
+         {"sample_id": 7, "prompt": "a red cat at night", "seed": 13}],
+        {"steps": 3, "cfg_scale": 6.0, "height": 48, "width": 64, "max_sequence_length": 24},
+        "prompt",
+    ),
     "ddim": (
         "ddim_ckpt",
         ["--num-samples", 5, "--sampler", "ddim", "--eta", 0.5, "--steps", 3],  # eta: per-sample noise every step
@@ -211,12 +222,12 @@ def test_text_to_image_job_survives_a_killed_worker_resumes_and_refuses_a_change
 
 @pytest.fixture
 def bad_model(tmp_path: Path, ddim_ckpt: Path) -> Path:
-    """A pipeline directory whose class the job does not run."""
+    """A pipeline directory whose class diffusers does not have."""
     import shutil
 
-    path = Path(shutil.copytree(ddim_ckpt, tmp_path / "kandinsky"))
+    path = Path(shutil.copytree(ddim_ckpt, tmp_path / "my-own"))
     index = json.loads((path / "model_index.json").read_text())
-    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "MyOwnPipeline"}))
     return path
 
 
@@ -255,9 +266,10 @@ BAD = {
     "sequence length for SD": ("sd_ckpt", ["--prompts", "PROMPTS", "--per-prompt", 1, "--max-sequence-length", 8],
                                "--max-sequence-length: StableDiffusionPipeline does not take it"),
     "unsupported pipeline": ("bad_model", ["--num-samples", 1],
-                             "pipeline class 'KandinskyPipeline' is not supported; supported: DiTPipeline, "
-                             "PixArtSigmaPipeline, PixArtAlphaPipeline, StableDiffusionPipeline, DDIMPipeline, "
-                             "DDPMPipeline"),
+                             "pipeline class 'MyOwnPipeline' is not a diffusers pipeline; supported: DiTPipeline, "
+                             "PixArtSigmaPipeline, PixArtAlphaPipeline, StableDiffusionPipeline, "
+                             "StableDiffusion3Pipeline, FluxPipeline, SanaPipeline, StableDiffusionXLPipeline, "
+                             "DDIMPipeline, DDPMPipeline, and any other diffusers pipeline class"),
 }  # fmt: skip
 
 

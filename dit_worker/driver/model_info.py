@@ -50,4 +50,9 @@ def inspect_model(config: JobConfig) -> ModelInfo:
         settings = spec.resolve(config.request)
     except ValueError as err:
         raise JobError(f"settings for {spec.pipeline_class}: {err}") from None
+    if getattr(settings, "generic", False) and config.text_encoder != "device":
+        raise JobError(
+            f"--text-encoder {config.text_encoder}: {spec.pipeline_class} runs through the generic path, which "
+            "passes prompts to the pipeline as text; only --text-encoder device is possible"
+        )
     return ModelInfo(spec, settings, checkpoint_identity(config.model, config.vae))

@@ -1,8 +1,8 @@
 """A generation job from start to `_SUCCESS`, in the order it happens: plan (nothing written), check
 that the workers fit (still nothing written), take OUT's lease (the first write; a second run is
-refused here, before it loads a model), prepare OUT (uncommit broken shards, job.json, the commit
-index), start the workers, run the pending shards recording each commit in the index, and write
-`_SUCCESS` while still holding the lease.
+refused here, before it loads a model), start the workers (a generic diffusers pipeline's batch check
+runs on one), prepare OUT (uncommit broken shards, job.json, the commit index), run the pending
+shards recording each commit in the index, and write `_SUCCESS` while still holding the lease.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from dit_worker.backends import DiffusersSettings
+from dit_worker.backends.diffusers.batch_check import SCAN_ROWS
 from dit_worker.driver.config import JobConfig
-from dit_worker.driver.errors import JobFailed
+from dit_worker.driver.errors import JobError, JobFailed
 from dit_worker.driver.plan import JobPlan, plan_job
 from dit_worker.driver.progress import progress_bar
 from dit_worker.driver.workers import shard_pool, worker_spec
@@ -22,9 +24,9 @@ from dit_worker.execution.pool import ActorPool
 from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
 from dit_worker.output.commit_index import CommitRecorder
-from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY
+from dit_worker.output.layout import JOB_KEY, LEASE_KEY, SUCCESS_KEY
 from dit_worker.output.lease import Lease, LeaseKeeper, LeaseLost, acquire, new_token
-from dit_worker.shard import ShardResult, ShardTask, shard_name, shard_task, shard_tasks
+from dit_worker.shard import BatchCheckTask, ShardResult, ShardTask, shard_name, shard_task, shard_tasks
 from dit_worker.storage.objects import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -44,33 +46,86 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     if pool is not None:
         pool.place()  # refuses a pool the cluster cannot place: still nothing written
     lease = take_lease(plan.storage, config.lease_ttl, token)
-    with LeaseKeeper(lease) as keeper:
-        prepare_output(plan)
-        recorder = CommitRecorder(plan.storage, plan.index, token, keeper.check)
-        queue = TaskQueue(
-            shard_tasks(plan.samples, plan.pending, config.shard_size),
-            config.max_tries,
-            shard_name,
-            Backoff(config.retry_backoff, config.retry_backoff_max),
-        )
-        stats, worker_seconds = PoolStats(0, 0, 0.0, 0.0), 0.0
-        try:
+    try:
+        with LeaseKeeper(lease) as keeper:
             if pool is not None:
-                stats, worker_seconds = run_pending(plan, pool, queue, recorder, config.shard_size)
-        except BaseException:  # keep what did commit (failed shards, Ctrl-C, lost lease: nothing is recorded)
-            try:
-                recorder.close()
-            except Exception as err:
-                log.warning("could not record the last commits (%s): those shards will be made again", err)
-            raise
-        recorder.close()  # every commit of this run in the snapshot
-        missing = [k for k in range(plan.num_shards) if k not in plan.index]
-        if missing:
-            raise JobFailed(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
-        summary = job_summary(plan, config, stats, queue.retries, worker_seconds, started_at, t0)
-        keeper.check()
-        plan.storage.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
+                start_workers(pool, plan)
+            return _run(plan, pool, config, keeper, token, started_at, t0)
+    except JobError:  # refused by the batch check: a new output is left as it was, without a lease
+        if not plan.resuming:
+            plan.storage.delete(LEASE_KEY)
+            plan.storage.remove_root_if_empty()
+        raise
+
+
+def _run(
+    plan: JobPlan,
+    pool: ActorPool[ShardTask, ShardResult] | None,
+    config: JobConfig,
+    keeper: LeaseKeeper,
+    token: str,
+    started_at: datetime,
+    t0: float,
+) -> dict[str, Any]:
+    """Under the lease, workers started: prepare OUT, run what is pending, write `_SUCCESS`."""
+    prepare_output(plan)
+    recorder = CommitRecorder(plan.storage, plan.index, token, keeper.check)
+    queue = TaskQueue(
+        shard_tasks(plan.samples, plan.pending, config.shard_size),
+        config.max_tries,
+        shard_name,
+        Backoff(config.retry_backoff, config.retry_backoff_max),
+    )
+    stats, worker_seconds = PoolStats(0, 0, 0.0, 0.0), 0.0
+    try:
+        if pool is not None:
+            stats, worker_seconds = run_pending(plan, pool, queue, recorder, config.shard_size)
+    except BaseException:  # keep what did commit (failed shards, Ctrl-C, lost lease: nothing is recorded)
+        try:
+            recorder.close()
+        except Exception as err:
+            log.warning("could not record the last commits (%s): those shards will be made again", err)
+        raise
+    recorder.close()  # every commit of this run in the snapshot
+    missing = [k for k in range(plan.num_shards) if k not in plan.index]
+    if missing:
+        raise JobFailed(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
+    summary = job_summary(plan, config, stats, queue.retries, worker_seconds, started_at, t0)
+    keeper.check()
+    plan.storage.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
     return summary
+
+
+def start_workers(pool: ActorPool[Any, Any], plan: JobPlan) -> None:
+    """Start the workers (they load the model: the lease is held), and on a new output of a generic
+    diffusers pipeline run the batch check (a batch-dependent pipeline is refused here)."""
+    try:
+        pool.start()
+        if not plan.resuming:
+            plan.record["batch_check"] = batch_check(pool, plan)
+    except BaseException:
+        pool.close()
+        raise
+
+
+def batch_check(pool: ActorPool[Any, Any], plan: JobPlan) -> dict[str, Any] | str | None:
+    """The generic path's batch check on a started worker, before job.json is written
+    (docs/backends.md); what job.json records of it. Raises JobError, with the one line to show,
+    when it fails."""
+    settings = plan.info.settings
+    if not isinstance(settings, DiffusersSettings):
+        return None
+    if not settings.generic:
+        return f"not run: {settings.pipeline} is a first-class family, tested against its pipeline per row"
+    queue = TaskQueue([(0, BatchCheckTask(plan.samples[:SCAN_ROWS]))], 1, lambda _: "the batch check")
+    try:
+        ((_, check),) = list(pool.map(queue))
+    except TaskFailed as err:
+        raise JobError(f"{settings.pipeline}: {err}") from None
+    if not check.passed:
+        raise JobError(check.refusal())
+    log.info("batch check passed: %s", check)
+    return check.model_dump() | {"passed": True}
 
 
 def take_lease(storage: Storage, ttl: float, token: str) -> Lease:
@@ -111,13 +166,12 @@ def run_pending(
     recorder: CommitRecorder,
     shard_size: int,
 ) -> tuple[PoolStats, float]:
-    """The pending shards through the pool (started here: the lease is held), each commit recorded
-    in the index and fed to the progress bar; (pool stats, worker seconds)."""
+    """The pending shards through the pool, each commit recorded in the index and fed to the progress
+    bar; (pool stats, worker seconds)."""
     todo = samples_in(plan, shard_size)
     worker_seconds = 0.0
     with progress_bar(len(plan.samples), initial=len(plan.samples) - todo) as bar:
         try:
-            pool.start()
             for _, result in pool.map(queue):
                 recorder.record(result.shard)  # a run that lost its lease stops here, at once
                 worker_seconds += result.seconds
