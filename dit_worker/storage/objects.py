@@ -120,6 +120,10 @@ class LocalStorage(Storage):
 
     def remove_root_if_empty(self) -> None:
         with contextlib.suppress(OSError):
+            entries = list(self.root.iterdir())
+            if entries and all(e.name.startswith(".") and e.name.endswith(".lock") for e in entries):
+                for lock in entries:  # only compare-and-swap lock files left: no object, nothing to keep
+                    lock.unlink()
             for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), reverse=True):
                 folder.rmdir()  # only the empty subfolders a failed write made; raises on any file
             self.root.rmdir()
