@@ -1,7 +1,7 @@
 """The set metrics beside FID, each against an independent computation on a tiny random model.
 
 - CLIP score: equals torchmetrics' `CLIPScore` on the same tiny CLIP (saved here with
-  save_pretrained, tokenizer trained here), image by image;
+  save_pretrained, character-level tokenizer built here), image by image;
 - FD-DINOv2: equals the Fréchet distance (np.mean / np.cov, scipy.linalg.sqrtm) of features from
   transformers' `Dinov2Model` run directly on images prepared by torchvision's dgm-eval recipe;
 - CMMD: equals its formula evaluated directly in float64 with scipy's pairwise distances.
@@ -16,16 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.linalg
-import torch
 from hf_models import save_tiny_clip, save_tiny_dinov2
-from PIL import Image
+from metric_references import blocky, direct_cmmd, direct_dinov2_features, scipy_frechet, torchmetrics_clip_scores
 from pipelines import WORDS
-from scipy.spatial.distance import cdist
 
 from dit_worker.metrics.clip_score import ClipEmbedder, clip_scores
 from dit_worker.metrics.cmmd import BLOCK, cmmd, subsample
-from dit_worker.metrics.dinov2 import IMAGENET_MEAN, IMAGENET_STD, Dinov2Features
+from dit_worker.metrics.dinov2 import Dinov2Features
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.frechet import frechet_distance
 from dit_worker.metrics.hf_models import resolve_hf_model
@@ -38,14 +35,6 @@ CLIP_TOL = 1e-5
 FD_TOL = 1e-5
 # Measured: CMMD 2e-12 relative from the float64 formula (float64 both; blocks sum in another order).
 CMMD_TOL = 1e-9
-
-
-def blocky(n: int, seed: int, size: tuple[int, int] = (32, 32), cells: int = 4) -> np.ndarray:
-    """uint8 [n, H, W, 3] random colour fields of cells x cells blocks (what a random network tells apart)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    fields = rng.integers(0, 256, (n, cells, cells, 3), dtype=np.uint8)
-    return fields.repeat(-(-h // cells), 1).repeat(-(-w // cells), 2)[:, :h, :w]
 
 
 CLIP_IMAGES = blocky(8, seed=1, size=(40, 48))  # not square: the processor's resize and centre crop both act
@@ -65,30 +54,6 @@ def dinov2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def clip(clip_dir: Path) -> ClipEmbedder:
     return ClipEmbedder(resolve_hf_model(str(clip_dir), flag="--clip-model", model_type="clip"), "cpu")
-
-
-def torchmetrics_clip_scores(clip_dir: Path, images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    from torchmetrics.multimodal.clip_score import CLIPScore
-    from transformers import CLIPModel, CLIPProcessor
-
-    class Tensors(CLIPModel):
-        """transformers 5 returns model outputs from get_*_features; torchmetrics 1.9 divides them as
-        tensors (the 4.x API), so hand it the projected embeddings those outputs hold."""
-
-        def get_image_features(self, *args, **kwargs):
-            return super().get_image_features(*args, **kwargs).pooler_output
-
-        def get_text_features(self, *args, **kwargs):
-            return super().get_text_features(*args, **kwargs).pooler_output
-
-    model, processor = Tensors.from_pretrained(clip_dir), CLIPProcessor.from_pretrained(clip_dir)
-    metric = CLIPScore(model_name_or_path=lambda: (model, processor))
-    out = []
-    for image, prompt in zip(images, prompts, strict=True):  # one image per update: its own max(100 cos, 0)
-        metric.reset()
-        metric.update(torch.from_numpy(image).permute(2, 0, 1), prompt)
-        out.append(float(metric.compute()))
-    return np.asarray(out)
 
 
 def test_clip_score_equals_torchmetrics(clip: ClipEmbedder, clip_dir: Path) -> None:
@@ -112,32 +77,6 @@ def test_clip_image_embeddings_do_not_depend_on_the_batch(clip: ClipEmbedder) ->
     np.testing.assert_allclose(whole, one_by_one, rtol=0, atol=1e-5)
 
 
-def direct_dinov2_features(dinov2_dir: Path, images: np.ndarray) -> np.ndarray:
-    """dgm-eval's recipe through torchvision (Resize((224, 224), BICUBIC) of the PIL image, ToTensor,
-    Normalize), then transformers' Dinov2Model's final-LayerNorm CLS token."""
-    from torchvision import transforms
-    from transformers import Dinov2Model
-
-    prepare = transforms.Compose(
-        [
-            transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
-    net = Dinov2Model.from_pretrained(dinov2_dir).eval()
-    pixels = torch.stack([prepare(Image.fromarray(image)) for image in images])
-    with torch.no_grad():
-        return net(pixel_values=pixels).last_hidden_state[:, 0].numpy()  # layernormed CLS token
-
-
-def scipy_frechet(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x.astype(np.float64), y.astype(np.float64)
-    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    diff = x.mean(0) - y.mean(0)
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real))
-
-
 def test_fd_dinov2_equals_direct_computation(dinov2_dir: Path) -> None:
     model = resolve_hf_model(str(dinov2_dir), flag="--dinov2-model", model_type="dinov2")
     features = Dinov2Features(model, "cpu", batch_size=16)
@@ -154,20 +93,6 @@ def test_fd_dinov2_equals_direct_computation(dinov2_dir: Path) -> None:
     perturbed = db.copy()
     perturbed[0] = direct_dinov2_features(dinov2_dir, blocky(1, seed=99, size=(16, 16)))[0]
     assert abs(scipy_frechet(da, perturbed) / ours - 1) > 100 * FD_TOL
-
-
-def direct_cmmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0) -> float:
-    x = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
-    y = y.astype(np.float64) / np.linalg.norm(y.astype(np.float64), axis=1, keepdims=True)
-
-    def k(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.exp(-cdist(a, b, "sqeuclidean") / (2 * sigma**2))
-
-    kxx, kyy = k(x, x), k(y, y)
-    n, m = len(x), len(y)
-    off_xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-    off_yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    return 1000 * (off_xx + off_yy - 2 * k(x, y).mean())
 
 
 def test_cmmd_equals_float64_formula(clip: ClipEmbedder) -> None:
