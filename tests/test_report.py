@@ -43,14 +43,14 @@ METRICS = {
 }
 
 
-def open_report(index: Path, screenshot: Path | None = None) -> dict:
+def open_report(index: Path, screenshot: Path | None = None, viewport: tuple[int, int] = (1280, 900)) -> dict:
     """Load the page from disk, scroll it through, wait for every image; what the page shows."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
             start = time.perf_counter()
             page.goto(index.resolve().as_uri())
             page.evaluate(
@@ -77,6 +77,7 @@ def open_report(index: Path, screenshot: Path | None = None) -> dict:
                 })"""
             )
             if screenshot is not None:
+                page.evaluate("window.scrollTo(0, 0)")
                 page.screenshot(path=str(screenshot), full_page=False)
         finally:
             browser.close()
