@@ -5,6 +5,10 @@ stored embedding parts are reused; bad flags are refused in one line before any 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +149,28 @@ def test_clip_score_is_refused_for_a_class_set(workdir: Path, ref_dir: Path, mod
     assert fid_main(fid_args(out, ref_dir, models, "--set-metrics", "clip_score")) == 2
     err = capsys.readouterr().err
     assert "clip_score" in err and "without" in err and not (out / "features").exists()
+
+
+def test_ray_actors_match_local(
+    metrics: dict, t2i_set: Path, ref_dir: Path, models: dict[str, Path], workdir: Path, ray_cluster
+) -> None:
+    """The same metrics from FeatureActors on Ray (the CLI as on a cluster: RAY_ADDRESS, no --local),
+    with fresh per-shard parts and reference cache."""
+    copy = workdir / "ray-set"
+    shutil.copytree(t2i_set, copy, ignore=shutil.ignore_patterns("features", "metrics.json", "report"))
+    env = os.environ | {
+        "RAY_ADDRESS": ray_cluster.address,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "DIT_WORKER_CACHE": str(workdir / "ray-cache"),
+    }
+    args = [a for a in fid_args(copy, ref_dir, models, "--set-metrics", "all", "--num-workers", "1") if a != "--local"]
+    run = subprocess.run(
+        [sys.executable, "-m", "jobs.fid", *args],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads((copy / "metrics.json").read_text())
+    assert len(list((copy / "features").glob("clip-part-*.npz"))) == 3
+    for key in ("fd_dinov2", "cmmd", "clip_score"):  # same batches, same process kind: measured equal
+        assert got[key] == pytest.approx(metrics[key], rel=1e-9), key
