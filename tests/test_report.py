@@ -132,3 +132,26 @@ def test_report_of_10000_images_is_small_and_opens_fast(tmp_path: Path) -> None:
     scores = ds.dataset(out / "metadata", format="parquet").to_table(columns=["clip_score"]).column(0)
     assert float(shown["clipMean"]) == pytest.approx(np.asarray(scores, np.float64).mean(), rel=1e-12)
     assert shown["histogram"] >= 10 and shown["fingerprint"] == "0" * 64
+
+
+def test_report_on_s3(s3_server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written under an s3:// prefix with content types a browser acts on; relative links only, so the
+    objects as they lie in the bucket make a page whose every image loads."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    url = f"s3://{s3_bucket}/sets/a"
+    prompts = [f"a {WORDS[i % 3]} at dawn" for i in range(12)]
+    write_output_set(open_storage(url), blocky(12, seed=5), [-1] * 12, shard_size=4, prompts=prompts)
+    assert report_main(["--out", url]) == 0
+    client = s3_server.client()
+    head = client.head_object(Bucket=s3_bucket, Key="sets/a/report/index.html")
+    assert head["ContentType"] == "text/html"
+    listed = client.list_objects_v2(Bucket=s3_bucket, Prefix="sets/a/report/")["Contents"]
+    for obj in listed:  # the bucket's objects, as they are, in a folder of their own
+        local = tmp_path / obj["Key"].removeprefix("sets/a/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(client.get_object(Bucket=s3_bucket, Key=obj["Key"])["Body"].read())
+        if obj["Key"].endswith(".jpg"):
+            assert client.head_object(Bucket=s3_bucket, Key=obj["Key"])["ContentType"] == "image/jpeg"
+    shown = open_report(tmp_path / "report" / "index.html")
+    assert len(shown["widths"]) == 12 and all(w > 0 for w in shown["widths"]) and shown["groups"] == 3
