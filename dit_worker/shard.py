@@ -1,6 +1,6 @@
 """What crosses the pool between the driver and its workers: the worker's spec (sent once), shard
 tasks (contiguous slices of the manifest in sample_id order, the unit of commit and retry) and
-their results.
+their results, and the generic path's batch check.
 
 It sits beneath both sides so that a worker never imports the driver.
 """
@@ -42,8 +42,6 @@ class WorkerSpec:
     metrics: bool = False
     inception_weights: str | None = None
     encoding: ImageEncoding = PNG  # --image-format / --quality
-    # The driver's lease token: commits are fenced on it (dit_worker.output.lease). None: unfenced (benchmark).
-    lease_token: str | None = None
     # Models that run through diffusers (docs/backends.md): their resolved settings, which replace
     # `sampling`, and where the text encoder lives.
     diffusers: DiffusersSettings | None = None
@@ -58,6 +56,14 @@ class ShardTask:
     """One shard's rows: all a worker needs besides its spec (never the whole manifest)."""
 
     shard: int
+    samples: Samples
+
+
+@dataclass(frozen=True)
+class BatchCheckTask:
+    """The generic path's batch check (docs/backends.md): these rows made as one batch and one at a
+    time on a worker, before the job writes anything."""
+
     samples: Samples
 
 

@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 import torch
-from dit_worker.backends.diffusers.run import DiffusersGenerator
 
 from dit_worker.backends import GenerationRequest, Rows, inspect_model, load_generator
+from dit_worker.backends.diffusers.run import DiffusersGenerator
 from dit_worker.backends.settings import DTYPES, SamplingSettings, resolve_device, resolve_dtype
 
 PROMPTS = (
@@ -80,6 +80,8 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         total = statistics.median(full)
         per_step = (total - statistics.median(one)) / (settings.steps - 1) if settings.steps > 1 else total
         per_step = per_step if per_step > 0 else None  # the slope drowned in timing noise: not resolved
+        if getattr(args, "compare", None) == "diffusers":
+            _compare_with_pipeline(args.model, gen, rows, settings, total, args)
         line = {
             "impl": "diffusers",
             "pipeline": settings.pipeline,
@@ -104,6 +106,40 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         lines.append(line)
         print(json.dumps(line), flush=True)
     return lines
+
+
+def _compare_with_pipeline(
+    model: str, gen: DiffusersGenerator, rows: Rows, settings: Any, ours_s: float, args: argparse.Namespace
+) -> None:
+    """The same batch through the plain diffusers pipeline (prompts as text, one call), loaded on its
+    own in the worker's dtype: a line with its images/s and ours over it (`ratio`)."""
+    import json
+
+    import diffusers
+
+    pipe = getattr(diffusers, settings.pipeline).from_pretrained(gen.root, torch_dtype=gen.job_dtype).to(gen.device)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs: dict[str, Any] = {"num_inference_steps": settings.steps, "output_type": "np", **settings.pipeline_args}
+    if rows.prompts is not None:
+        kwargs |= {"prompt": list(rows.prompts), "height": settings.height, "width": settings.width}
+        if settings.cfg_scale is not None:
+            kwargs["guidance_scale"] = settings.cfg_scale
+        if settings.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = settings.max_sequence_length
+    else:
+        kwargs["batch_size"] = len(rows)
+    times = []
+    for i in range(args.warmup + args.repeats):
+        kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed) for seed in rows.seeds]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            pipe(**kwargs)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    ref = statistics.median(times)
+    line = {"impl": "diffusers-pipeline-alone", "pipeline": settings.pipeline, "batch_size": len(rows),
+            "images_per_s": len(rows) / ref, "ratio": ref / ours_s, "repeats": args.repeats}  # fmt: skip
+    print(json.dumps(line), flush=True)
 
 
 def resident_bytes() -> int | None:

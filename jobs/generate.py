@@ -92,11 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--negative-prompt", help="negative prompt for every row without its own")
     text.add_argument("--height", type=int, help="image height (default: the model's)")
     text.add_argument("--width", type=int, help="image width (default: the model's)")
-    text.add_argument("--max-sequence-length", type=int, help="PixArt: T5 tokens per prompt (default: the pipeline's)")
+    text.add_argument(
+        "--max-sequence-length",
+        type=int,
+        help="PixArt, SD3, FLUX, Sana: tokens of the T5 / Gemma encoder (default: the pipeline's)",
+    )
     text.add_argument(
         "--clean-caption",
         action=argparse.BooleanOptionalAction,
         help="PixArt's caption cleaning (default: on, as in diffusers; needs beautifulsoup4 and ftfy)",
+    )
+    text.add_argument(
+        "--pipeline-arg",
+        action="append",
+        help="KEY=VALUE for the diffusers pipeline's __call__ (VALUE as JSON, else text); repeatable",
+    )
+    text.add_argument("--lora", action="append", help="LoRA adapter PATH_OR_HUB_ID[:SCALE] (default 1); repeatable")
+    text.add_argument("--variant", help="weights variant to load (e.g. fp16: *.fp16.safetensors)")
+    text.add_argument(
+        "--component-dtype", action="append", help="COMPONENT=DTYPE over --dtype, e.g. text_encoder_3=bfloat16"
     )
     text.add_argument(
         "--text-encoder",
@@ -168,6 +182,9 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     sampling = {k: given.pop(k) for k in SAMPLING_FLAGS if k in given}
     if sampling:
         given["sampling"] = sampling
+    for repeated in ("pipeline_arg", "lora", "component_dtype"):
+        if repeated in given:
+            given[repeated] = tuple(given[repeated])
     if "classes" in given:
         given["classes"] = tuple(given["classes"].split(","))
     return given

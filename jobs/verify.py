@@ -1,4 +1,4 @@
-"""python -m jobs.verify --out OUT [--full] [--repair]: check a generated set's committed shards.
+"""python -m jobs.verify --out OUT [--full] [--repair] [--ray]: check a generated set's committed shards.
 
 Every object each metadata part names must exist with the recorded size (one listing per shard
 folder); with --full (alias --verify) every image's sha256 is checked too. Broken shards are listed,
@@ -15,13 +15,11 @@ import json
 import logging
 import sys
 
-from dit_worker.driver.errors import JobError
-from dit_worker.output.layout import committed_shards
-from dit_worker.output.lease import DEFAULT_TTL_S, LeaseKeeper, acquire
+from dit_worker.execution.actors import PlacementError
+from dit_worker.execution.tries import TaskFailed
 from dit_worker.output.reader import OutputSetError
-from dit_worker.output.verify import check_shards, uncommit
-from dit_worker.shard import shard_name
-from dit_worker.storage.objects import StorageError, open_storage
+from dit_worker.output.verify import verify_output
+from dit_worker.storage.objects import StorageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="generated set: local folder or s3://bucket/prefix")
     p.add_argument("--full", "--verify", action="store_true", help="also check every image's sha256 (reads them)")
     p.add_argument("--repair", action="store_true", help="uncommit broken shards so the next run regenerates them")
+    p.add_argument("--ray", action="store_true", help="check shards on Ray actors (RAY_ADDRESS), one per node's CPU")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL)")
     return p
 
@@ -37,31 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        storage = open_storage(args.out, s3_endpoint=args.s3_endpoint)
-        shards = sorted(committed_shards(storage))
-        if not shards:
-            raise OutputSetError(f"{storage.url}: no committed shard (no metadata/part-*.parquet); nothing to verify")
-        broken = [r for r in check_shards(storage, shards, full=args.full) if not r.ok]
-        for report in broken:
-            print(f"{shard_name(report.shard)}: {'; '.join(report.problems)}", file=sys.stderr)
-        if broken and args.repair:
-            with LeaseKeeper(acquire(storage, DEFAULT_TTL_S)):  # never while a job writes this output
-                uncommit(storage, [r.shard for r in broken])
-    except (OutputSetError, StorageError, JobError) as err:
+        summary = verify_output(
+            args.out, full=args.full, repair=args.repair, s3_endpoint=args.s3_endpoint, ray=args.ray
+        )
+    except (OutputSetError, StorageError, PlacementError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(
-        json.dumps(
-            {
-                "out": storage.url,
-                "shards_checked": len(shards),
-                "shards_broken": [r.shard for r in broken],
-                "sha256_checked": args.full,
-                "repaired": bool(broken and args.repair),
-            }
-        )
-    )
-    return 1 if broken and not args.repair else 0
+    except TaskFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for shard, problems in summary.pop("problems").items():
+        print(f"shard {shard}: {'; '.join(problems)}", file=sys.stderr)
+    print(json.dumps(summary))
+    return 1 if summary["shards_broken"] and not summary["repaired"] else 0
 
 
 if __name__ == "__main__":

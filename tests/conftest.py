@@ -113,3 +113,11 @@ def ddim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipelines import save_ddim
 
     return save_ddim(tmp_path_factory.mktemp("ddim") / "ddim")
+
+
+@pytest.fixture(scope="session")
+def flux_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random FLUX.1-dev-like pipeline (CLIP + T5, guidance embedding; tests/family_pipelines.py)."""
+    from family_pipelines import save_flux
+
+    return save_flux(tmp_path_factory.mktemp("flux") / "flux")

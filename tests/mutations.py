@@ -45,8 +45,88 @@ PARITY = "tests/test_parity_diffusers.py"
 SAMPLERS = "tests/test_samplers.py"
 DETERMINISM = "tests/test_determinism.py"
 FULL_IMAGES = f"{PARITY}::test_full_images_equal_diffusers_pipeline"
+POOL = "tests/test_pool.py"
+INDEX = "tests/test_commit_index.py"
+
+# The pool's dispatch is one loop over two transports: each of its breakages is run against each.
+POOL_BREAKAGES = [
+    (
+        "a failed try is final (retries lost)",
+        "dit_worker/execution/pool.py",
+        "queue.failed(settled.key, settled.task, err.reason, final=err.permanent)",
+        "queue.failed(settled.key, settled.task, err.reason, final=True)",
+    ),
+    (
+        "a retry does not wait out its backoff",
+        "dit_worker/execution/tries.py",
+        "not_before = self.clock() + self.backoff.delay(tries, self._rng)",
+        "not_before = self.clock()",
+    ),
+    (
+        "one task's result dropped",
+        "dit_worker/execution/pool.py",
+        "                        if result is not None:\n",
+        "                        if result is not None and result[0] != 4:\n",
+    ),
+]
+FAMILIES = "tests/test_families.py"
 
 BREAKAGES = [
+    Breakage(
+        "commit index: a commit never reaches a log",
+        "dit_worker/output/commit_index.py",
+        "        self._buffer.append(shard)\n",
+        "        pass\n",
+        (INDEX,),
+    ),
+    Breakage(
+        "commit index: the logs a crashed run left are not merged",
+        "dit_worker/output/commit_index.py",
+        "            index.add(shards)\n",
+        "            pass\n",
+        (INDEX,),
+    ),
+    Breakage(
+        "commit index: a run that lost its lease still records",
+        "dit_worker/output/commit_index.py",
+        "        self.live()\n        key = ",
+        "        key = ",
+        (INDEX,),
+    ),
+    Breakage(
+        "lease: an unrenewed lease still counts as held",
+        "dit_worker/output/lease.py",
+        "        if unrenewed > 0.75 * self.lease.ttl:\n",
+        "        if False:\n",
+        (f"{INDEX}::test_a_lease_left_unrenewed_for_most_of_its_ttl_counts_as_lost",),
+    ),
+    Breakage(
+        "lease: never renewed",
+        "dit_worker/output/lease.py",
+        "                self.lease.renew()\n",
+        "                pass\n",
+        (f"{INDEX}::test_the_lease_is_renewed_on_time_and_taken_over_when_it_is_not",),
+    ),
+    *(
+        Breakage(f"pool ({transport}): {name}", path, old, new, (f"{POOL}::{test}[{transport}]",))
+        for name, path, old, new in POOL_BREAKAGES
+        for transport in ("local", "ray")
+        for test in ("test_every_result_once_and_retries_wait_their_backoff",)
+    ),
+    Breakage(
+        "pool, in-process: a permanent error retried",
+        "dit_worker/execution/local_actors.py",
+        "permanent=isinstance(err, PermanentError)",
+        "permanent=False",
+        (f"{POOL}::test_a_permanent_error_is_not_retried[local]",),
+    ),
+    Breakage(
+        "pool, Ray: a permanent error retried",
+        "dit_worker/execution/ray_actors.py",
+        "permanent = isinstance(err, RayTaskError) and isinstance(err.cause, PermanentError)",
+        "permanent = False",
+        (f"{POOL}::test_a_permanent_error_is_not_retried[ray]",),
+    ),
     Breakage(
         "guidance on all 4 channels instead of cfg_channels",
         "dit_worker/sampling/guidance.py",
@@ -308,6 +388,60 @@ BREAKAGES = [
         'self.clip.texts([p or "" for p in prompts])',
         'self.clip.texts([p or "" for p in prompts][::-1])',
         ("tests/test_score_clip.py::test_scores_in_the_metadata_equal_torchmetrics",),
+        "SD3: --max-sequence-length dropped on the way to the T5 (its default 256 pads instead)",
+        "dit_worker/backends/diffusers/prompt_encoding.py",
+        "do_classifier_free_guidance=False, max_sequence_length=s.max_sequence_length\n",
+        "do_classifier_free_guidance=False\n",
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[sd3]",),
+    ),
+    Breakage(
+        "Sana: its instruction not prefixed to prompts",
+        "dit_worker/backends/diffusers/prompt_encoding.py",
+        "    instruction = None if negative or not s.complex_human_instruction else list(s.complex_human_instruction)",
+        "    instruction = None",
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[sana]",),
+    ),
+    Breakage(
+        "Sana: the instruction prefixed to negative prompts too",
+        "dit_worker/backends/diffusers/prompt_encoding.py",
+        "    instruction = None if negative or not s.complex_human_instruction else",
+        "    instruction = None if not s.complex_human_instruction else",
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[sana]",),
+    ),
+    Breakage(
+        "SDXL: rows without a negative prompt encode '' instead of zeros",
+        "dit_worker/backends/diffusers/run.py",
+        'fallback = self.settings.negative_prompt or ("" if self.settings.empty_negative == "text" else None)',
+        'fallback = self.settings.negative_prompt or ""',
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[sdxl]",),
+    ),
+    Breakage(
+        "FLUX: guidance not passed (the embedding gets the pipeline's default 3.5)",
+        "dit_worker/backends/diffusers/run.py",
+        '                kwargs["guidance_scale"] = s.cfg_scale\n',
+        "                pass\n",
+        (f"{FAMILIES}::test_family_local_equals_its_pipeline_per_row[flux]",),
+    ),
+    Breakage(
+        "LoRA scale ignored (every adapter at 1)",
+        "dit_worker/backends/diffusers/run.py",
+        "adapter_weights=[lora.scale for lora in settings.loras]",
+        "adapter_weights=[1.0 for lora in settings.loras]",
+        (f"{FAMILIES}::test_lora_adapter_and_its_scale_equal_the_pipeline_with_the_adapter",),
+    ),
+    Breakage(
+        "batch check tolerance ignored",
+        "dit_worker/backends/diffusers/batch_check.py",
+        "        return self.max_diff <= self.tolerance\n",
+        "        return True\n",
+        (f"{FAMILIES}::test_batch_dependent_pipeline_is_refused_by_the_batch_check_and_runs_at_batch_size_one",),
+    ),
+    Breakage(
+        "batch check compares a row with itself (the batch never formed)",
+        "dit_worker/backends/diffusers/batch_check.py",
+        "    together = generator.generate(rows)\n",
+        "    together = torch.cat([generator.generate(_take(rows, [i])) for i in range(len(rows))])\n",
+        (f"{FAMILIES}::test_batch_dependent_pipeline_is_refused_by_the_batch_check_and_runs_at_batch_size_one",),
     ),
 ]
 # The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.

@@ -188,9 +188,9 @@ def test_hand_built_sets_match_what_jobs_generate_writes(tiny_ckpt: Path, tmp_pa
     assert export_main(["--out", str(built), "--npz", str(tmp_path / "built.npz")]) == 0
     check_npz(tmp_path / "built.npz", images, list(range(6)), classes)
 
-    def keys(root: Path) -> list[str]:  # the set, not the writing run's lease (and its hidden lock file)
+    def keys(root: Path) -> list[str]:  # the set, not the writing run's lease (its lock file) and commit index
         files = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name[0] != ".")
-        return sorted(k for k in files if k != "_lease.json")
+        return sorted(k for k in files if k != "_lease.json" and not k.startswith("index/"))
 
     assert keys(made) == keys(built)
     made_table = pq.read_table(made / "metadata" / "part-00001.parquet")

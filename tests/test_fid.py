@@ -47,9 +47,13 @@ GENERATE = ["--local", "--classes", "0,1,2,3", "--per-class", str(N // 4), "--sa
 # The claimed precision (README, Metrics): FID equal to scipy.linalg.sqrtm-based FID to 1e-6.
 # Measured (this CPU): against torch-fidelity's calculate_metrics 2.9e-7 relative (it returns its
 # FID rounded to float32), against scipy on features from its network run here in one batch 4e-10;
-# Inception Score equal to the last bit; precision/recall 1e-8 (torch-fidelity's float32 mean).
+# precision/recall 1e-8 (torch-fidelity's float32 mean). Inception Score: equal to the last bit on
+# an earlier CPU, 8.3e-8 relative on this one (2-core x86 CI machine, torch 2.14.1, torch-fidelity
+# 0.4.0). Both compute the score with the same float64 formula, so the difference is in the float32
+# logits (torch-fidelity feeds the 20 images as one batch, we feed each shard's 8); held to the
+# claimed precision, like FID.
 FID_TOL = 1e-6
-IS_TOL = 1e-9
+IS_TOL = 1e-6
 # One shard's features from the generator's batches vs from jobs.fid's: measured equal (0); the
 # tolerance allows float32 rounding of other batch compositions.
 FEATURE_TOL = 1e-6

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 from test_storage import unwritable_folder
 
+from dit_worker.output.verify import uncommit
 from dit_worker.storage.objects import open_storage
 from jobs.generate import main
 
@@ -42,6 +43,11 @@ METADATA_TYPES = {
 
 def generate(*args: object) -> int:
     return main([str(a) for a in args])
+
+
+def forget(out: Path, shard: int) -> None:
+    """Make `shard` pending again, as a driver that died before recording its commit leaves it."""
+    uncommit(open_storage(str(out)), [shard])
 
 
 def snapshot(out: Path) -> dict[str, str]:
@@ -97,16 +103,15 @@ def test_resume_runs_only_the_pending_shards(tiny_ckpt: Path, tmp_path: Path) ->
     assert generate(*args, "--batch-size", "2", "--out", out) == 0
     first = snapshot(out)
     shard2 = {k: (out / k).read_bytes() for k in first if k.startswith("images/00002/")}
-    # A shard whose worker died before its commit: images maybe written, no metadata part.
-    (out / "metadata" / "part-00002.parquet").unlink()
+    # A shard whose worker died before its commit: images maybe written, not in the commit index.
+    forget(out, 2)
     (out / "images" / "00002" / "00000004.png").unlink()
-    (out / "_SUCCESS").unlink()
 
     assert generate(*args, "--batch-size", "1", "--out", out) == 0  # batch size may change on resume
     summary = json.loads((out / "_SUCCESS").read_text())
     assert (summary["shards_generated"], summary["shards_skipped"], summary["samples_generated"]) == (1, 4, 2)
     after = snapshot(out)
-    untouched = {k: v for k, v in first.items() if "00002" not in k and k != "_SUCCESS"}
+    untouched = {k: v for k, v in first.items() if "00002" not in k and k != "_SUCCESS" and not k.startswith("index/")}
     assert {k: after[k] for k in untouched} == untouched
     assert {k: (out / k).read_bytes() for k in shard2} == shard2
     assert metadata(out)["sample_id"].to_pylist() == list(range(9))
@@ -116,7 +121,10 @@ def test_resume_runs_only_the_pending_shards(tiny_ckpt: Path, tmp_path: Path) ->
     before = snapshot(out)
     assert generate(*args, "--batch-size", "2", "--out", out) == 0
     assert json.loads((out / "_SUCCESS").read_text())["shards_generated"] == 0
-    assert {k: v for k, v in snapshot(out).items() if k != "_SUCCESS"} == before
+    rewritten = ("_SUCCESS", "index/committed.bits")  # the summary, and the index's snapshot (same flags)
+    assert {k: v for k, v in snapshot(out).items() if k not in rewritten} == {
+        k: v for k, v in before.items() if k not in rewritten
+    }
 
 
 def test_rerun_with_a_different_configuration_is_refused(
@@ -170,6 +178,7 @@ def test_parquet_commits_one_data_part_per_shard_and_resumes(tiny_ckpt: Path, tm
         "_lease.json",
         "data/part-00000.parquet",
         "data/part-00001.parquet",
+        "index/committed.bits",
         "job.json",
         "metadata/part-00000.parquet",
         "metadata/part-00001.parquet",
@@ -193,9 +202,8 @@ def test_parquet_commits_one_data_part_per_shard_and_resumes(tiny_ckpt: Path, tm
 
     # A worker that died after writing shard 1's data part, before its metadata part: rerun rewrites it.
     kept = {k: v for k, v in snapshot(out).items() if "00000" in k}
-    (out / "metadata" / "part-00001.parquet").unlink()
+    forget(out, 1)
     (out / "data" / "part-00001.parquet").write_bytes(b"half a parquet file")
-    (out / "_SUCCESS").unlink()
     assert generate(*args, "--format", "parquet", "--out", out) == 0
     assert json.loads((out / "_SUCCESS").read_text())["shards_generated"] == 1
     assert {k: snapshot(out)[k] for k in kept} == kept

@@ -18,6 +18,8 @@ import pyarrow.dataset as ds
 import pytest
 from pyarrow.fs import S3FileSystem
 
+from dit_worker.output.commit_index import committed_shards
+from dit_worker.storage.objects import open_storage
 from jobs.generate import main
 
 T = TypeVar("T")
@@ -149,7 +151,9 @@ def test_killed_worker_has_its_shards_rerun(ray_cluster, s3_server, s3_bucket: s
     assert "died" in ray_cluster.job_logs(sid)
 
 
-def test_stopped_driver_resumes_with_the_same_command(ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path) -> None:
+def test_stopped_driver_resumes_with_the_same_command(
+    ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = ["--model", tiny_ckpt, *SLOW_JOB, *CPU_WORKERS, "--num-workers", 2, "--out", f"s3://{s3_bucket}/stop"]
     sid, _ = generate(ray_cluster, s3_server, *args, wait=False)
     wait_for(lambda: len(committed(s3_server, s3_bucket, "stop")) >= 1, 180, "a first committed shard")
@@ -158,9 +162,13 @@ def test_stopped_driver_resumes_with_the_same_command(ray_cluster, s3_server, s3
     wait_for(lambda: not ray_cluster.actor_pids("ShardWorker"), 60, "the stopped job's workers to exit")
 
     before = objects(s3_server, s3_bucket, "stop")
-    parts = [k for k in before if k.startswith("metadata/part-")]
-    assert 1 <= len(parts) < 16 and "_SUCCESS" not in before
-    shards = {k.removeprefix("metadata/part-").removesuffix(".parquet") for k in parts}
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    # Committed: recorded in the commit index (a part written while the driver stopped is made again).
+    recorded = committed_shards(open_storage(f"s3://{s3_bucket}/stop", s3_endpoint=s3_server.endpoint))
+    parts = [f"metadata/part-{k:05d}.parquet" for k in sorted(recorded)]
+    assert 1 <= len(parts) < 16 and "_SUCCESS" not in before and set(parts) <= set(before)
+    shards = {f"{k:05d}" for k in recorded}
     kept = {
         k: v
         for k, v in before.items()

@@ -28,6 +28,8 @@ from test_job_ray import (  # noqa: F401 - _no_leftover_workers: each Ray test s
 )
 
 from dit_worker.output.reader import OutputSet
+from dit_worker.output.verify import uncommit
+from dit_worker.storage.objects import open_storage
 from jobs.generate import main
 
 CPU = ["--device", "cpu", "--dtype", "float32"]
@@ -120,6 +122,17 @@ CASES = {
         {"steps": 3, "cfg_scale": 7.5},
         "prompt",
     ),
+    "flux": (
+        "flux_ckpt",
+        ["--steps", 3, "--cfg-scale", 6.0, "--height", 48, "--width", 64, "--max-sequence-length", 24,
+         "--manifest", "MANIFEST"],
+        [{"sample_id": 4, "prompt": "a red cat at night", "seed": 11},
+         {"sample_id": 5, "prompt": "a blue house over the sea", "seed": 11},
+         {"sample_id": 6, "prompt": "a green tree near the river", "seed": 12},
+         {"sample_id": 7, "prompt": "a red cat at night", "seed": 13}],
+        {"steps": 3, "cfg_scale": 6.0, "height": 48, "width": 64, "max_sequence_length": 24},
+        "prompt",
+    ),
     "ddim": (
         "ddim_ckpt",
         ["--num-samples", 5, "--sampler", "ddim", "--eta", 0.5, "--steps", 3],  # eta: per-sample noise every step
@@ -187,15 +200,14 @@ def test_text_to_image_job_survives_a_killed_worker_resumes_and_refuses_a_change
     # A shard whose worker died before its commit, rerun here with --local: only it is made again.
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    client = s3_server.client()
-    client.delete_object(Bucket=s3_bucket, Key="kill/metadata/part-00005.parquet")
-    client.delete_object(Bucket=s3_bucket, Key="kill/_SUCCESS")
+    uncommit(open_storage(f"s3://{s3_bucket}/kill", s3_endpoint=s3_server.endpoint), [5])  # not recorded
     before = {k: v for k, v in objects(s3_server, s3_bucket, "kill").items() if "00005" not in k}
     assert run("--local", *args, *CPU, "--out", out) == 0, capsys.readouterr().err[-2000:]
     summary = success(s3_server, s3_bucket, "kill")
     assert (summary["shards_generated"], summary["shards_skipped"]) == (1, 15)
     after = objects(s3_server, s3_bucket, "kill")
-    control = ("_SUCCESS", "_lease.json")  # rewritten by every run; the images and parts must not be
+    control = ("_SUCCESS", "_lease.json", "index/committed.bits")  # rewritten by every run; the images and
+    # parts must not be
     assert {k: after[k] for k in before if k not in control} == {k: v for k, v in before.items() if k not in control}
     check_complete(s3_server, s3_bucket, "kill", 64)
 
@@ -210,12 +222,12 @@ def test_text_to_image_job_survives_a_killed_worker_resumes_and_refuses_a_change
 
 @pytest.fixture
 def bad_model(tmp_path: Path, ddim_ckpt: Path) -> Path:
-    """A pipeline directory whose class the job does not run."""
+    """A pipeline directory whose class diffusers does not have."""
     import shutil
 
-    path = Path(shutil.copytree(ddim_ckpt, tmp_path / "kandinsky"))
+    path = Path(shutil.copytree(ddim_ckpt, tmp_path / "my-own"))
     index = json.loads((path / "model_index.json").read_text())
-    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "MyOwnPipeline"}))
     return path
 
 
@@ -254,9 +266,10 @@ BAD = {
     "sequence length for SD": ("sd_ckpt", ["--prompts", "PROMPTS", "--per-prompt", 1, "--max-sequence-length", 8],
                                "--max-sequence-length: StableDiffusionPipeline does not take it"),
     "unsupported pipeline": ("bad_model", ["--num-samples", 1],
-                             "pipeline class 'KandinskyPipeline' is not supported; supported: DiTPipeline, "
-                             "PixArtSigmaPipeline, PixArtAlphaPipeline, StableDiffusionPipeline, DDIMPipeline, "
-                             "DDPMPipeline"),
+                             "pipeline class 'MyOwnPipeline' is not a diffusers pipeline; supported: DiTPipeline, "
+                             "PixArtSigmaPipeline, PixArtAlphaPipeline, StableDiffusionPipeline, "
+                             "StableDiffusion3Pipeline, FluxPipeline, SanaPipeline, StableDiffusionXLPipeline, "
+                             "DDIMPipeline, DDPMPipeline, and any other diffusers pipeline class"),
 }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 import pytest
 from safetensors.torch import load_file, save_file
 
+from dit_worker.output.commit_index import committed_shards
 from dit_worker.output.lease import LeaseLost, acquire, holds
 from dit_worker.storage.objects import open_storage
 from jobs.generate import main
@@ -84,6 +85,7 @@ def test_a_second_run_on_a_held_output_is_refused(tiny_ckpt: Path, tmp_path: Pat
             assert proc.returncode == 2, proc.stderr[-2000:]
             assert lines[-1].startswith("error: ") and refusal in lines[-1], lines
             assert "is being written by another run" in lines[-1] or "different configuration" in lines[-1]
+            assert not [line for line in lines if "ready:" in line], lines  # refused before a worker loaded a model
             assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
         first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:] if first.stderr else ""
@@ -99,9 +101,11 @@ def test_a_killed_driver_lease_is_taken_over_after_it_expires(
     tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    job = [*slow_job(tiny_ckpt), "--lease-ttl", "4"]
+    # 200 steps a shard: the run outlasts the index's first logs (LOG_SECONDS), so it dies mid-run.
+    job = [*slow_job(tiny_ckpt), "--steps", "200", "--lease-ttl", "4"]
     proc = popen_job(out, *job)
-    wait_for(lambda: len(list(out.glob("metadata/*.parquet"))) >= 2, 120, "two committed shards")
+    recorded = lambda: len(committed_shards(open_storage(str(out)))) if (out / "index").is_dir() else 0  # noqa: E731
+    wait_for(lambda: recorded() >= 2, 120, "two shards recorded in the commit index")
     proc.send_signal(signal.SIGKILL)  # the driver dies mid-run: no release, no _SUCCESS
     proc.wait(timeout=30)
     assert generate(*job, "--out", out) == 2
@@ -120,10 +124,11 @@ def test_concurrent_acquires_have_one_winner_and_commits_are_fenced(
         monkeypatch.setenv(key, value)
     for url in (str(tmp_path / "out"), f"s3://{s3_bucket}/fenced"):
         storage = open_storage(url, s3_endpoint=s3_server.endpoint)
-        mine = acquire(storage, ttl=0.5)
+        # A ttl of seconds, not fractions: on a loaded machine one S3 round trip can take half a second.
+        mine = acquire(storage, ttl=3.0)
         with pytest.raises(ValueError, match="is being written by another run"):
-            acquire(storage, ttl=0.5)
-        time.sleep(0.6)  # expired: exactly one of two takers wins the compare-and-swap
+            acquire(storage, ttl=3.0)
+        time.sleep(3.2)  # expired: exactly one of two takers wins the compare-and-swap
         theirs = acquire(storage, ttl=30)
         assert holds(storage, theirs.token) and not holds(storage, mine.token)
         with pytest.raises(LeaseLost):
@@ -183,19 +188,21 @@ def test_resume_regenerates_shards_whose_images_are_gone_or_changed(
     (out / "images" / "00000" / "00000001.png").unlink()  # deleted
     truncated = out / "images" / "00002" / "00000004.png"
     truncated.write_bytes(truncated.read_bytes()[:-10])  # size differs from the metadata
+    # A plain rerun trusts the commit index (a resume costs O(pending), not a read of every shard) ...
     assert generate(*JOB, "--model", tiny_ckpt, "--out", out) == 0
+    assert json.loads((out / "_SUCCESS").read_text())["shards_repaired"] == 0
+    # ... and --verify checks every committed shard's objects, regenerating the broken ones.
+    assert generate(*JOB, "--model", tiny_ckpt, "--verify", "--out", out) == 0
     summary = json.loads((out / "_SUCCESS").read_text())
     assert (summary["shards_repaired"], summary["shards_generated"], summary["samples_generated"]) == (2, 2, 4)
     assert {k: (out / k).read_bytes() for k in good} == good
     rows_check(out, 6)
 
-    # Same size, other bytes: only the sha256 check sees it, with --verify (or jobs.verify --full).
+    # Same size, other bytes: only the sha256 check sees it (--verify, or jobs.verify --full).
     flipped = out / "images" / "00001" / "00000002.png"
     data = bytearray(flipped.read_bytes())
     data[-20] ^= 0xFF
     flipped.write_bytes(bytes(data))
-    assert generate(*JOB, "--model", tiny_ckpt, "--out", out) == 0
-    assert json.loads((out / "_SUCCESS").read_text())["shards_repaired"] == 2  # unchanged: not noticed
     from jobs.verify import main as verify
 
     assert verify(["--out", str(out)]) == 0
@@ -206,7 +213,8 @@ def test_resume_regenerates_shards_whose_images_are_gone_or_changed(
     assert json.loads(report.out)["shards_broken"] == [1]
     assert verify(["--out", str(out), "--full", "--repair"]) == 0
     assert not (out / "metadata" / "part-00001.parquet").exists() and not (out / "_SUCCESS").exists()
-    assert generate(*JOB, "--model", tiny_ckpt, "--verify", "--out", out) == 0
+    assert 1 not in committed_shards(open_storage(str(out)))
+    assert generate(*JOB, "--model", tiny_ckpt, "--out", out) == 0
     assert flipped.read_bytes() == good["images/00001/00000002.png"]
     rows_check(out, 6)
 
@@ -222,7 +230,7 @@ def test_verify_and_resume_on_s3(tiny_ckpt: Path, s3_server, s3_bucket: str, cap
 
     assert verify(["--out", url]) == 1
     assert "shard 00001: " in capsys.readouterr().err
-    assert generate(*JOB, "--model", tiny_ckpt, "--out", url) == 0
+    assert generate(*JOB, "--model", tiny_ckpt, "--verify", "--out", url) == 0
     assert json.loads(client.get_object(Bucket=s3_bucket, Key="set/_SUCCESS")["Body"].read())["shards_repaired"] == 1
     assert verify(["--out", url, "--full"]) == 0
 
@@ -335,3 +343,43 @@ def test_bad_inputs_are_one_line(tiny_ckpt: Path, tmp_path: Path, capsys, s3_ser
             assert export_npz(["--out", url, "--npz", str(tmp_path / "x.npz")]) == 2, name
             line = last_line(capsys)
             assert line.startswith("error: ") and expected in line, (name, line)
+
+
+def test_the_fingerprint_moves_with_every_recorded_field(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """Weights bytes, format, dtype and device kind each change the fingerprint; the same inputs do not."""
+    import hashlib as _hashlib
+    import shutil
+
+    from dit_worker.driver.config import JobConfig
+    from dit_worker.driver.model_info import inspect_model
+    from dit_worker.driver.record import job_record
+    from dit_worker.driver.rows import job_rows
+
+    base = {"model": str(tiny_ckpt), "classes": ("1", "2"), "per_class": 2, "out": str(tmp_path / "o"),
+            "device": "cpu", "dtype": "float32", "num_gpus_per_worker": 0, "num_workers": 1}  # fmt: skip
+
+    def record(**change: object) -> dict:
+        config = JobConfig.model_validate(base | change)
+        info = inspect_model(config)
+        return job_record(config, info, job_rows(config, info))
+
+    ref = record()
+    assert record()["fingerprint_sha256"] == ref["fingerprint_sha256"]  # deterministic
+    cuda = {"device": "cuda", "num_gpus_per_worker": 1}  # a cluster's GPU workers: planned here, run there
+    for change, field in (({"dtype": "bfloat16"}, "dtype"), (cuda, "device"),
+                          ({"format": "webdataset"}, "format")):  # fmt: skip
+        other = record(**change)
+        assert other["fingerprint"][field] != ref["fingerprint"][field], field
+        assert other["fingerprint_sha256"] != ref["fingerprint_sha256"], field
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_ckpt, copy)
+    weights = copy / "vae" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor's last value
+    weights.write_bytes(bytes(data))
+    moved = record(model=str(copy))
+    assert moved["fingerprint"]["weights_sha256"] != ref["fingerprint"]["weights_sha256"]
+    assert moved["weights"]["files"]["vae/diffusion_pytorch_model.safetensors"] == _hashlib.sha256(data).hexdigest()
+    same = tmp_path / "same"
+    shutil.copytree(tiny_ckpt, same)  # the same bytes elsewhere: the same fingerprint
+    assert record(model=str(same))["fingerprint_sha256"] == ref["fingerprint_sha256"]

@@ -1,8 +1,9 @@
 """Backends chosen by the checkpoint (docs/backends.md): `model_index.json`'s `_class_name` picks one.
 
 `DiTPipeline` (and an original `.pt`, or a directory without model_index.json) runs on the native
-fast path; the diffusers pipeline classes in `SUPPORTED` run through diffusers itself. Anything else
-is refused, naming the supported classes.
+fast path; the diffusers pipeline families in `SUPPORTED` run through diffusers itself, first-class;
+any other diffusers pipeline class runs through the generic path (prompts as text, after a batch
+check). A class diffusers does not have is refused, naming the supported ones.
 
     spec = inspect_model("PixArt-Sigma-XL-2-1024-MS", None)  # driver: configs only
     settings = spec.resolve(GenerationRequest(...))
@@ -22,7 +23,8 @@ from dit_worker.backends.base import (
     Rows,
     TextEncoderPlacement,
 )
-from dit_worker.backends.diffusers.resolve import FAMILIES, DiffusersSettings, inspect_diffusers
+from dit_worker.backends.diffusers.families import FAMILIES
+from dit_worker.backends.diffusers.resolve import DiffusersSettings, inspect_diffusers, is_pipeline_class
 from dit_worker.backends.diffusers.run import DiffusersGenerator
 from dit_worker.backends.native.backend import PIPELINE_CLASS, NativeGenerator, inspect_native
 from dit_worker.backends.settings import SamplingSettings
@@ -41,8 +43,11 @@ def pipeline_class(model: str) -> str:
     if root.is_file() or not index.is_file():
         return PIPELINE_CLASS
     name = read_json(index).get("_class_name")
-    if name not in SUPPORTED:
-        raise CheckpointError(f"{index}: pipeline class {name!r} is not supported; supported: {', '.join(SUPPORTED)}")
+    if name not in SUPPORTED and not (isinstance(name, str) and is_pipeline_class(name)):
+        raise CheckpointError(
+            f"{index}: pipeline class {name!r} is not a diffusers pipeline; supported: {', '.join(SUPPORTED)}, "
+            "and any other diffusers pipeline class through the generic path (docs/backends.md)"
+        )
     return str(name)
 
 

@@ -8,7 +8,7 @@ written; on each worker a `Generator`, the loaded model, which turns a batch of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +47,13 @@ class GenerationRequest(BaseModel):
     max_sequence_length: int | None = Field(None, ge=1)
     clean_caption: bool | None = None
     negative_prompt: str | None = None
+    # diffusers pipelines (docs/backends.md, "Options"): extra __call__ keywords (JSON values), LoRA
+    # adapters as (path or hub id, scale), weight variant and hub revision, dtypes per component.
+    pipeline_args: dict[str, Any] = {}
+    loras: tuple[tuple[str, float], ...] = ()
+    variant: str | None = None
+    revision: str | None = None
+    component_dtypes: dict[str, str] = {}
 
     def given(self) -> set[str]:
         """The sampling fields set explicitly (command-line flags), by name."""

@@ -7,6 +7,15 @@ from collections.abc import Mapping, Sequence
 
 
 class ClassNames:
+    """Class ids and their names (a model's `id2label`): ids by name, names by id.
+
+    A label "tiger shark, Galeocerdo cuvieri" answers to the whole text and to each comma-separated
+    part, case-insensitively. Usage::
+
+        names = ClassNames({3: "tiger shark, Galeocerdo cuvieri"}, num_classes=1000)
+        names.ids("Tiger Shark")  # [3]
+    """
+
     def __init__(self, id2label: Mapping[int, str], num_classes: int) -> None:
         self.labels = dict(sorted(id2label.items()))
         self.num_classes = num_classes

@@ -14,6 +14,14 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 
 
 class SamplingSettings(BaseModel):
+    """How to sample: the sampler, its steps and the classifier-free guidance (validated once).
+
+    For DiT these are the settings themselves; a diffusers backend resolves them against its own
+    defaults (`backends.diffusers.resolve`). Usage::
+
+        SamplingSettings(sampler="ddim", steps=50, cfg_scale=4.0, cfg_channels=4)
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sampler: SamplerName = "ddpm"

@@ -23,6 +23,8 @@ CHUNK = 16 << 20
 
 @dataclass(frozen=True)
 class WeightsIdentity:
+    """A model known by content: the sha256 of each of its weight files, and the hub revision it came from."""
+
     files: dict[str, str]  # file name (relative to its checkpoint folder) -> sha256
     revision: str | None  # the hub commit a hub id resolved to
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from urllib.parse import urlparse
 
 from dit_worker.checkpoints.errors import CheckpointError
-from dit_worker.storage.node_cache import cache_root, node_lock
+from dit_worker.storage.node_cache import cached_prefix
+from dit_worker.storage.objects import StorageError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # tokenizer/: the text-to-image pipelines' tokenizers (docs/backends.md).
@@ -65,39 +64,9 @@ def _weight_patterns(repo_id: str) -> list[str]:
 
 
 def s3_snapshot(url: str, what: str = "model") -> Path:
-    """Copy an s3:// prefix into this node's cache once; the endpoint comes from AWS_ENDPOINT_URL.
-
-    A `.complete` marker, written after every file, makes a half-finished copy (a process killed
-    mid-download) invisible: the next caller starts over.
-    """
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    parsed = urlparse(url)
-    bucket, prefix = parsed.netloc, parsed.path.strip("/")
-    if not bucket:
-        raise CheckpointError(f"{what} {url!r}: missing bucket name; expected s3://bucket/prefix")
-    target = cache_root() / "s3" / bucket / prefix
-    marker = target / ".complete"
-    if marker.is_file():
-        return target
-    with node_lock(target.parent / f".{target.name}.lock"):
-        if marker.is_file():
-            return target
-        client = boto3.session.Session().client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
-        key_prefix = f"{prefix}/" if prefix else ""
-        try:
-            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix)
-            keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-            if not keys:
-                raise CheckpointError(f"{what} {url!r}: no objects under this prefix")
-            for key in keys:
-                path = target / key[len(key_prefix) :]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.part")
-                client.download_file(bucket, key, str(tmp))
-                os.replace(tmp, path)
-        except (BotoCoreError, ClientError) as err:
-            raise CheckpointError(f"{what} {url!r}: cannot read it from S3 ({err})") from None
-        marker.write_text(url + "\n")
-    return target
+    """An s3:// prefix copied into this node's cache once, through the one storage layer (endpoint:
+    AWS_ENDPOINT_URL, as the job's --s3-endpoint sets it for its workers)."""
+    try:
+        return cached_prefix(url)
+    except StorageError as err:
+        raise CheckpointError(f"{what} {url!r}: {err}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class JobConfig(BaseModel):
+    """A generation job's whole configuration, validated once at the edge (docs/cli.md); each field
+    is one `jobs.generate` flag.
+
+    Usage::
+
+        config = JobConfig(model="facebook/DiT-XL-2-256", classes=("golden retriever",), per_class=4,
+                           out="s3://bucket/run", sampling={"sampler": "ddim", "steps": 50})
+        summary = run_job(config)
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = Field(min_length=1)
@@ -50,6 +61,11 @@ class JobConfig(BaseModel):
     max_sequence_length: int | None = Field(None, ge=1)
     clean_caption: bool | None = None  # PixArt's caption cleaning; None: diffusers' default (on)
     text_encoder: TextEncoderPlacement = "device"
+    # diffusers pipelines (docs/backends.md, "Options"), as given on the command line.
+    pipeline_arg: tuple[str, ...] = ()  # KEY=VALUE, the value JSON where it parses as JSON, else text
+    lora: tuple[str, ...] = ()  # PATH_OR_HUB_ID[:SCALE]
+    variant: str | None = Field(None, min_length=1)
+    component_dtype: tuple[str, ...] = ()  # COMPONENT=DTYPE
 
     batch_size: int | Literal["auto"] = 32  # auto: the largest that fits, measured by each worker
     shard_size: int = Field(1000, ge=1)
@@ -98,8 +114,37 @@ class JobConfig(BaseModel):
         sampling = {**(data.get("sampling") or {}), **fixed["sampling"]}
         return {**data, "per_class": fixed["per_class"], "sampling": sampling}
 
+    @field_validator("pipeline_arg", "component_dtype")
+    @classmethod
+    def _key_values(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            key, sep, _ = item.partition("=")
+            if not sep or not key.isidentifier():
+                raise ValueError(f"{item!r} is not KEY=VALUE with KEY a keyword name")
+        return value
+
+    @field_validator("component_dtype")
+    @classmethod
+    def _dtypes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if item.partition("=")[2] not in DTYPES:
+                raise ValueError(f"{item!r}: the dtype must be one of {', '.join(DTYPES)}")
+        return value
+
+    @field_validator("lora")
+    @classmethod
+    def _loras(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            lora_source(item)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> JobConfig:
+        if self.lora and self.text_encoder == "shard-first":
+            raise ValueError(
+                "--lora with --text-encoder shard-first: shard-first reads the encoders again without the adapter; "
+                "use --text-encoder device or cpu"
+            )
         if self.manifest is not None and (self.per_class is not None or self.classes is not None):
             raise ValueError("--manifest lists the samples itself; drop --classes and --per-class")
         if self.inception_weights is not None and not self.metrics:
@@ -167,6 +212,10 @@ class JobConfig(BaseModel):
             max_sequence_length=self.max_sequence_length,
             clean_caption=self.clean_caption,
             negative_prompt=self.negative_prompt,
+            pipeline_args={k: v for k, _, v in (parse_pipeline_arg(a) for a in self.pipeline_arg)},
+            loras=tuple(lora_source(item) for item in self.lora),
+            variant=self.variant,
+            component_dtypes=dict(item.split("=", 1) for item in self.component_dtype),
         )
 
     @property
@@ -185,6 +234,30 @@ class JobConfig(BaseModel):
         """The resolved dtype name: bfloat16 on GPU and float32 on CPU unless --dtype says otherwise."""
         resolved = resolve_dtype(self.dtype, torch.device(self.worker_device))
         return next(name for name, dtype in DTYPES.items() if dtype == resolved)
+
+
+def parse_pipeline_arg(item: str) -> tuple[str, str, Any]:
+    """KEY=VALUE: the value as JSON (true, 2.5, [1, 2], "text") where it parses, else the text itself."""
+    key, sep, text = item.partition("=")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    return key, sep, value
+
+
+def lora_source(item: str) -> tuple[str, float]:
+    """PATH_OR_HUB_ID[:SCALE] -> (source, scale); the scale defaults to 1."""
+    source, sep, scale = item.rpartition(":")
+    if not sep or "/" in scale or scale.startswith("//"):
+        return item, 1.0
+    try:
+        value = float(scale)
+    except ValueError:
+        raise ValueError(f"{item!r}: the scale after ':' must be a number (PATH_OR_HUB_ID[:SCALE])") from None
+    if not source or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{item!r}: give PATH_OR_HUB_ID[:SCALE] with a finite scale")
+    return source, value
 
 
 def flag(field: str) -> str:

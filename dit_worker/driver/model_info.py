@@ -17,6 +17,9 @@ from dit_worker.driver.errors import JobError
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What the driver knows of the model before any weights load: its spec, the resolved settings and the weights'
+    identity."""
+
     spec: ModelSpec
     settings: BaseModel  # resolved: SamplingSettings (DiT) or DiffusersSettings; all of it is fingerprinted
     weights: WeightsIdentity  # sha256 of every weight file: the fingerprint knows the model by content
@@ -47,4 +50,9 @@ def inspect_model(config: JobConfig) -> ModelInfo:
         settings = spec.resolve(config.request)
     except ValueError as err:
         raise JobError(f"settings for {spec.pipeline_class}: {err}") from None
+    if getattr(settings, "generic", False) and config.text_encoder != "device":
+        raise JobError(
+            f"--text-encoder {config.text_encoder}: {spec.pipeline_class} runs through the generic path, which "
+            "passes prompts to the pipeline as text; only --text-encoder device is possible"
+        )
     return ModelInfo(spec, settings, checkpoint_identity(config.model, config.vae))

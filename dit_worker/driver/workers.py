@@ -19,7 +19,7 @@ PLACEMENT_HINT = (
 )
 
 
-def worker_spec(config: JobConfig, info: ModelInfo, lease_token: str | None) -> WorkerSpec:
+def worker_spec(config: JobConfig, info: ModelInfo) -> WorkerSpec:
     """What each worker is built from: the model, its resolved settings and the output."""
     return WorkerSpec(
         model=config.model,
@@ -35,7 +35,6 @@ def worker_spec(config: JobConfig, info: ModelInfo, lease_token: str | None) -> 
         s3_endpoint=config.s3_endpoint,
         retry_mode=config.s3_retry_mode,
         format=config.format,
-        lease_token=lease_token,
         encoding=config.encoding,
         io_threads=config.io_threads,
         diffusers=info.settings if isinstance(info.settings, DiffusersSettings) else None,

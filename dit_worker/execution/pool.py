@@ -57,12 +57,20 @@ class ActorPool(Generic[T, R]):
         # cluster's size), then grow towards `num_workers` (None: as many as the nodes hold).
         self.min_workers = min_workers or num_workers or 1
         self.count = 0
+        self.room: int | None = None  # actors that fit, once placed
         self.stats = PoolStats(0, 0, 0.0, 0.0)
         self._last_grow = 0.0
 
+    def place(self) -> None:
+        """Check that the actors fit (PlacementError otherwise), starting none of them yet."""
+        self.room = self.actors.place(self.min_workers)
+
     def start(self) -> None:
-        """Check placement (PlacementError), then start the actors; they load in the background."""
-        count = self._target(self.actors.place(self.min_workers))
+        """Start the actors (placed first if `place` was not called); they load in the background."""
+        if self.room is None:
+            self.place()
+        assert self.room is not None
+        count = self._target(self.room)
         for i in range(count):
             self.actors.spawn(i)
         self.count = count

@@ -43,6 +43,14 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Samples:
+    """A job's rows as columns (no Python object per row): sample id, seed and the conditioning.
+
+    Slicing (`samples[a:b]`) gives a shard's rows; `rows()` the lists a backend takes. Usage::
+
+        samples = from_classes([207, 360], per_class=4, global_seed=0)  # 8 rows, seeds = sample ids
+        samples[0:4].class_id  # array([207, 207, 207, 207], dtype=int32)
+    """
+
     sample_id: np.ndarray  # int64, strictly increasing
     class_id: np.ndarray | None  # int32; None: the rows carry no class (text-to-image, unconditional)
     seed: np.ndarray  # int64, in [0, 2**63)

@@ -175,6 +175,8 @@ def feature_pool(settings: FidSettings, weights: InceptionWeights, models: Embed
         placement_hint="lower --num-workers or --num-gpus-per-worker, or add nodes",
     )
     pool.start()
+    if not local:
+        log.info("Ray: %d feature actor(s), %.2g GPU each (cluster has %.3g GPUs)", pool.count, per_worker, gpus)
     return pool
 
 

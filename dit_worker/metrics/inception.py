@@ -103,6 +103,8 @@ def resolve_inception_weights(spec: str | None, *, s3_endpoint: str | None = Non
 
 @dataclass(frozen=True)
 class FeatureBatch:
+    """Inception-v3 features of a batch of images: pool (FID, precision/recall), logits (IS) and spatial (sFID)."""
+
     pool: np.ndarray  # [N, 2048] float32
     logits: np.ndarray  # [N, 1008] float32
     spatial: np.ndarray  # [N, 2023] float32

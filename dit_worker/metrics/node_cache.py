@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dit_worker.metrics.errors import MetricsInputError
-from dit_worker.storage.node_cache import cache_root, node_lock
-from dit_worker.storage.objects import S3Storage, open_storage
+from dit_worker.storage.node_cache import cached_object
 
 
 def local_file(url: str, *, flag: str, cache: str, s3_endpoint: str | None = None, hint: str = "") -> tuple[Path, str]:
@@ -22,14 +21,7 @@ def local_file(url: str, *, flag: str, cache: str, s3_endpoint: str | None = Non
             raise MetricsInputError(f"{flag} {url}: no such file{hint}")
         st = path.stat()
         return path, f"{st.st_size}-{st.st_mtime_ns}"
-    parent, _, name = url.rstrip("/").rpartition("/")
-    store = open_storage(parent, s3_endpoint=s3_endpoint)
-    assert isinstance(store, S3Storage)
-    info = store.stat(name)
-    if info is None:
+    cached = cached_object(url, cache, s3_endpoint)
+    if cached is None:
         raise MetricsInputError(f"{flag} {url}: no such object{hint}")
-    path = cache_root() / cache / info.etag / name
-    with node_lock(path.parent / f".{name}.lock"):  # one download per node; the others wait and reuse it
-        if not path.is_file():
-            store.download(name, path)
-    return path, info.etag
+    return cached

@@ -48,6 +48,9 @@ CHUNK = 256  # reference images per feature task
 
 
 class Reference(ABC):
+    """The images a set is compared with (an ADM .npz, an image folder, another output set): their features as tasks on
+    the pool, or their stored statistics."""
+
     url: str
     kind: str
     image_size: tuple[int, int] | None  # (height, width); None when the reference holds no images
@@ -76,6 +79,9 @@ class Reference(ABC):
 
 
 class AdmReference(Reference):
+    """An ADM reference batch (.npz): its images (`arr_0`, labels in `arr_1`) and, where present, its precomputed
+    `mu`/`sigma` statistics."""
+
     kind = "adm-npz"
 
     def __init__(self, url: str, path: Path, etag: str) -> None:
@@ -127,6 +133,9 @@ class AdmReference(Reference):
 
 
 class ImageFolderReference(Reference):
+    """Reference images in a local folder or under an s3:// prefix, all of one size; class ids from sub-folder names
+    where they are class ids or ImageNet WordNet ids."""
+
     kind = "images"
 
     def __init__(self, url: str, storage: Storage, s3_endpoint: str | None) -> None:
@@ -153,6 +162,8 @@ class ImageFolderReference(Reference):
 
 
 class OutputSetReference(Reference):
+    """Another complete dit-worker output set as the reference (its stored features are reused when they match)."""
+
     kind = "dit-worker-output"
 
     def __init__(self, url: str, output: OutputSet, s3_endpoint: str | None) -> None:

@@ -44,6 +44,9 @@ def shard_digest(image_sha256: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class ShardStatistics:
+    """Features of one shard (or reference chunk): per-sample pool features and logits, and the mergeable moments of
+    the pool and spatial features."""
+
     weights_id: str
     sample_ids: np.ndarray  # [n] int64
     class_ids: np.ndarray  # [n] int32 (-1 when unknown)

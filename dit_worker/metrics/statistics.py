@@ -17,6 +17,9 @@ from dit_worker.metrics.frechet import Gaussian
 
 @dataclass(frozen=True)
 class FeatureMoments:
+    """Sums that merge by addition (count, sum of x, sum of x xᵀ in float64): a Gaussian's mean and covariance without
+    holding the samples."""
+
     count: int
     total: np.ndarray  # [D] float64, sum of x
     outer: np.ndarray  # [D, D] float64, sum of x x^T

@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from dit_worker.storage.objects import Storage
-
 # png: one object per image; webdataset: one tar per shard; parquet: one data part per shard (docs/output.md).
 OutputFormat = Literal["png", "webdataset", "parquet"]
 JOB_KEY = "job.json"
@@ -38,8 +36,3 @@ def member_name(sample_id: int, extension: str) -> str:
 
 def part_key(shard: int) -> str:
     return f"{METADATA_PREFIX}{shard:05d}.parquet"
-
-
-def committed_shards(storage: Storage) -> set[int]:
-    """Shards whose metadata part exists: the part is written last, so these are complete."""
-    return {int(m[1]) for obj in storage.list(METADATA_PREFIX) if (m := PART_KEY.match(obj.key))}

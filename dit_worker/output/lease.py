@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from dit_worker.driver.errors import JobError
 from dit_worker.execution.tries import PermanentError
 from dit_worker.output.layout import LEASE_KEY
 from dit_worker.storage.objects import Storage, StorageError
@@ -32,8 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_S = 120.0
 
 
-class LeaseHeld(JobError):
-    """Another run holds the output's lease."""
+class LeaseHeld(ValueError):
+    """Another run holds the output's lease: refused before anything is written (exit 2)."""
 
 
 class LeaseLost(PermanentError):
@@ -46,6 +45,9 @@ def _iso(t: float) -> str:
 
 @dataclass
 class Lease:
+    """A lease this run holds on an output: its token, holder and ttl, and the ETag that its next renewal must match
+    (compare-and-swap)."""
+
     storage: Storage
     token: str
     holder: str
@@ -143,6 +145,7 @@ class LeaseKeeper:
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.lost: LeaseLost | None = None
+        self._renewed = time.monotonic()  # the last time the lease was known to be ours
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="lease", daemon=True)
 
@@ -163,6 +166,7 @@ class LeaseKeeper:
         while not self._stop.wait(self.lease.ttl / 4):
             try:
                 self.lease.renew()
+                self._renewed = time.monotonic()
             except LeaseLost as err:
                 self.lost = err
                 log.error("%s", err)
@@ -171,5 +175,13 @@ class LeaseKeeper:
                 log.warning("could not renew the lease (%s); retrying", err)
 
     def check(self) -> None:
+        """Raise LeaseLost once the lease was taken over, or once it went unrenewed for 3/4 of its ttl
+        (an outage): from then on another run may take the output over at any moment."""
         if self.lost is not None:
             raise self.lost
+        unrenewed = time.monotonic() - self._renewed
+        if unrenewed > 0.75 * self.lease.ttl:
+            raise LeaseLost(
+                f"{self.lease.storage.child(LEASE_KEY)}: the lease could not be renewed for {unrenewed:.0f} s "
+                f"(--lease-ttl {self.lease.ttl:g}); another run may take the output over, so this one stops"
+            )

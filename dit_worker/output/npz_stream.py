@@ -87,6 +87,8 @@ def open_npz_array(path: Path, name: str) -> Iterator[NpzArrayReader]:
 
 
 class NpzArrayReader:
+    """Reads one .npy member of an .npz in row chunks, without loading the whole array."""
+
     def __init__(self, stream: IO[bytes], name: str) -> None:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):

@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from dit_worker.output.commit_index import committed_shards
 from dit_worker.output.encoding import FORMAT_OF_SUFFIX, ImageFormat, format_of_key
-from dit_worker.output.layout import SUCCESS_KEY, committed_shards, part_key
+from dit_worker.output.layout import SUCCESS_KEY, part_key
 from dit_worker.output.parquet_images import IMAGE_COLUMN
 from dit_worker.storage.objects import Storage, open_storage
 
@@ -67,6 +68,8 @@ class Shard:
 
 @dataclass(frozen=True)
 class Sample:
+    """One stored sample read back: its id, class id (-1 for none) and decoded RGB image."""
+
     sample_id: int
     class_id: int  # -1: no class
     image: np.ndarray  # uint8 [H, W, 3]
@@ -156,6 +159,16 @@ class _TarMembers:
 
 
 class OutputSet:
+    """A generated set read back through its committed metadata parts (local folder or s3://).
+
+    Usage::
+
+        output = OutputSet.open("s3://bucket/fid50k")
+        output.require_complete(allow_partial=False)  # OutputSetError unless _SUCCESS is there
+        for sample in output.iter_samples():  # by shard, then sample_id; sha256 checked on read
+            sample.sample_id, sample.class_id, sample.image  # image: uint8 [H, W, 3]
+    """
+
     def __init__(self, storage: Storage, shards: Sequence[Shard], complete: bool) -> None:
         self.storage = storage
         self.url = storage.url

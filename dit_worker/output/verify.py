@@ -3,21 +3,34 @@ recorded size (one listing per shard folder, so cheap at a million images), and 
 image's bytes match the recorded sha256 (which reads them all).
 
 A shard that fails is uncommitted by removing its metadata part (and `_SUCCESS` first, since the set is
-then incomplete): the next run of the same job regenerates exactly those shards.
+then incomplete): the next run of the same job regenerates exactly those shards. `verify_output`
+(python -m jobs.verify) checks a whole set through the one pool, in this process or on Ray actors.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from dit_worker.execution.pool import make_pool
+from dit_worker.execution.tries import TaskQueue
+from dit_worker.output.commit_index import CommitIndex, committed_shards
 from dit_worker.output.layout import SUCCESS_KEY, part_key
+from dit_worker.output.lease import DEFAULT_TTL_S, LeaseKeeper, acquire
 from dit_worker.output.reader import OutputSet, OutputSetError, Shard, prefetch
-from dit_worker.storage.objects import Storage
+from dit_worker.storage.objects import Storage, open_storage
+
+CHECKS_IN_FLIGHT = 8  # per checker: shard checks wait on storage, not on the CPU
+MAX_TRIES = 3  # a check that raised (an outage) is tried again
 
 
 @dataclass(frozen=True)
 class ShardReport:
+    """What a check found wrong with one committed shard."""
+
     shard: int
     problems: tuple[str, ...]  # empty: the shard is intact
 
@@ -71,7 +84,71 @@ def check_shards(storage: Storage, shards: Iterable[int], full: bool = False) ->
 
 
 def uncommit(storage: Storage, shards: Iterable[int]) -> None:
-    """Remove `_SUCCESS`, then each shard's metadata part: the shards are pending again."""
+    """Remove `_SUCCESS`, then the shards from the commit index, then their metadata parts: the
+    shards are pending again. Only under the output's lease."""
+    shards = list(shards)
     storage.delete(SUCCESS_KEY)
+    index = CommitIndex.read(storage)
+    if index is not None:
+        index.remove(shards)
+        index.write_snapshot(storage)
     for k in shards:
         storage.delete(part_key(k))
+
+
+class ShardChecker:
+    """The pool's actor for `verify_output`: checks shards of one output, `CHECKS_IN_FLIGHT` at once."""
+
+    def __init__(self, url: str, s3_endpoint: str | None, full: bool) -> None:
+        self.storage, self.full = open_storage(url, s3_endpoint=s3_endpoint), full
+
+    def ready(self) -> str:
+        return f"pid {os.getpid()} on {socket.gethostname()}"
+
+    def run(self, shard: int) -> ShardReport:
+        return check_shard(self.storage, shard, self.full)
+
+
+def verify_output(
+    url: str, *, full: bool, repair: bool, s3_endpoint: str | None = None, ray: bool = False
+) -> dict[str, Any]:
+    """Check every committed shard of the output at `url` on the one pool (Ray actors when `ray`);
+    with `repair`, take the output's lease and uncommit the broken ones. Returns the summary that
+    `python -m jobs.verify` prints; `broken` lists (shard, problems), in shard order.
+
+    Usage::
+
+        summary = verify_output("s3://bucket/set", full=True, repair=False)
+        summary["shards_broken"]  # [] when intact
+    """
+    storage = open_storage(url, s3_endpoint=s3_endpoint)
+    shards = sorted(committed_shards(storage))
+    if not shards:
+        raise OutputSetError(f"{storage.url}: no committed shard (no metadata/part-*.parquet); nothing to verify")
+    pool = make_pool(
+        ShardChecker,
+        (url, s3_endpoint, full),
+        local=not ray,
+        per_actor={"CPU": 1.0},
+        num_workers=None if ray else 1,
+        tasks_per_actor=CHECKS_IN_FLIGHT,
+        max_concurrency=CHECKS_IN_FLIGHT,
+        placement_hint="add nodes, or verify without --ray",
+    )
+    pool.start()
+    try:
+        queue = TaskQueue(((k, k) for k in shards), MAX_TRIES, name=lambda k: f"shard {k:05d}")
+        broken = sorted((r for _, r in pool.map(queue) if not r.ok), key=lambda r: r.shard)
+    finally:
+        pool.close()
+    if broken and repair:
+        with LeaseKeeper(acquire(storage, DEFAULT_TTL_S)):  # never while a job writes this output
+            uncommit(storage, [r.shard for r in broken])
+    return {
+        "out": storage.url,
+        "shards_checked": len(shards),
+        "shards_broken": [r.shard for r in broken],
+        "problems": {f"{r.shard:05d}": list(r.problems) for r in broken},
+        "sha256_checked": full,
+        "repaired": bool(broken and repair),
+    }

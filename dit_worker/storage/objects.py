@@ -29,6 +29,8 @@ class StorageError(RuntimeError):
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """One stored object as a listing or a stat sees it."""
+
     key: str
     size: int
     etag: str  # S3 ETag, or size + mtime_ns for local files: changes whenever the object is rewritten
@@ -36,6 +38,16 @@ class ObjectInfo:
 
 
 class Storage(ABC):
+    """The one storage layer: keys under a local folder or an s3:// prefix, with atomic whole-object
+    writes and the conditional writes (create-if-absent, compare-and-swap) the output's lease needs.
+
+    Usage::
+
+        storage = open_storage("s3://bucket/run1", s3_endpoint="http://127.0.0.1:8333")
+        storage.put("job.json", b"{}")
+        [obj.key for obj in storage.list("metadata/")]
+    """
+
     url: str
 
     @abstractmethod
@@ -94,6 +106,9 @@ FILE_MODE = 0o666 & ~_umask()
 
 
 class LocalStorage(Storage):
+    """Keys as files under a folder; writes go to a temporary file renamed into place, so readers never see half an
+    object."""
+
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().absolute()
         self.url = str(self.root)
@@ -197,6 +212,9 @@ class LocalStorage(Storage):
 
 
 class S3Storage(Storage):
+    """Keys under an s3:// prefix on AWS or any S3-compatible endpoint (SeaweedFS, MinIO), through one thread-safe
+    boto3 client with retries."""
+
     def __init__(self, bucket: str, prefix: str, *, endpoint: str | None, retry_mode: RetryMode) -> None:
         import boto3
         from botocore.config import Config

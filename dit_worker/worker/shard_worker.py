@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from dit_worker.backends import Generator, NativeGenerator, load_generator
+from dit_worker.backends.diffusers.batch_check import BatchCheck, run_batch_check
 from dit_worker.backends.native.pipeline import DiTPipeline, NonFiniteLatents
 from dit_worker.execution.tries import PermanentError
 from dit_worker.manifest.samples import Samples
 from dit_worker.metrics.row_scores import ClipRowScorer, clip_row_scorers
 from dit_worker.metrics.shard_sink import feature_sinks
-from dit_worker.shard import SHARDS_IN_FLIGHT, ShardResult, ShardTask, WorkerSpec, shard_name
+from dit_worker.shard import SHARDS_IN_FLIGHT, BatchCheckTask, ShardResult, ShardTask, WorkerSpec, shard_name
 from dit_worker.storage.objects import open_storage
 from dit_worker.worker.shard_writer import IOPool, ShardWriter
 
@@ -102,7 +103,12 @@ class ShardWorker:
         """Finish queued uploads and stop the IO threads."""
         self.pool.shutdown()
 
-    def run(self, task: ShardTask) -> ShardResult:
+    def run(self, task: ShardTask | BatchCheckTask) -> ShardResult | BatchCheck:
+        """Make and commit one shard; or, for a BatchCheckTask, compare batched and per-row images."""
+        if isinstance(task, BatchCheckTask):
+            assert self.spec.diffusers is not None, "the batch check is the diffusers generic path's"
+            with self._sampling:
+                return run_batch_check(self.model, self.spec.diffusers.pipeline, task.samples.rows(), self.batch_size)
         start = time.perf_counter()
         spec = self.spec
         writer = ShardWriter(
@@ -114,7 +120,6 @@ class ShardWorker:
             settings=self.model.columns,
             image_size=self.model.image_size,
             negative_prompt=spec.diffusers.negative_prompt if spec.diffusers else None,
-            lease_token=spec.lease_token,
             encoding=spec.encoding,
         )
         extras, scorers = self._sinks(task.shard), self._scorers(task.shard)

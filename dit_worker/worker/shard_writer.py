@@ -19,10 +19,9 @@ from dit_worker.backends.labels import ClassNames
 from dit_worker.manifest.samples import Samples
 from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.layout import OutputFormat, data_key, image_key, member_name, part_key, tar_key
-from dit_worker.output.lease import LeaseLost, holds
 from dit_worker.output.metadata import RowSettings, parquet_bytes, shard_table
 from dit_worker.output.parquet_images import image_parquet_bytes
-from dit_worker.shard import ShardTask, shard_name
+from dit_worker.shard import ShardTask
 from dit_worker.storage.objects import Storage
 
 T = TypeVar("T")
@@ -86,12 +85,11 @@ class ShardWriter:
         image_size: int | tuple[int, int],
         negative_prompt: str | None = None,
         encoding: ImageEncoding = PNG,
-        lease_token: str | None = None,
     ) -> None:
         self.task, self.storage, self.pool, self.fmt = task, storage, pool, fmt
         self.names, self.settings, self.image_size = names, settings, image_size
         self.negative_prompt = negative_prompt  # the job's --negative-prompt, for rows without their own
-        self.encoding, self.lease_token = encoding, lease_token
+        self.encoding = encoding
         self._stored: list[Future[tuple[str, int, bytes | None]]] = []
         self._table: pa.Table | None = None
         self.columns: dict[str, pa.Array] = {}  # extra metadata columns in sample order (--score clip)
@@ -128,18 +126,11 @@ class ShardWriter:
         return sha256
 
     def commit(self) -> None:
-        """Write the metadata part, last of all the shard's objects: its presence commits the shard.
-
-        Fenced: with a lease token, the part is written only while the output's lease still holds it,
-        so a worker whose driver lost the lease (another run took the output over) cannot commit.
-        """
+        """Write the metadata part, last of all the shard's objects. The driver then records the shard
+        in the commit index (dit_worker.output.commit_index) if it still holds the output's lease;
+        the worker itself makes no request beyond the shard's own objects."""
         if self._table is None:
             raise RuntimeError("store() first: the metadata part must follow every image")
-        if self.lease_token is not None and not holds(self.storage, self.lease_token):
-            raise LeaseLost(
-                f"{shard_name(self.task.shard)} not committed: this run no longer holds the lease of "
-                f"{self.storage.url} (another run took it over)"
-            )
         self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))
 
     def _metadata(self, sha256: list[str], sizes: list[int]) -> pa.Table:

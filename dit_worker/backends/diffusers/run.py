@@ -3,7 +3,8 @@
 A batch passes one CPU generator per sample: diffusers' `randn_tensor` draws each sample's initial
 latent (and each stochastic step's noise) from its own generator, so a row's image does not depend
 on the rest of its batch. Prompts are encoded with the pipeline's own `encode_prompt` and passed as
-embeddings, which is what lets the text encoder live elsewhere (`TextEncoderPlacement`).
+embeddings (prompt_encoding.py, family by family), which is what lets the text encoders live
+elsewhere (`TextEncoderPlacement`). The generic path passes prompts as text.
 """
 
 from __future__ import annotations
@@ -11,25 +12,27 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from dit_worker.backends.base import NonFiniteLatents, RowColumns, Rows, TextEncoderPlacement
+from dit_worker.backends.diffusers.families import FAMILIES, SCHEDULERS, generic_family
+from dit_worker.backends.diffusers.prompt_encoding import ENCODERS, Encoded
 from dit_worker.backends.diffusers.resolve import (
-    FAMILIES,
-    SCHEDULERS,
     DiffusersSettings,
+    call_parameters,
     diffusers_module,
     require_caption_cleaning,
 )
 from dit_worker.backends.labels import ClassNames
-from dit_worker.backends.settings import resolve_device, resolve_dtype
+from dit_worker.backends.settings import DTYPES, resolve_device, resolve_dtype
 from dit_worker.checkpoints.files import read_json
 from dit_worker.checkpoints.sources import resolve_source
 
 log = logging.getLogger(__name__)
+Role = Literal["positive", "negative"]
 
 
 class DiffusersGenerator:
@@ -38,7 +41,7 @@ class DiffusersGenerator:
     Usage::
 
         gen = DiffusersGenerator.load("pixart-dir", settings, device="cuda", dtype="bfloat16")
-        gen.begin_shard(all_rows)  # shard-first: encode every prompt of the shard, free the encoder
+        gen.begin_shard(all_rows)  # shard-first: encode every prompt of the shard, free the encoders
         images = gen.generate(Rows(seeds=[0, 1], prompts=["a red cat", "a blue dog"]))
     """
 
@@ -48,22 +51,28 @@ class DiffusersGenerator:
         root: Path,
         settings: DiffusersSettings,
         text_encoder: TextEncoderPlacement = "device",
-        encoder: torch.nn.Module | None = None,
+        encoders: dict[str, torch.nn.Module | None] | None = None,
+        job_dtype: torch.dtype | None = None,
     ) -> None:
-        """`pipe`: the pipeline without its text encoder, on its device; `encoder`: the text encoder
-        (None for shard-first, which loads it from `root` for each shard)."""
+        """`pipe`: the pipeline without its text encoders, on its device; `encoders`: the family's text
+        encoders by component (empty for shard-first, which loads them from `root` for each shard)."""
         self.pipe, self.root, self.settings, self.placement = pipe, root, settings, text_encoder
-        self.family = FAMILIES[settings.pipeline]
+        self.family = FAMILIES.get(settings.pipeline) or generic_family(
+            read_json(root / "model_index.json"), set(call_parameters(settings.pipeline))
+        )
         self.dtype = getattr(pipe, self.family.denoiser).dtype
+        self.job_dtype = job_dtype or self.dtype
         self.device = torch.device(getattr(pipe, self.family.denoiser).device)
         self.names: ClassNames | None = None
         self.image_size = (settings.height, settings.width)
         self.columns = RowColumns(settings.sampler or settings.scheduler, settings.steps, settings.cfg_scale, None)
-        self.encoder = encoder
-        if encoder is not None:
-            encoder.to(self.device if text_encoder == "device" else torch.device("cpu"))
-        self._cache: dict[str, int] = {}
-        self._embeds: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.encoders = encoders or {}
+        home = self.device if text_encoder == "device" else torch.device("cpu")
+        for encoder in self.encoders.values():
+            if encoder is not None:
+                encoder.to(home)
+        # role -> (text -> row, stacked keywords): the encoded prompts of the current batch or shard.
+        self._encoded: dict[Role, tuple[dict[str | None, int], Encoded]] = {}
 
     @classmethod
     def load(
@@ -80,90 +89,117 @@ class DiffusersGenerator:
             require_caption_cleaning()
         root = resolve_source(model, "model")
         dev = resolve_device(device)
-        text = FAMILIES[settings.pipeline].conditioning == "text"
-        # shard-first never holds the encoder between shards, not even while loading.
-        skip = {"text_encoder": None} if text and text_encoder == "shard-first" else {}
-        pipe = getattr(diffusers, settings.pipeline).from_pretrained(root, dtype=resolve_dtype(dtype, dev), **skip)
+        job_dtype = resolve_dtype(dtype, dev)
+        family = FAMILIES.get(settings.pipeline)
+        names = family.encoders if family is not None else ()
+        # shard-first never holds the encoders between shards, not even while loading.
+        skip = {name: None for name in names} if text_encoder == "shard-first" else {}
+        torch_dtype: Any = job_dtype
+        if settings.component_dtypes:  # diffusers takes a dict: per component, "default" for the rest
+            torch_dtype = {"default": job_dtype} | {k: DTYPES[v] for k, v in settings.component_dtypes.items()}
+        extra = {"variant": settings.variant} if settings.variant else {}
+        pipe = getattr(diffusers, settings.pipeline).from_pretrained(root, torch_dtype=torch_dtype, **extra, **skip)
         if settings.sampler is not None:
             pipe.scheduler = getattr(diffusers, SCHEDULERS[settings.sampler]).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
-        # The pipeline gets embeddings, so it runs without its encoder: its device is the denoiser's.
-        encoder = getattr(pipe, "text_encoder", None)
-        if encoder is not None:
-            pipe.text_encoder = None
+        if settings.loras:  # loaded with the encoders attached: an adapter may patch them too
+            adapters = [f"adapter_{i}" for i in range(len(settings.loras))]
+            for adapter, lora in zip(adapters, settings.loras, strict=True):
+                pipe.load_lora_weights(lora.source, adapter_name=adapter)
+            pipe.set_adapters(adapters, adapter_weights=[lora.scale for lora in settings.loras])
+        # The pipeline gets embeddings, so it runs without its encoders: its device is the denoiser's.
+        encoders = {name: getattr(pipe, name, None) for name in names if name not in skip}
+        for name in names:
+            setattr(pipe, name, None)
         pipe.to(dev)
-        return cls(pipe, root, settings, text_encoder, encoder)
+        return cls(pipe, root, settings, text_encoder, encoders, job_dtype)
 
     # --- text encoding ---------------------------------------------------------------------------
 
-    def _free_encoder(self) -> None:
-        self.encoder = None
+    def _load_encoders(self) -> dict[str, torch.nn.Module | None]:
+        """shard-first: the encoders, read again from the checkpoint (the classes model_index.json names,
+        loaded as diffusers loads them, in their dtypes), on the device."""
+        import transformers
+
+        index = read_json(self.root / "model_index.json")
+        encoders: dict[str, torch.nn.Module | None] = {}
+        for name in self.family.encoders:
+            _, cls_name = index.get(name) or (None, None)
+            if cls_name is None:  # an optional encoder the checkpoint leaves out (SD3 without T5)
+                encoders[name] = None
+                continue
+            dtype = DTYPES[self.settings.component_dtypes[name]] if name in self.settings.component_dtypes else None
+            extra = {"variant": self.settings.variant} if self.settings.variant else {}
+            encoder = getattr(transformers, cls_name).from_pretrained(
+                self.root / name, dtype=dtype or self.job_dtype, **extra
+            )
+            encoders[name] = encoder.to(self.device).eval()
+        return encoders
+
+    def _free_encoders(self) -> None:
+        self.encoders = {}
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _load_encoder(self) -> torch.nn.Module:
-        """shard-first: the encoder, read again from the checkpoint (the class model_index.json names,
-        loaded as diffusers loads it), on the device."""
-        import transformers
-
-        _, name = read_json(self.root / "model_index.json")["text_encoder"]
-        encoder = getattr(transformers, name).from_pretrained(self.root / "text_encoder", dtype=self.dtype)
-        return encoder.to(self.device).eval()
-
-    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The pipeline's own encode_prompt on `texts` (no guidance: each text as a positive prompt,
-        which encodes exactly as the negative branch does); results on the device."""
-        assert self.encoder is not None
-        device = next(self.encoder.parameters()).device
-        self.pipe.text_encoder = self.encoder
+    def _encode(self, texts: list[str | None], role: Role) -> Encoded:
+        """The family's encoder on `texts` (None: a negative given zeros, SDXL's empty negative);
+        results on the device."""
+        live = [e for e in self.encoders.values() if e is not None]
+        device = next(live[0].parameters()).device if live else self.device
+        for name, encoder in self.encoders.items():
+            setattr(self.pipe, name, encoder)
         try:
             with torch.inference_mode():
-                if self.settings.pipeline.startswith("PixArt"):
-                    embeds, mask, _, _ = self.pipe.encode_prompt(
-                        texts,
-                        do_classifier_free_guidance=False,
-                        device=device,
-                        clean_caption=bool(self.settings.clean_caption),
-                        max_sequence_length=self.settings.max_sequence_length,
-                    )
-                else:
-                    embeds, _ = self.pipe.encode_prompt(texts, device, 1, False)
-                    mask = None
+                assert self.family.encoding is not None
+                encode = ENCODERS[self.family.encoding]
+                out = encode(self.pipe, [t or "" for t in texts], device, self.settings, role == "negative")
         finally:
-            self.pipe.text_encoder = None
-        return embeds.to(self.device), None if mask is None else mask.to(self.device)
+            for name in self.encoders:
+                setattr(self.pipe, name, None)
+        zero = torch.tensor([t is None for t in texts], device=device)
+        result = {}
+        for key, value in out.items():
+            if zero.any() and value.is_floating_point():
+                value = torch.where(zero.view(-1, *[1] * (value.dim() - 1)), torch.zeros_like(value), value)
+            result[key] = value.to(self.device)
+        return result
 
-    def _encode_into_cache(self, texts: list[str], chunk: int) -> None:
+    def _encode_into_cache(self, role: Role, texts: list[str | None], chunk: int) -> None:
         unique = list(dict.fromkeys(texts))
-        parts = [self._encode(unique[lo : lo + chunk]) for lo in range(0, len(unique), chunk)]
+        parts = [self._encode(unique[lo : lo + chunk], role) for lo in range(0, len(unique), chunk)]
         # shard-first keeps a whole shard's embeddings: in host memory (T5-XXL: 2.3 MiB a prompt), each
         # batch's rows copied to the device as it runs.
         home = torch.device("cpu") if self.placement == "shard-first" else self.device
-        embeds = torch.cat([p[0].to(home) for p in parts])
-        mask = torch.cat([p[1].to(home) for p in parts]) if parts[0][1] is not None else None
-        self._cache = {text: i for i, text in enumerate(unique)}
-        self._embeds = (embeds, mask)
+        stacked = {key: torch.cat([p[key].to(home) for p in parts]) for key in parts[0]}
+        self._encoded[role] = ({text: i for i, text in enumerate(unique)}, stacked)
 
-    def _texts(self, rows: Rows) -> tuple[list[str], list[str]]:
+    def _texts(self, rows: Rows) -> dict[Role, list[str | None]]:
+        """The texts each role encodes for `rows`: prompts, and negatives where guidance uses them."""
         assert rows.prompts is not None, "text-to-image rows carry prompts"
-        fallback = self.settings.negative_prompt or ""  # diffusers' default negative prompt is ""
-        negatives = [n if n is not None else fallback for n in (rows.negative_prompts or [None] * len(rows))]
-        return rows.prompts, negatives
+        texts: dict[Role, list[str | None]] = {"positive": list(rows.prompts)}
+        if self.uses_negative:
+            # A row without its own: --negative-prompt, else the family's empty negative ("" or zeros).
+            fallback = self.settings.negative_prompt or ("" if self.settings.empty_negative == "text" else None)
+            texts["negative"] = [
+                n if n is not None else fallback for n in (rows.negative_prompts or [None] * len(rows))
+            ]
+        return texts
 
     @property
-    def guided(self) -> bool:
-        return self.settings.cfg_scale is not None and self.settings.cfg_scale > 1.0
+    def uses_negative(self) -> bool:
+        s = self.settings
+        return s.empty_negative not in (None, "none") and s.cfg_scale is not None and s.cfg_scale > 1.0
 
     def begin_shard(self, rows: Rows) -> None:
         if self.family.conditioning != "text" or self.placement != "shard-first":
             return
-        prompts, negatives = self._texts(rows)
-        self.encoder = self._load_encoder()
+        self.encoders = self._load_encoders()
         try:
-            self._encode_into_cache(prompts + (negatives if self.guided else []), chunk=max(len(rows), 1))
+            for role, texts in self._texts(rows).items():
+                self._encode_into_cache(role, texts, chunk=max(len(rows), 1))
         finally:
-            self._free_encoder()
+            self._free_encoders()
 
     # --- sampling --------------------------------------------------------------------------------
 
@@ -172,18 +208,32 @@ class DiffusersGenerator:
 
     def generate_steps(self, rows: Rows, steps: int) -> torch.Tensor:
         """`generate` with another step count (the benchmark's and max_batch_size's one-step calls)."""
+        if self.family.generic and self.family.conditioning == "text":
+            return self._generate_text_generic(rows, steps)
+        kwargs = self._common_kwargs(rows, steps)
+        if self.family.conditioning == "text":
+            kwargs |= self._text_kwargs(rows)
+        elif "batch_size" in call_parameters(self.settings.pipeline):
+            kwargs["batch_size"] = len(rows)
+        return self._call(kwargs)
+
+    def _common_kwargs(self, rows: Rows, steps: int) -> dict[str, Any]:
         s = self.settings
         kwargs: dict[str, Any] = {
             "generator": [torch.Generator("cpu").manual_seed(seed) for seed in rows.seeds],
             "num_inference_steps": steps,
             "output_type": "np",
+            **s.pipeline_args,
         }
         if s.eta:
             kwargs["eta"] = s.eta
         if self.family.conditioning == "text":
-            kwargs |= self._text_kwargs(rows)
-        else:
-            kwargs["batch_size"] = len(rows)
+            kwargs |= {"height": s.height, "width": s.width}
+            if s.cfg_scale is not None:
+                kwargs["guidance_scale"] = s.cfg_scale
+        return kwargs
+
+    def _call(self, kwargs: dict[str, Any]) -> torch.Tensor:
         with torch.inference_mode():
             images = np.asarray(self.pipe(**kwargs).images)  # float32 [N, H, W, 3] in [0, 1]
         bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
@@ -191,35 +241,39 @@ class DiffusersGenerator:
             raise NonFiniteLatents(np.flatnonzero(bad).tolist())
         return torch.from_numpy(np.round(images * 255).clip(0, 255).astype(np.uint8))
 
+    def _generate_text_generic(self, rows: Rows, steps: int) -> torch.Tensor:
+        """The generic path: prompts (and negative prompts) passed to __call__ as text. Rows with and
+        without a negative prompt go in separate calls: a pipeline takes a list of both or neither."""
+        assert rows.prompts is not None
+        fallback = self.settings.negative_prompt
+        negatives = [n if n is not None else fallback for n in (rows.negative_prompts or [None] * len(rows))]
+        groups = [[i for i, n in enumerate(negatives) if (n is None) == none] for none in (True, False)]
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for group in (g for g in groups if g):
+            kwargs = self._common_kwargs(Rows(seeds=[rows.seeds[i] for i in group]), steps)
+            kwargs["prompt"] = [rows.prompts[i] for i in group]
+            if negatives[group[0]] is not None:
+                kwargs["negative_prompt"] = [negatives[i] for i in group]
+            for i, image in zip(group, self._call(kwargs), strict=True):
+                out[i] = image
+        return torch.stack([o for o in out if o is not None])
+
     def _text_kwargs(self, rows: Rows) -> dict[str, Any]:
-        s = self.settings
-        prompts, negatives = self._texts(rows)
-        wanted = prompts + (negatives if self.guided else [])
+        texts = self._texts(rows)
         if self.placement != "shard-first":
-            self._encode_into_cache(wanted, chunk=len(wanted))
-        missing = [t for t in wanted if t not in self._cache]
-        if missing:
-            raise RuntimeError(f"shard-first: {len(missing)} prompt(s) of this batch were not encoded by begin_shard")
-        assert self._embeds is not None
-        embeds, mask = self._embeds
-
-        def pick(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-            index = torch.tensor([self._cache[t] for t in texts], device=embeds.device)
-            picked = embeds[index].to(self.device)
-            return picked, None if mask is None else mask[index].to(self.device)
-
-        kwargs: dict[str, Any] = {"guidance_scale": s.cfg_scale, "height": s.height, "width": s.width}
-        pos, pos_mask = pick(prompts)
-        kwargs["prompt_embeds"] = pos
-        if pos_mask is not None:
-            kwargs["prompt_attention_mask"] = pos_mask
-        if self.guided:
-            neg, neg_mask = pick(negatives)
-            kwargs["negative_prompt_embeds"] = neg
-            if neg_mask is not None:
-                kwargs["negative_prompt_attention_mask"] = neg_mask
-        if s.pipeline.startswith("PixArt"):
-            kwargs["negative_prompt"] = None  # its default "" may not be passed next to embeddings
+            for role, role_texts in texts.items():
+                self._encode_into_cache(role, role_texts, chunk=len(role_texts))
+        kwargs: dict[str, Any] = {}
+        for role, role_texts in texts.items():
+            index, stacked = self._encoded.get(role, ({}, {}))
+            missing = [t for t in role_texts if t not in index]
+            if missing:
+                raise RuntimeError(f"shard-first: {len(missing)} {role} prompt(s) of this batch were not encoded")
+            for key, values in stacked.items():
+                picked = values[torch.tensor([index[t] for t in role_texts], device=values.device)]
+                kwargs[key if role == "positive" else "negative_" + key] = picked.to(self.device)
+        if "negative_prompt" in call_parameters(self.settings.pipeline):
+            kwargs["negative_prompt"] = None  # a default "" (PixArt, Sana) may not be passed next to embeddings
         return kwargs
 
     def compile(self) -> None:

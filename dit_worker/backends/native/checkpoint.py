@@ -27,6 +27,9 @@ from dit_worker.models.vae import VAEDecoder, VAEDecoderConfig
 
 @dataclass
 class Checkpoint:
+    """A DiT checkpoint read into CPU tensors: transformer and VAE configs and weights, the scheduler config and class
+    names."""
+
     transformer: DiTConfig
     transformer_state: dict[str, torch.Tensor] = field(repr=False)
     vae: VAEDecoderConfig

@@ -1,6 +1,7 @@
-"""Rows that do not fit the model, refused on the driver before any GPU work (docs/backends.md):
-a way of listing samples for another kind of model, and prompts the pipeline would change without
-saying so (cut past its token limit, cleaned away to nothing)."""
+"""The job's rows, built from its flags or manifest and checked against the model on the driver
+before any GPU work (docs/backends.md): a way of listing samples for another kind of model, and
+prompts the pipeline would change without saying so (cut past its token limit, cleaned away to
+nothing), are refused naming the row."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import pyarrow as pa
 
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.model_info import ModelInfo
-from dit_worker.manifest.samples import ManifestError, Samples
+from dit_worker.manifest.samples import (
+    ManifestError,
+    Samples,
+    from_classes,
+    from_count,
+    from_prompts,
+    parse_classes,
+    read_manifest,
+)
 
 HOW_TO_LIST = {
     "class": "--classes/--per-class or a manifest with class_id or class_name",
@@ -18,6 +27,23 @@ HOW_TO_LIST = {
 }
 KIND = {"class": "class-conditional", "text": "text-to-image", "none": "unconditional"}
 SOURCE_KIND = {"per_class": "class", "prompts": "text", "num_samples": "none"}
+
+
+def job_rows(config: JobConfig, info: ModelInfo) -> Samples:
+    """The job's rows, each checked against the model; the way they are listed is checked first."""
+    check_sample_source(config, info)
+    if config.manifest is not None:
+        samples = read_manifest(config.manifest, info.names, info.conditioning)
+    elif config.prompts is not None:
+        assert config.per_prompt is not None
+        samples = from_prompts(config.prompts, config.per_prompt, config.seed)
+    elif config.num_samples is not None:
+        samples = from_count(config.num_samples, config.seed)
+    else:
+        assert config.per_class is not None and info.names is not None
+        samples = from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
+    check_rows(samples, info, config)
+    return samples
 
 
 def check_sample_source(config: JobConfig, info: ModelInfo) -> None:

@@ -1,0 +1,140 @@
+"""The commit index: the committed set read with a handful of requests whatever its size, batched
+records, compaction, fencing by the lease, and uncommit; and the lease renewed on time."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dit_worker.output.commit_index import (
+    SNAPSHOT_KEY,
+    CommitIndex,
+    CommitRecorder,
+    committed_shards,
+)
+from dit_worker.output.lease import LeaseHeld, LeaseKeeper, LeaseLost, acquire
+from dit_worker.output.verify import uncommit
+from dit_worker.storage.objects import LocalStorage
+
+
+class CountingStorage(LocalStorage):
+    """A real local storage that counts its requests by kind (instrumentation, nothing faked)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.calls: Counter[str] = Counter()
+
+    def put(self, key: str, data: bytes) -> None:
+        self.calls["put"] += 1
+        super().put(key, data)
+
+    def get(self, key: str) -> bytes:
+        self.calls["get"] += 1
+        return super().get(key)
+
+    def list(self, prefix: str = ""):
+        self.calls["list"] += 1
+        return super().list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.calls["delete"] += 1
+        super().delete(key)
+
+
+def record_run(storage: LocalStorage, shards: range, every: int = 64, compact_after: int = 8) -> CommitRecorder:
+    """A run's recorder after every shard of `shards` was recorded (not closed: the caller decides)."""
+    index = CommitIndex.empty(len(shards))
+    recorder = CommitRecorder(storage, index, "run-token", lambda: None, every=every, seconds=1e9,
+                              compact_after=compact_after)  # fmt: skip
+    for k in shards:
+        recorder.record(k)
+    return recorder
+
+
+@pytest.mark.parametrize("num_shards", [100, 20_000])
+def test_reading_the_index_costs_the_same_whatever_its_size(tmp_path: Path, num_shards: int) -> None:
+    storage = CountingStorage(tmp_path / "out")
+    recorder = record_run(storage, range(num_shards))
+    recorder.close()
+    # Writing: one log per 64 commits and a snapshot per 8 logs, never a request per shard.
+    assert storage.calls["put"] <= num_shards / 64 + num_shards / 512 + 2
+    storage.calls.clear()
+    read = CommitIndex.read(storage)
+    assert read is not None and np.array_equal(read.committed(), np.arange(num_shards))
+    assert dict(storage.calls) == {"list": 1, "get": 1}  # the listing of index/ and the snapshot
+
+
+def test_a_crashed_run_leaves_its_logs_which_the_next_reader_merges(tmp_path: Path) -> None:
+    storage = CountingStorage(tmp_path / "out")
+    record_run(storage, range(1000), every=100, compact_after=4)
+    # No close(): the driver died. 1000 commits = 10 logs; 8 merged by two compactions, 2 left.
+    storage.calls.clear()
+    read = CommitIndex.read(storage)
+    assert dict(storage.calls) == {"list": 1, "get": 3}
+    assert np.array_equal(read.committed(), np.arange(1000)) and len(read.logs) == 2
+    # A record that never reached a log (the last < 100 commits) is simply not committed.
+    record_run(storage, range(1000, 1050), every=100)
+    assert 1049 not in CommitIndex.read(storage)
+
+
+def test_a_run_that_lost_its_lease_records_nothing(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "out")
+    lease = acquire(storage, ttl=60)
+
+    def live() -> None:
+        raise LeaseLost("taken over")
+
+    recorder = CommitRecorder(storage, CommitIndex.empty(4), lease.token, live, every=1)
+    with pytest.raises(LeaseLost):
+        recorder.record(0)
+    assert CommitIndex.read(storage) is None  # nothing under index/
+    # The same recorder with a live lease writes at once (every=1): the check is what stopped it.
+    CommitRecorder(storage, CommitIndex.empty(4), lease.token, lambda: None, every=1).record(0)
+    assert committed_shards(storage) == {0}
+
+
+def test_uncommit_removes_shards_from_the_index(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "out")
+    recorder = record_run(storage, range(10))
+    recorder.close()
+    storage.put("_SUCCESS", b"{}")
+    uncommit(storage, [3, 7])
+    assert committed_shards(storage) == set(range(10)) - {3, 7}
+    assert not storage.exists("_SUCCESS") and storage.exists(SNAPSHOT_KEY)
+
+
+def test_an_output_without_an_index_is_its_listed_parts(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "out")
+    for k in (0, 2):
+        storage.put(f"metadata/part-{k:05d}.parquet", b"part")
+    assert CommitIndex.read(storage) is None and committed_shards(storage) == {0, 2}
+
+
+def test_the_lease_is_renewed_on_time_and_taken_over_when_it_is_not(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "out")
+    keeper = LeaseKeeper(acquire(storage, ttl=1.0))
+    with keeper:
+        time.sleep(2.5)  # 2.5 ttl: without renewals (every ttl/4) it would have expired twice
+        with pytest.raises(LeaseHeld):
+            acquire(storage, ttl=1.0)
+        keeper._stop.set()  # the holder stops renewing (a frozen driver) ...
+        keeper._thread.join()
+        time.sleep(1.2)  # ... and its lease expires one ttl after the last renewal
+        taker = acquire(storage, ttl=30.0)
+        keeper.lost = LeaseLost("taken over")  # what its next beat would find; no release on exit
+    assert taker.token != keeper.lease.token
+
+
+def test_a_lease_left_unrenewed_for_most_of_its_ttl_counts_as_lost(tmp_path: Path) -> None:
+    """An outage that outlasts 3/4 of the ttl: another run may take the output any moment, so the
+    run stops recording commits, although nobody has taken the lease yet."""
+    storage = LocalStorage(tmp_path / "out")
+    keeper = LeaseKeeper(acquire(storage, ttl=1.0))  # not entered: no renewals, as in an outage
+    keeper.check()  # fresh
+    time.sleep(0.8)
+    with pytest.raises(LeaseLost, match="could not be renewed for 1 s"):
+        keeper.check()

@@ -1,0 +1,79 @@
+"""The house's floors: every import in dit_worker/ and jobs/ (function-local ones included) runs
+down, never up or sideways into another package of the same floor, so there are no cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The data's way through a job, top to bottom (README, "The code").
+FLOORS = {
+    "jobs": 9,
+    "dit_worker": 8,  # the package's public API (dit_worker/__init__.py)
+    "dit_worker.driver": 7,
+    "dit_worker.worker": 6,
+    "dit_worker.shard": 5,
+    "dit_worker.report": 5,  # reads a finished set and its metrics
+    "dit_worker.manifest": 4,
+    "dit_worker.metrics": 4,
+    "dit_worker.backends": 3,
+    "dit_worker.output": 2,
+    "dit_worker.checkpoints": 2,
+    "dit_worker.storage": 1,
+    "dit_worker.execution": 1,
+    "dit_worker.models": 1,
+    "dit_worker.sampling": 1,
+}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    for n in (2, 1):
+        if ".".join(parts[:n]) in FLOORS:
+            return ".".join(parts[:n])
+    raise AssertionError(f"{module} is on no floor: add it to FLOORS")
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+    return [(line, m) for line, m in found if m.split(".")[0] in ("dit_worker", "jobs")]
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def check(path: Path, module: str) -> list[str]:
+    """The imports of `path` (the module `module`) that run up or sideways."""
+    bad, me = [], room(module)
+    for line, target in imports(path):
+        other = room(target)
+        if other != me and FLOORS[other] >= FLOORS[me]:
+            bad.append(f"{module}:{line}: floor {FLOORS[me]} imports {target} (floor {FLOORS[other]})")
+    return bad
+
+
+def test_imports_run_down() -> None:
+    files = sorted([*ROOT.glob("dit_worker/**/*.py"), *ROOT.glob("jobs/*.py")])
+    assert len(files) > 80
+    assert [v for path in files for v in check(path, module_of(path))] == []
+
+
+def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
+    """The same walk over a worker-side module that imports the driver, hidden in a function, objects."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from dit_worker.driver.run import run_job\n")
+    assert check(probe, "dit_worker.worker.probe") == [
+        "dit_worker.worker.probe:2: floor 6 imports dit_worker.driver.run (floor 7)"
+    ]
+    probe.write_text("from dit_worker.metrics.frechet import frechet_distance\n")  # sideways, same floor
+    assert check(probe, "dit_worker.manifest.probe") == [
+        "dit_worker.manifest.probe:1: floor 4 imports dit_worker.metrics.frechet (floor 4)"
+    ]
