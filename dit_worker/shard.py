@@ -46,6 +46,9 @@ class WorkerSpec:
     # `sampling`, and where the text encoder lives.
     diffusers: DiffusersSettings | None = None
     text_encoder: TextEncoderPlacement = "device"
+    # --score clip[=MODEL] (dit_worker.metrics.row_scores): per-image CLIP score (and embedding) columns.
+    score: str | None = None
+    score_embeddings: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 
 from pydantic import ValidationError
@@ -18,9 +19,13 @@ from pydantic import ValidationError
 from dit_worker.checkpoints.files import describe_validation
 from dit_worker.execution.placement import PlacementError
 from dit_worker.execution.tries import TaskFailed
+from dit_worker.metrics.clip_score import DEFAULT_CLIP
+from dit_worker.metrics.cmmd import CMMD_MAX_SAMPLES
 from dit_worker.metrics.config import FidSettings
+from dit_worker.metrics.dinov2 import DEFAULT_DINOV2
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.evaluation import evaluate
+from dit_worker.metrics.set_metrics import SET_METRICS
 from dit_worker.output.reader import OutputSetError
 from dit_worker.storage.objects import StorageError
 
@@ -50,7 +55,21 @@ def parse_settings(argv: list[str] | None) -> FidSettings:
     p.add_argument(
         "--recompute-features", action="store_true", help="ignore OUT/features/part-*.npz stored by earlier runs"
     )
+    extra = p.add_argument_group("set metrics beside FID (README, Metrics)")
+    extra.add_argument(
+        "--set-metrics",
+        default="",
+        help="comma-separated: fd_dinov2 (FD of DINOv2 ViT-L/14 features), cmmd (CLIP MMD), clip_score (mean "
+        "image-prompt CLIP score, text-to-image sets), or all",
+    )
+    extra.add_argument("--dinov2-model", default=DEFAULT_DINOV2, help=f"directory or hub id (default {DEFAULT_DINOV2})")
+    extra.add_argument("--clip-model", default=DEFAULT_CLIP, help=f"directory or hub id (default {DEFAULT_CLIP})")
+    extra.add_argument(
+        "--cmmd-samples", type=int, default=CMMD_MAX_SAMPLES, help="CMMD's fixed subsample per side (default 10000)"
+    )
     a = p.parse_args(argv)
+    chosen = [m for m in a.set_metrics.split(",") if m]
+    chosen = list(SET_METRICS) if chosen == ["all"] else chosen
     use_ray = a.ray or (not a.local and bool(os.environ.get("RAY_ADDRESS") or a.ray_address))
     return FidSettings(
         out=a.out,
@@ -66,6 +85,10 @@ def parse_settings(argv: list[str] | None) -> FidSettings:
         batch_size=a.batch_size,
         s3_endpoint=a.s3_endpoint,
         recompute_features=a.recompute_features,
+        set_metrics=tuple(chosen),
+        dinov2_model=a.dinov2_model,
+        clip_model=a.clip_model,
+        cmmd_samples=a.cmmd_samples,
     )
 
 
@@ -73,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = parse_settings(argv)
-        evaluate(settings)
+        evaluate(settings, shlex.join(["python", "-m", "jobs.fid", *(sys.argv[1:] if argv is None else argv)]))
     except ValidationError as err:
         print(f"error: {describe_validation(err)}", file=sys.stderr)
         return 2

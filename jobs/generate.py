@@ -145,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument(
         "--inception-weights", help="torch-fidelity Inception-v3 weights: local file on every node or s3://"
     )
+    metrics.add_argument(
+        "--score",
+        help="clip or clip=MODEL: each image's CLIP score against its prompt as the metadata column clip_score "
+        "(text-to-image models; default model openai/clip-vit-large-patch14-336)",
+    )
+    metrics.add_argument(
+        "--score-embeddings",
+        action="store_true",
+        default=None,
+        help="with --score clip: also the CLIP image embedding, as the fixed-size list column clip_embedding",
+    )
     run.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -61,6 +61,7 @@ def write_output_set(
     shards: Sequence[int] | None = None,
     member_in_key: bool = True,
     image_format: str = "png",
+    prompts: Sequence[str] | None = None,
 ) -> None:
     """Samples i go to shard i // shard_size; `shards` limits which shards get committed.
 
@@ -111,6 +112,8 @@ def write_output_set(
                 "cfg_scale": pa.array([1.0] * len(rows), pa.float32()),
             }
         )
+        if prompts is not None:
+            table = table.append_column("prompt", pa.array([prompts[i] for i in rows], pa.string()))
         if fmt == "parquet":
             names = [f"{ids[i]:08d}.{ext}" for i in rows]
             store.put(f"data/part-{shard:05d}.parquet", image_parquet(table, stored, names))

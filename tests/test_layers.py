@@ -14,6 +14,7 @@ FLOORS = {
     "dit_worker.driver": 7,
     "dit_worker.worker": 6,
     "dit_worker.shard": 5,
+    "dit_worker.report": 5,  # reads a finished set and its metrics
     "dit_worker.manifest": 4,
     "dit_worker.metrics": 4,
     "dit_worker.backends": 3,

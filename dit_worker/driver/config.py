@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dit_worker.backends import GenerationRequest, TextEncoderPlacement
 from dit_worker.backends.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
 from dit_worker.manifest.samples import MAX_GLOBAL_SEED
+from dit_worker.metrics.row_scores import score_model
 from dit_worker.output.encoding import LOSSY_FORMATS, ImageEncoding, ImageFormat
 from dit_worker.output.layout import OutputFormat
 from dit_worker.storage.objects import RetryMode
@@ -89,6 +90,8 @@ class JobConfig(BaseModel):
     compile: bool | None = None  # torch.compile + CUDA graphs; None: on for CUDA workers
     metrics: bool = False  # Inception features per shard, stored for jobs.fid
     inception_weights: str | None = None
+    score: str | None = None  # --score clip[=MODEL]: per-image CLIP score column (metrics/row_scores.py)
+    score_embeddings: bool = False  # and the CLIP image embedding column
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -146,6 +149,10 @@ class JobConfig(BaseModel):
             raise ValueError("--manifest lists the samples itself; drop --classes and --per-class")
         if self.inception_weights is not None and not self.metrics:
             raise ValueError("--inception-weights is for --metrics; add --metrics or drop it")
+        if self.score is not None:
+            score_model(self.score)
+        elif self.score_embeddings:
+            raise ValueError("--score-embeddings stores the embeddings of --score clip; add --score clip or drop it")
         self._check_encoding()
         if (self.prompts is None) != (self.per_prompt is None):
             raise ValueError("--prompts FILE and --per-prompt N go together; pass both")

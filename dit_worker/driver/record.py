@@ -12,6 +12,7 @@ from typing import Any
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.model_info import ModelInfo
 from dit_worker.manifest.samples import SEED_SHIFT, Samples
+from dit_worker.metrics.row_scores import score_record
 from dit_worker.shard import num_shards
 
 
@@ -41,6 +42,8 @@ def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[st
         "format": config.format,
         "image_format": config.image_format,
         "quality": config.encoding.quality,  # None for png; the resolved default for jpeg / webp
+        # --score clip: the metadata gains columns; None (unscored) equals what older job.json files lack.
+        "score": score_record(config.score, config.score_embeddings),
     }
 
 

@@ -39,6 +39,8 @@ def worker_spec(config: JobConfig, info: ModelInfo) -> WorkerSpec:
         io_threads=config.io_threads,
         diffusers=info.settings if isinstance(info.settings, DiffusersSettings) else None,
         text_encoder=config.text_encoder,
+        score=config.score,
+        score_embeddings=config.score_embeddings,
     )
 
 

@@ -6,9 +6,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dit_worker.metrics.clip_score import DEFAULT_CLIP
+from dit_worker.metrics.cmmd import CMMD_MAX_SAMPLES
+from dit_worker.metrics.dinov2 import DEFAULT_DINOV2
+
+SetMetric = Literal["fd_dinov2", "cmmd", "clip_score"]
+
 
 class FidSettings(BaseModel):
-    """One evaluation's settings (`python -m jobs.fid`), validated once at the edge."""
+    """What `python -m jobs.fid` was asked for, validated once.
+
+    Usage::
+
+        FidSettings(out="s3://bucket/set", ref="VIRTUAL_imagenet256_labeled.npz", set_metrics=("fd_dinov2",))
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -27,3 +38,8 @@ class FidSettings(BaseModel):
     batch_size: int = Field(64, ge=1, le=4096)
     s3_endpoint: str | None = None
     recompute_features: bool = False
+    # Beside FID (README, Metrics): FD-DINOv2, CMMD, mean CLIP score; each model by directory or hub id.
+    set_metrics: tuple[SetMetric, ...] = ()
+    dinov2_model: str = Field(DEFAULT_DINOV2, min_length=1)
+    clip_model: str = Field(DEFAULT_CLIP, min_length=1)
+    cmmd_samples: int = Field(CMMD_MAX_SAMPLES, ge=2)

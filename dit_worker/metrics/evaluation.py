@@ -21,20 +21,23 @@ from dit_worker.backends.settings import resolve_device
 from dit_worker.execution.pool import ActorPool, cluster_gpus, make_pool
 from dit_worker.execution.tries import TaskQueue
 from dit_worker.metrics.config import FidSettings
+from dit_worker.metrics.embedding_statistics import EmbeddingStatistics, merge_embeddings
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.frechet import frechet_distance, frechet_distance_of_samples
+from dit_worker.metrics.hf_models import resolve_hf_model
 from dit_worker.metrics.inception import InceptionWeights, resolve_inception_weights
 from dit_worker.metrics.inception_score import SHUFFLE_SEED, SPLITS, inception_score
 from dit_worker.metrics.precision_recall import NEIGHBOURHOOD, precision_recall
 from dit_worker.metrics.reference import Reference, open_reference
+from dit_worker.metrics.set_metrics import embedding_models_for, set_metrics
 from dit_worker.metrics.shard_statistics import ShardStatistics, StatisticsMerger
-from dit_worker.metrics.tasks import FeatureActor, FeatureTask, SetShardTask
+from dit_worker.metrics.tasks import EmbeddingModels, FeatureActor, FeatureTask, SetShardTask, ShardFeatures
 from dit_worker.output.encoding import LOSSY_FORMATS
 from dit_worker.output.reader import OutputSet
 from dit_worker.storage.node_cache import cache_root
 
 log = logging.getLogger(__name__)
-FeaturePool = ActorPool[FeatureTask, ShardStatistics]
+FeaturePool = ActorPool[FeatureTask, ShardFeatures]
 METRICS_KEY = "metrics.json"
 PER_CLASS_KEY = "metrics_per_class.json"
 
@@ -42,29 +45,52 @@ PER_CLASS_KEY = "metrics_per_class.json"
 MAX_TRIES = 3
 
 
-def _collect(pool: FeaturePool, tasks: Iterable[FeatureTask], total: int, what: str) -> ShardStatistics | None:
+def _collect(pool: FeaturePool, tasks: Iterable[FeatureTask], total: int, what: str) -> ShardFeatures | None:
     merger, chunks, start = StatisticsMerger(), 0, time.monotonic()
+    embeddings: dict[str, list[EmbeddingStatistics]] = {}
     queue = TaskQueue(enumerate(tasks), MAX_TRIES, name=lambda k: f"feature task {k}")
     for _, part in pool.map(queue):
-        merger.add(part)
+        merger.add(part.inception)
+        for kind, emb in part.embeddings.items():
+            embeddings.setdefault(kind, []).append(emb)
         chunks += 1
-        log.info("%s: %d/%d chunks (%d samples), %.0f s", what, chunks, total, part.count, time.monotonic() - start)
-    return merger.result() if chunks else None
+        log.info(
+            "%s: %d/%d chunks (%d samples), %.0f s", what, chunks, total, part.inception.count, time.monotonic() - start
+        )
+    if not chunks:
+        return None
+    return ShardFeatures(merger.result(), {kind: merge_embeddings(parts) for kind, parts in embeddings.items()})
 
 
-def reference_features(ref: Reference, weights: InceptionWeights, pool: FeaturePool) -> ShardStatistics | None:
-    """Features of the reference images, cached per node by (reference content, weights)."""
+def _write(path: os.PathLike[str], data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def reference_features(
+    ref: Reference, weights: InceptionWeights, pool: FeaturePool, models: EmbeddingModels | None = None
+) -> ShardFeatures | None:
+    """Features of the reference images, cached per node by (reference content, weights), and one
+    file per embedding model by (reference content, weights, model)."""
     key = hashlib.sha256(f"{ref.fingerprint()}|{weights.id}".encode()).hexdigest()[:32]
-    path = cache_root() / "fid-reference" / f"{key}.npz"
-    if path.is_file():
+    folder = cache_root() / "fid-reference"
+    path = folder / f"{key}.npz"
+    parts = {
+        kind: folder / f"{key}-{kind}-{hashlib.sha256(model_id.encode()).hexdigest()[:16]}.npz"
+        for kind, model_id in (models or EmbeddingModels()).ids().items()
+    }
+    if path.is_file() and all(p.is_file() for p in parts.values()):
         log.info("reference features from cache %s", path)
-        return ShardStatistics.from_bytes(path.read_bytes())
+        embeddings = {kind: EmbeddingStatistics.from_bytes(p.read_bytes()) for kind, p in parts.items()}
+        return ShardFeatures(ShardStatistics.from_bytes(path.read_bytes()), embeddings)
     stats = _collect(pool, ref.tasks(), ref.num_tasks, "reference features")
     if stats is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(stats.to_bytes())
-        os.replace(tmp, path)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write(path, stats.inception.to_bytes())
+        for kind, p in parts.items():
+            _write(p, stats.embeddings[kind].to_bytes())
     return stats
 
 
@@ -108,10 +134,27 @@ def _check_inputs(settings: FidSettings) -> tuple[OutputSet, Reference]:
             "arr_1 labels, a folder with one sub-folder per class id (or the 1000 ImageNet WordNet ids), or a "
             "dit-worker output"
         )
+    if "clip_score" in settings.set_metrics and not output.prompted:
+        raise MetricsInputError(
+            f"--set-metrics clip_score scores each image against its prompt, and {output.url} has samples without "
+            "one (a class-conditional or unconditional set); drop clip_score (fd_dinov2 and cmmd need no prompts)"
+        )
     return output, ref
 
 
-def feature_pool(settings: FidSettings, weights: InceptionWeights) -> FeaturePool:
+def resolve_embedding_models(settings: FidSettings) -> EmbeddingModels:
+    """The DINOv2 / CLIP models the asked-for set metrics need, checked before any weights load."""
+    needs_clip = bool({"cmmd", "clip_score"} & set(settings.set_metrics))
+    dinov2 = (
+        resolve_hf_model(settings.dinov2_model, flag="--dinov2-model", model_type="dinov2")
+        if "fd_dinov2" in settings.set_metrics
+        else None
+    )
+    clip = resolve_hf_model(settings.clip_model, flag="--clip-model", model_type="clip") if needs_clip else None
+    return embedding_models_for(settings.set_metrics, dinov2, clip)
+
+
+def feature_pool(settings: FidSettings, weights: InceptionWeights, models: EmbeddingModels) -> FeaturePool:
     """FeatureActors on the one pool: in this process, or one per GPU on Ray (one actor without
     GPUs), placement checked before any work, dead actors restarted, each task tried MAX_TRIES times."""
     local = settings.mode == "local"
@@ -123,7 +166,7 @@ def feature_pool(settings: FidSettings, weights: InceptionWeights) -> FeaturePoo
     weights_arg = weights.path if local else weights.path.read_bytes()
     pool: FeaturePool = make_pool(
         FeatureActor,
-        (weights_arg, weights.id, settings.batch_size, settings.device if local else None),
+        (weights_arg, weights.id, settings.batch_size, settings.device if local else None, models),
         local=local,
         address=address,
         per_actor={"CPU": 1.0, "GPU": per_worker},
@@ -160,9 +203,11 @@ def per_class_fid(samples: ShardStatistics, reference: ShardStatistics, names: d
     return sorted(rows, key=lambda r: -np.inf if r["fid"] is None else -r["fid"])
 
 
-def evaluate(settings: FidSettings) -> dict[str, Any]:
+def evaluate(settings: FidSettings, command: str | None = None) -> dict[str, Any]:
+    """Evaluate the set; `command` (the command line, for the record) goes into metrics.json."""
     output, ref = _check_inputs(settings)
     weights = resolve_inception_weights(settings.inception_weights, s3_endpoint=settings.s3_endpoint)
+    models = resolve_embedding_models(settings)
     log.info(
         "evaluating %s (%d samples, %d shards%s) against %s (%s)",
         output.url,
@@ -180,17 +225,19 @@ def evaluate(settings: FidSettings) -> dict[str, Any]:
             output.url,
             " and ".join(lossy),
         )
-    pool = feature_pool(settings, weights)
+    pool = feature_pool(settings, weights, models)
     try:
         tasks = (
             SetShardTask(output.url, settings.s3_endpoint, shard, reuse=not settings.recompute_features)
             for shard in output.shards
         )
-        samples = _collect(pool, tasks, len(output.shards), "set features")
-        ref_features = reference_features(ref, weights, pool)
+        collected = _collect(pool, tasks, len(output.shards), "set features")
+        ref_collected = reference_features(ref, weights, pool, models)
     finally:
         pool.close()
-    assert samples is not None
+    assert collected is not None
+    samples = collected.inception
+    ref_features = ref_collected.inception if ref_collected is not None else None
     pool_ref, spatial_ref = ref.gaussians(ref_features)
     is_mean, is_std = inception_score(samples.logits)
     precision = recall = None
@@ -201,6 +248,7 @@ def evaluate(settings: FidSettings) -> dict[str, Any]:
     else:
         log.warning("%s holds no reference images (no arr_0): precision and recall are not computed", ref.url)
     metrics: dict[str, Any] = {
+        "command": command,
         "fid": frechet_distance(samples.pool_moments.gaussian(), pool_ref),
         "sfid": frechet_distance(samples.spatial_moments.gaussian(), spatial_ref),
         "inception_score_mean": is_mean,
@@ -222,6 +270,16 @@ def evaluate(settings: FidSettings) -> dict[str, Any]:
             "precision_recall_k": NEIGHBOURHOOD,
         },
     }
+    if settings.set_metrics:
+        device = resolve_device(settings.device if settings.mode == "local" else None)
+        metrics |= set_metrics(
+            settings.set_metrics,
+            collected.embeddings,
+            ref_collected.embeddings if ref_collected is not None else None,
+            models,
+            cmmd_samples=settings.cmmd_samples,
+            device=str(device),
+        )
     if settings.per_class:
         assert ref_features is not None
         names: dict[int, str] = {}

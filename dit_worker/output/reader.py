@@ -54,9 +54,16 @@ class Shard:
     widths: np.ndarray
     class_names: tuple[str, ...] | None
     image_bytes: np.ndarray | None = None  # int64 sizes of the stored images (sets made before it: None)
+    prompts: tuple[str | None, ...] | None = None  # text-to-image sets; None where no row has a prompt
 
     def __len__(self) -> int:
         return int(self.sample_ids.shape[0])
+
+    def prompt_of(self) -> dict[int, str] | None:
+        """sample id -> prompt, for the rows that have one (None for a set without prompts)."""
+        if self.prompts is None:
+            return None
+        return {int(i): p for i, p in zip(self.sample_ids.tolist(), self.prompts, strict=True) if p}
 
 
 @dataclass(frozen=True)
@@ -194,7 +201,7 @@ class OutputSet:
                 f"{where}: missing metadata column(s) {', '.join(missing)}; a dit-worker set (docs/output.md) has "
                 f"{', '.join(REQUIRED_COLUMNS)}"
             )
-        optional = ("class_name", "image_bytes")
+        optional = ("class_name", "image_bytes", "prompt")
         cols = {c: table.column(c).to_pylist() for c in table.column_names if c in (*REQUIRED_COLUMNS, *optional)}
         ids = np.asarray(cols["sample_id"], np.int64)
         classes = (
@@ -202,8 +209,9 @@ class OutputSet:
             if "class_id" in table.column_names
             else np.full(ids.shape, -1, np.int32)
         )
-        if "class_name" in cols and all(name is None for name in cols["class_name"]):
-            del cols["class_name"]
+        for column in ("class_name", "prompt"):
+            if column in cols and all(value is None for value in cols[column]):
+                del cols[column]
         order = np.argsort(ids, kind="stable")
 
         def pick(name: str) -> list:
@@ -219,6 +227,7 @@ class OutputSet:
             widths=np.asarray(cols["width"], np.int64)[order],
             class_names=tuple(pick("class_name")) if "class_name" in cols else None,
             image_bytes=np.asarray(pick("image_bytes"), np.int64) if "image_bytes" in cols else None,
+            prompts=tuple(pick("prompt")) if "prompt" in cols else None,
         )
 
     # --- checks made before any heavy work -------------------------------------------------------
@@ -240,6 +249,11 @@ class OutputSet:
     def labelled(self) -> bool:
         """Every sample has a class id (a class-conditional set)."""
         return all(bool((s.class_ids >= 0).all()) for s in self.shards)
+
+    @property
+    def prompted(self) -> bool:
+        """Every sample has a prompt (a text-to-image set)."""
+        return bool(self.shards) and all(s.prompts is not None and all(s.prompts) for s in self.shards)
 
     @property
     def num_samples(self) -> int:

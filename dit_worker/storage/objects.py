@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import mimetypes
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -262,8 +263,10 @@ class S3Storage(Storage):
             raise StorageError(f"{self._where}: cannot reach S3 to {what} ({err})") from None
 
     def put(self, key: str, data: bytes) -> None:
+        # A type browsers act on (text/html, image/jpeg): jobs.report's page opens straight from the bucket.
+        kind = {"ContentType": t} if (t := mimetypes.guess_type(key)[0]) else {}
         with self._errors(f"write {key}"):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **kind)
 
     def _conditional_put(self, key: str, data: bytes, **condition: str) -> str | None:
         from botocore.exceptions import ClientError

@@ -22,6 +22,7 @@ from dit_worker.backends.diffusers.batch_check import BatchCheck, run_batch_chec
 from dit_worker.backends.native.pipeline import DiTPipeline, NonFiniteLatents
 from dit_worker.execution.tries import PermanentError
 from dit_worker.manifest.samples import Samples
+from dit_worker.metrics.row_scores import ClipRowScorer, clip_row_scorers
 from dit_worker.metrics.shard_sink import feature_sinks
 from dit_worker.shard import SHARDS_IN_FLIGHT, BatchCheckTask, ShardResult, ShardTask, WorkerSpec, shard_name
 from dit_worker.storage.objects import open_storage
@@ -85,6 +86,9 @@ class ShardWorker:
         self._sinks: Callable[[int], list[BatchSink]] = lambda shard: []
         if spec.metrics:
             self._sinks = feature_sinks(spec.inception_weights, self.storage, self.model.device, spec.s3_endpoint)
+        self._scorers: Callable[[int], list[ClipRowScorer]] = lambda shard: []
+        if spec.score is not None:
+            self._scorers = clip_row_scorers(spec.score, spec.score_embeddings, self.model.device)
         self.pool = IOPool(spec.io_threads, max_queued=SHARDS_IN_FLIGHT * self.batch_size)
         self._sampling = threading.Lock()
 
@@ -118,7 +122,7 @@ class ShardWorker:
             negative_prompt=spec.diffusers.negative_prompt if spec.diffusers else None,
             encoding=spec.encoding,
         )
-        extras = self._sinks(task.shard)
+        extras, scorers = self._sinks(task.shard), self._scorers(task.shard)
         with self._sampling:
             self.model.begin_shard(task.samples.rows())
             for lo in range(0, len(task.samples), self.batch_size):
@@ -130,6 +134,10 @@ class ShardWorker:
                 writer.add(rows, images)
                 for sink in extras:
                     sink.add(rows.sample_id, rows.class_id, images)
+                for scorer in scorers:
+                    scorer.add([] if rows.prompt is None else rows.prompt.tolist(), images)
+        for scorer in scorers:  # columns of the metadata part, so before store() builds it
+            writer.columns.update(scorer.columns())
         image_sha256 = writer.store()
         for sink in extras:
             sink.close(image_sha256)

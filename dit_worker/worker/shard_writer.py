@@ -92,6 +92,7 @@ class ShardWriter:
         self.encoding = encoding
         self._stored: list[Future[tuple[str, int, bytes | None]]] = []
         self._table: pa.Table | None = None
+        self.columns: dict[str, pa.Array] = {}  # extra metadata columns in sample order (--score clip)
 
     def add(self, rows: Samples, images: torch.Tensor) -> None:
         batch = HostBatch(images)
@@ -144,11 +145,14 @@ class ShardWriter:
         classes = samples.class_id
         names = None if classes is None or self.names is None else [self.names.name(c) for c in classes.tolist()]
         ids, seeds = samples.sample_id, samples.seed
-        return shard_table(
+        table = shard_table(
             shard, ids, classes, seeds, names, keys, sha256, sizes, self.image_size, self.settings,
             prompt=None if samples.prompt is None else samples.prompt.to_arrow(),
             negative_prompt=self._negative_prompts(samples),
         )  # fmt: skip
+        for name, column in self.columns.items():
+            table = table.append_column(name, column)
+        return table
 
     def _negative_prompts(self, samples: Samples) -> pa.Array | None:
         """Each row's own negative prompt, else the job's; None (null) where there is none or no
