@@ -138,3 +138,12 @@ def test_a_lease_left_unrenewed_for_most_of_its_ttl_counts_as_lost(tmp_path: Pat
     time.sleep(0.8)
     with pytest.raises(LeaseLost, match="could not be renewed for 1 s"):
         keeper.check()
+
+
+def test_benchmark_scale_resume_requests_do_not_grow_with_commits(tmp_path: Path) -> None:
+    """jobs.benchmark_scale's resume figure on a local folder: the same requests at 100 and 5,000 shards."""
+    from dit_worker.benchmarks.scale import resume_cost
+
+    small, large = (resume_cost(str(tmp_path), n) for n in (100, 5000))
+    assert small["resume_requests"] == large["resume_requests"] == 3  # list (with its stat) and get
+    assert large["record_requests_per_shard"] < 0.01  # one log per 256 commits, a snapshot per 32 logs

@@ -184,6 +184,14 @@ def test_stopped_driver_resumes_with_the_same_command(
     assert summary["shards_skipped"] == len(parts)  # exactly the shards committed before the stop
     assert summary["shards_generated"] == 16 - summary["shards_skipped"]
 
+    # jobs.verify --full --ray checks the committed shards on Ray actors of the same cluster.
+    sid = f"verify-{uuid.uuid4().hex[:12]}"
+    entry = ["python", "-m", "jobs.verify", "--out", f"s3://{s3_bucket}/stop", "--full", "--ray"]
+    proc = ray_cluster.submit(entry, working_dir=REPO, env_vars=s3_server.env(), submission_id=sid, wait=True)
+    logs = ray_cluster.job_logs(sid)
+    assert proc.returncode == 0 and ray_cluster.job_status(sid) == "SUCCEEDED", logs[-3000:]
+    assert '"shards_checked": 16, "shards_broken": [], "sha256_checked": true' in logs, logs[-3000:]
+
 
 def test_more_workers_than_the_cluster_can_place_is_refused(
     ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path

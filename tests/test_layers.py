@@ -12,6 +12,7 @@ FLOORS = {
     "jobs": 9,
     "dit_worker": 8,  # the package's public API (dit_worker/__init__.py)
     "dit_worker.driver": 7,
+    "dit_worker.benchmarks": 7,  # harnesses that drive the pool and the workers as the job does
     "dit_worker.worker": 6,
     "dit_worker.shard": 5,
     "dit_worker.report": 5,  # reads a finished set and its metrics
