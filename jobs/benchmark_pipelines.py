@@ -20,6 +20,7 @@ import torch
 
 from dit_worker.backends import GenerationRequest, Rows, inspect_model, load_generator
 from dit_worker.backends.diffusers_pipelines import DiffusersGenerator
+from dit_worker.benchmarks.conditions import machine_conditions
 from dit_worker.settings import DTYPES, SamplingSettings, resolve_device, resolve_dtype
 
 PROMPTS = (
@@ -102,7 +103,7 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
             "repeats": args.repeats,
         }
         lines.append(line)
-        print(json.dumps(line), flush=True)
+        print(json.dumps(line | machine_conditions(device)), flush=True)
     return lines
 
 
