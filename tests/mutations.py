@@ -202,6 +202,20 @@ BREAKAGES = [
         (f"{PARITY}::test_vae_decode_equals_diffusers", FULL_IMAGES),
     ),
     Breakage(
+        "VAE upsample kernel taps in phase order instead of the transposed convolution's",
+        "dit_worker/models/vae.py",
+        "        return torch.stack([k2, k1 + k2, k0 + k1, k0], dim)\n",
+        "        return torch.stack([k0, k1 + k2, k0 + k1, k2], dim)\n",
+        (f"{PARITY}::test_upsample_equals_nearest_upsampling_then_conv", f"{PARITY}::test_vae_decode_equals_diffusers"),
+    ),
+    Breakage(
+        "VAE SiLU in place even when autograd needs its input",
+        "dit_worker/models/vae.py",
+        "    return F.silu(x, inplace=not torch.is_grad_enabled())\n",
+        "    return F.silu(x, inplace=True)\n",
+        (f"{PARITY}::test_decoder_in_place_path_equals_autograd_path",),
+    ),
+    Breakage(
         "uint8 conversion truncates instead of rounding",
         "dit_worker/models/vae.py",
         ".clamp_(0, 255).round_().to(torch.uint8)",

@@ -265,4 +265,26 @@ def test_upsample_equals_nearest_upsampling_then_conv(channels_last: bool, dtype
         expected = up.conv(torch.nn.functional.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(dtype))
         actual = up(x)
     assert actual.shape == (2, 16, 10, 14)
-    assert_rel_close(actual.float(), expected.float(), 1e-6 if dtype == torch.float32 else 1e-2)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert_rel_close(actual.float(), expected.float(), tol)
+    # The same measure on a wrong input: rows shifted by one (what an off-by-one padding would do).
+    with torch.no_grad():
+        assert_far(up(x.roll(1, dims=2)).float(), expected.float(), tol, "input rows shifted by one")
+
+
+def test_decoder_in_place_path_equals_autograd_path(tiny_ckpt: Path) -> None:
+    """Without autograd the decoder writes SiLU and residual sums into fresh outputs (vae._silu,
+    ResnetBlock): bit for bit what the out-of-place path gives, and that path still backpropagates."""
+    _, vae = build_models(load_checkpoint(tiny_ckpt), torch.device("cpu"), torch.float32)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    kept = z.clone()
+    with torch.inference_mode():
+        in_place = vae(z)
+        other = vae(z.flip(0))
+    assert torch.equal(z, kept)  # the caller's latents are untouched
+    z.requires_grad_(True)
+    out_of_place = vae(z)
+    out_of_place.square().mean().backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    assert torch.equal(in_place, out_of_place.detach())
+    assert_far(other, in_place, VAE_TOL, "other latents")  # the equality is not vacuous
