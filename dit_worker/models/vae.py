@@ -48,9 +48,9 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 def _silu(x: torch.Tensor) -> torch.Tensor:
-    """SiLU of a GroupNorm's fresh output, in place when no backward pass needs that output: on CPU the
-    decoder's time goes to writing large new tensors as much as to computing them (same values)."""
-    return F.silu(x, inplace=not torch.is_grad_enabled())
+    """SiLU written over a GroupNorm's fresh output (GroupNorm's backward reads its input, not its
+    output): on CPU the decoder's time goes to writing large new tensors as much as to computing them."""
+    return F.silu(x, inplace=True)
 
 
 class ResnetBlock(nn.Module):
@@ -67,8 +67,8 @@ class ResnetBlock(nn.Module):
         h = self.conv2(_silu(self.norm2(h)))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
         # skip + h as diffusers adds (addition commutes: the same bits), written into conv2's fresh
-        # output when no backward pass needs it: one large tensor fewer to allocate and page in.
-        return h.add_(skip) if not torch.is_grad_enabled() else skip + h
+        # output, which no backward pass reads: one large tensor fewer to allocate and page in.
+        return h.add_(skip)
 
 
 class SpatialSelfAttention(nn.Module):
