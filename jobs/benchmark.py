@@ -26,6 +26,7 @@ import torch
 from dit_worker.backends import pipeline_class
 from dit_worker.backends.native.pipeline import DiTPipeline, load_pipeline
 from dit_worker.backends.settings import SamplingSettings
+from dit_worker.benchmarks.conditions import machine_conditions
 from dit_worker.checkpoints.convert import random_checkpoint_dir
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.execution.pool import make_pool
@@ -361,15 +362,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     }
                 )
             for entry in lines[-3 if ref is not None else -1 :]:
-                print(json.dumps(entry), flush=True)
+                print(json.dumps(entry | machine_conditions(pipe.device)), flush=True)
             if args.e2e_out:
                 lines.append(measure_end_to_end(pipe, settings, batch, args.e2e_out, args.e2e_shards, timer))
-                print(json.dumps(lines[-1]), flush=True)
+                print(json.dumps(lines[-1] | machine_conditions(pipe.device)), flush=True)
         if args.psnr_samples:
             reference = load_pipeline(model, args.vae, device=pipe.device, dtype="float32")
             line = measure_psnr(pipe, reference, settings, args.psnr_samples, min(args.psnr_samples, max(sizes)))
             lines.append(line | {"impl": "dit_worker", "compiled": compile_, "sampler": settings.sampler})
-            print(json.dumps(lines[-1]), flush=True)
+            print(json.dumps(lines[-1] | machine_conditions(pipe.device)), flush=True)
         return lines
 
 

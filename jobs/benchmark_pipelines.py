@@ -21,6 +21,7 @@ import torch
 from dit_worker.backends import GenerationRequest, Rows, inspect_model, load_generator
 from dit_worker.backends.diffusers.run import DiffusersGenerator
 from dit_worker.backends.settings import DTYPES, SamplingSettings, resolve_device, resolve_dtype
+from dit_worker.benchmarks.conditions import machine_conditions
 
 PROMPTS = (
     "a photo of a red fox in the snow",
@@ -104,7 +105,7 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
             "repeats": args.repeats,
         }
         lines.append(line)
-        print(json.dumps(line), flush=True)
+        print(json.dumps(line | machine_conditions(device)), flush=True)
     return lines
 
 

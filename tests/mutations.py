@@ -282,6 +282,20 @@ BREAKAGES = [
         (f"{PARITY}::test_vae_decode_equals_diffusers", FULL_IMAGES),
     ),
     Breakage(
+        "VAE upsample kernel taps in phase order instead of the transposed convolution's",
+        "dit_worker/models/vae.py",
+        "        return torch.stack([k2, k1 + k2, k0 + k1, k0], dim)\n",
+        "        return torch.stack([k0, k1 + k2, k0 + k1, k2], dim)\n",
+        (f"{PARITY}::test_upsample_equals_nearest_upsampling_then_conv", f"{PARITY}::test_vae_decode_equals_diffusers"),
+    ),
+    Breakage(
+        "VAE residual sum written over the block's input instead of conv2's output",
+        "dit_worker/models/vae.py",
+        "        return h.add_(skip)\n",
+        "        return skip.add_(h)\n",
+        (f"{PARITY}::test_decoder_gradient_equals_diffusers",),
+    ),
+    Breakage(
         "uint8 conversion truncates instead of rounding",
         "dit_worker/models/vae.py",
         ".clamp_(0, 255).round_().to(torch.uint8)",
@@ -388,6 +402,8 @@ BREAKAGES = [
         'self.clip.texts([p or "" for p in prompts])',
         'self.clip.texts([p or "" for p in prompts][::-1])',
         ("tests/test_score_clip.py::test_scores_in_the_metadata_equal_torchmetrics",),
+    ),
+    Breakage(
         "SD3: --max-sequence-length dropped on the way to the T5 (its default 256 pads instead)",
         "dit_worker/backends/diffusers/prompt_encoding.py",
         "do_classifier_free_guidance=False, max_sequence_length=s.max_sequence_length\n",
@@ -446,8 +462,8 @@ BREAKAGES = [
 ]
 # The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.
 TAR_IN_STORE = (
-    "            self.storage.put(tar_key(shard), webdataset_tar(self._table, [png for _, png in stored]))\n",
-    "            self._tar = webdataset_tar(self._table, [png for _, png in stored])\n",
+    "            self.storage.put(tar_key(shard), webdataset_tar(self._table, images, ext))\n",
+    "            self._tar = webdataset_tar(self._table, images, ext)\n",
 )
 
 

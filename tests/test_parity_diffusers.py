@@ -265,4 +265,30 @@ def test_upsample_equals_nearest_upsampling_then_conv(channels_last: bool, dtype
         expected = up.conv(torch.nn.functional.interpolate(x.float(), scale_factor=2.0, mode="nearest").to(dtype))
         actual = up(x)
     assert actual.shape == (2, 16, 10, 14)
-    assert_rel_close(actual.float(), expected.float(), 1e-6 if dtype == torch.float32 else 1e-2)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert_rel_close(actual.float(), expected.float(), tol)
+    # The same measure on a wrong input: rows shifted by one (what an off-by-one padding would do).
+    with torch.no_grad():
+        assert_far(up(x.roll(1, dims=2)).float(), expected.float(), tol, "input rows shifted by one")
+
+
+def test_decoder_gradient_equals_diffusers(tiny_ckpt: Path) -> None:
+    """The decoder writes SiLU and residual sums over fresh outputs (vae._silu, ResnetBlock): the
+    caller's latents stay untouched and autograd still gives diffusers' gradient."""
+    ref = AutoencoderKL.from_pretrained(tiny_ckpt / "vae")
+    _, vae = build_models(load_checkpoint(tiny_ckpt), torch.device("cpu"), torch.float32)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    kept = z.clone()
+    with torch.inference_mode():
+        vae(z)
+    assert torch.equal(z, kept)
+
+    def grad(decode, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.clone().requires_grad_(True)
+        decode(latents).square().mean().backward()
+        return latents.grad
+
+    expected = grad(lambda x: ref.decode(x / ref.config.scaling_factor).sample, z)
+    # Measured 1.0e-6 relative on this CPU.
+    assert_rel_close(grad(vae, z), expected, 5e-6)
+    assert_far(grad(vae, z * 1.01), expected, 5e-6, "latents 1% off")

@@ -49,8 +49,8 @@ def vae_decode_flops(config: VAEDecoderConfig, latent_size: int, batch: int = 1)
         cin = chans[max(i - 1, 0)]
         for j in range(config.layers_per_block + 1):
             macs += resnet(cin if j == 0 else cout, cout, side)
-        if i < len(chans) - 1:  # four 2x2 phase kernels on the (side + 1)^2 padded grid (vae.Upsample)
-            macs += conv(cout, 4 * cout, 2, side + 1)
+        if i < len(chans) - 1:  # a 4x4 stride-2 transposed kernel over every input pixel (vae.Upsample)
+            macs += conv(cout, cout, 4, side)
             side *= 2
     macs += conv(config.block_out_channels[0], config.out_channels, 3, side)
     return 2 * batch * macs

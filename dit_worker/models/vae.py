@@ -47,6 +47,12 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS)
 
 
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU written over a GroupNorm's fresh output (GroupNorm's backward reads its input, not its
+    output): on CPU the decoder's time goes to writing large new tensors as much as to computing them."""
+    return F.silu(x, inplace=True)
+
+
 class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
@@ -57,10 +63,12 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(_silu(self.norm1(x)))
+        h = self.conv2(_silu(self.norm2(h)))
         skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return skip + h
+        # skip + h as diffusers adds (addition commutes: the same bits), written into conv2's fresh
+        # output, which no backward pass reads: one large tensor fewer to allocate and page in.
+        return h.add_(skip)
 
 
 class SpatialSelfAttention(nn.Module):
@@ -83,44 +91,40 @@ class SpatialSelfAttention(nn.Module):
         return x + out
 
 
-def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+def upsample_kernel(weight: torch.Tensor) -> torch.Tensor:
     """[C_out, C_in, 3, 3] kernel of a convolution after nearest 2x upsampling -> the equivalent
-    [4 * C_out, C_in, 2, 2] kernels on the low-resolution input, one per output phase 00, 01, 10, 11.
+    [C_in, C_out, 4, 4] kernel of a stride-2 transposed convolution (padding 1) on the low-resolution
+    input.
 
     Upsampling repeats every input row, so output row 2i of the 3x3 convolution reads input rows
-    (i-1, i, i) and output row 2i+1 reads (i, i, i+1): taps landing on the same input row add up.
-    Same along columns. 16 instead of 36 multiply-adds per input pixel and channel pair, and the
-    4x larger upsampled tensor is never materialised.
+    (i-1, i, i) with taps (k0, k1, k2) and row 2i+1 reads (i, i, i+1): taps landing on the same input
+    row add up, giving (k0, k1+k2) for even rows and (k0+k1, k2) for odd ones. A stride-2 transposed
+    convolution with padding 1 sends input row i to output rows 2i-1..2i+2 through taps 3..0, which
+    is exactly that with the per-axis kernel (k2, k1+k2, k0+k1, k0). 16 instead of 36 multiply-adds
+    per input pixel and channel pair; the 4x larger upsampled tensor is never materialised, and the
+    output is written interleaved in one pass.
     """
 
-    def fold(k: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def fold(k: torch.Tensor, dim: int) -> torch.Tensor:
         k0, k1, k2 = k.unbind(dim)
-        return torch.stack([k0, k1 + k2], dim), torch.stack([k0 + k1, k2], dim)
+        return torch.stack([k2, k1 + k2, k0 + k1, k0], dim)
 
-    return torch.cat([phase for rows in fold(weight, 2) for phase in fold(rows, 3)])
+    return fold(fold(weight, 2), 3).transpose(0, 1)
 
 
 class Upsample(nn.Module):
-    """Nearest 2x upsampling + 3x3 convolution, computed as four 2x2 convolutions (`phase_kernels`)."""
+    """Nearest 2x upsampling + 3x3 convolution, computed as one stride-2 transposed convolution
+    (`upsample_kernel`)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        c = self.conv.out_channels
-        kernels = phase_kernels(self.conv.weight).contiguous(memory_format=torch.channels_last)
-        # Padding 1 on all sides: output index i + a of this convolution reads input rows i + a - 1
-        # and i + a, which is exactly what phase a of output row 2i + a needs.
-        y = F.conv2d(x, kernels, self.conv.bias.repeat(4), padding=1).permute(0, 2, 3, 1)  # NHWC view
-        phases = [y[:, a : a + h, b : b + w, i * c : (i + 1) * c] for i, (a, b) in enumerate(_PHASES)]
-        rows = [torch.stack(phases[0:2], dim=3), torch.stack(phases[2:4], dim=3)]  # [N, H, W, 2, C]
-        out = torch.stack(rows, dim=2)  # [N, H, 2, W, 2, C]: output pixel (2i + a, 2j + b)
-        return out.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)  # channels-last NCHW view
-
-
-_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+        kernel = upsample_kernel(self.conv.weight)
+        if x.is_contiguous(memory_format=torch.channels_last):  # keep the kernel in the input's layout
+            kernel = kernel.contiguous(memory_format=torch.channels_last)
+        return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)
 
 
 class MidBlock(nn.Module):
@@ -176,7 +180,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(_silu(self.conv_norm_out(x)))
 
 
 class VAEDecoder(nn.Module):
