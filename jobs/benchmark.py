@@ -1,55 +1,18 @@
 """python -m jobs.benchmark: sampling throughput, FLOP utilisation, and a side-by-side with diffusers.
 
-Prints one JSON object per line: one per (implementation, batch size), plus a `compare` line with
-the images/s ratio when `--compare diffusers` is given. Ours and the reference run alternately in
-the same process on the same weights, dtype, sampler, steps and batch; medians are reported. Each
-side is timed as one call (our `generate_batch`, diffusers' pipeline call) with its VAE decode timed
-inside that same call, so the sampling and decoding parts of both sides add up to their totals.
+Prints one JSON object per line (dit_worker.benchmarks: `sampling` for DiT checkpoints,
+`pipelines` for diffusers pipelines, `encoding` for --encode-only); each line names the versions
+and the machine's conditions it was measured under.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
-import torch
-
-from dit_worker.backends import pipeline_class
-from dit_worker.backends.native.pipeline import DiTPipeline, load_pipeline
-from dit_worker.backends.settings import SamplingSettings
-from dit_worker.benchmarks.conditions import machine_conditions
-from dit_worker.checkpoints.convert import random_checkpoint_dir
+from dit_worker.benchmarks import encoding
+from dit_worker.benchmarks.sampling import run
 from dit_worker.checkpoints.errors import CheckpointError
-from dit_worker.execution.pool import make_pool
-from dit_worker.execution.tries import TaskQueue
-from dit_worker.manifest.samples import from_classes
-from dit_worker.models.flops import dit_paper_gflops, transformer_flops, vae_decode_flops
-from dit_worker.shard import SHARDS_IN_FLIGHT, WorkerSpec, shard_name, shard_tasks
-from dit_worker.worker.shard_worker import ShardWorker
-from jobs import benchmark_encoding
-from jobs.benchmark_pipelines import add_pipeline_args, run_pipeline_benchmark
-
-# Dense tensor-core peaks from the vendor datasheets (TFLOP/s), used for MFU unless --peak-tflops.
-PEAK_TFLOPS = {
-    ("H100", "bfloat16"): 989.4,
-    ("H100", "float16"): 989.4,
-    ("H100", "float32"): 494.7,  # TF32
-    ("H200", "bfloat16"): 989.4,
-    ("H200", "float16"): 989.4,
-    ("H200", "float32"): 494.7,
-    ("A100", "bfloat16"): 312.0,
-    ("A100", "float16"): 312.0,
-    ("A100", "float32"): 156.0,
-}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also make N samples with an eager float32 pipeline on the same weights and report the image "
         "PSNR of the benchmarked path (dtype, compile) against it",
     )
-    benchmark_encoding.add_arguments(p)
+    add_arguments(p)
     add_pipeline_args(p)
     args = p.parse_args(argv)
     if not args.encode_only and not (args.model or args.random):
@@ -98,286 +61,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None) -> float | None:
-    if override is not None:
-        return override
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    dtype_name = str(dtype).removeprefix("torch.")
-    return next((v for (gpu, dt), v in PEAK_TFLOPS.items() if gpu in name and dt == dtype_name), None)
-
-
-class Timer:
-    """Wall time of a GPU/CPU region, synchronised at both ends; tracks the peak GPU memory of the
-    regions timed since `reset` (ours and the reference alternate on one device)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-
-    def reset(self) -> None:
-        self.peak = 0
-
-    def __call__(self, fn: Callable[[], Any]) -> tuple[float, Any]:
-        sync(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(self.device)
-        elapsed = time.perf_counter() - t0
-        if self.device.type == "cuda":
-            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
-        return elapsed, out
-
-
-def bench_classes(n: int, num_classes: int) -> list[int]:
-    """Class ids of the n benchmark samples, spread over the classes; sample i has seed i."""
-    return [(7 * i) % num_classes for i in range(n)]
-
-
-@contextmanager
-def timed_calls(obj: Any, name: str, device: torch.device) -> Iterator[list[float]]:
-    """Time every call of `obj.name` (synchronised at both ends) while inside; the seconds are
-    appended to the yielded list. Used to time each side's VAE decode inside its own pipeline call."""
-    original = getattr(obj, name)
-    seconds: list[float] = []
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        sync(device)
-        t0 = time.perf_counter()
-        out = original(*args, **kwargs)
-        sync(device)
-        seconds.append(time.perf_counter() - t0)
-        return out
-
-    setattr(obj, name, timed)  # an instance attribute: shadows the method until deleted
-    try:
-        yield seconds
-    finally:
-        delattr(obj, name)
-
-
-def measure_ours(pipe: DiTPipeline, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
-    """One `generate_batch` call timed whole, its VAE decoder's forward timed inside it: measured
-    exactly as `measure_reference` measures diffusers' pipeline call and its `vae.decode`."""
-    timer.reset()
-    sampler = pipe.sampler(settings)
-    classes = bench_classes(batch, pipe.config.num_classes)
-    seeds = list(range(batch))
-    with timed_calls(pipe.vae, "forward", pipe.device) as decode:
-        total, _ = timer(lambda: pipe.generate_batch(classes, seeds, sampler).cpu())
-    return {"sample_s": total - sum(decode), "decode_s": sum(decode), "total_s": total, "peak_bytes": timer.peak}
-
-
-def reference_pipeline(path: Path, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    from diffusers import DDIMScheduler, DDPMScheduler, DiTPipeline, DPMSolverMultistepScheduler
-
-    ref = DiTPipeline.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=False).to(device)
-    schedulers = {"ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
-    ref.scheduler = schedulers[args.sampler].from_config(ref.scheduler.config)
-    ref.set_progress_bar_config(disable=True)
-    return ref
-
-
-def measure_reference(ref: Any, settings: SamplingSettings, batch: int, timer: Timer) -> dict[str, float]:
-    """diffusers' pipeline call timed whole, its `vae.decode` timed inside that same call; sampling
-    is the rest (the loop plus its small pre- and post-processing), as for ours."""
-    timer.reset()
-    classes = bench_classes(batch, ref.transformer.config.num_embeds_ada_norm)
-    gens = [torch.Generator("cpu").manual_seed(s) for s in range(batch)]
-    with timed_calls(ref.vae, "decode", ref.device) as decode:
-        total, _ = timer(
-            lambda: ref(
-                class_labels=classes,
-                guidance_scale=settings.cfg_scale,
-                generator=gens,
-                num_inference_steps=settings.steps,
-                output_type="np",
-            )
-        )
-    return {"sample_s": total - sum(decode), "decode_s": sum(decode), "total_s": total, "peak_bytes": timer.peak}
-
-
-def measure_end_to_end(
-    pipe: DiTPipeline, settings: SamplingSettings, batch: int, out: str, shards: int, timer: Timer
-) -> dict[str, Any]:
-    """The job's own shard loop (two shards in flight, IO pool, metadata last) on this pipeline,
-    against the same samples generated without writing anything."""
-    shard_size = 2 * batch
-    samples = from_classes(list(range(shards)), shard_size, global_seed=1)
-    sampler = pipe.sampler(settings)
-
-    def pure() -> None:
-        for lo in range(0, len(samples), batch):
-            rows = samples[lo : lo + batch]
-            pipe.generate_batch(rows.class_id.tolist(), rows.seed.tolist(), sampler).cpu()
-
-    fmt = "png"
-    spec = WorkerSpec(model="", vae=None, device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."),
-                      sampling=settings, batch_size=batch, out=out, s3_endpoint=None, retry_mode="standard",
-                      format=fmt)  # fmt: skip
-    pool = make_pool(ShardWorker, (spec, pipe), local=True, per_actor={"CPU": 1.0}, num_workers=1,
-                     tasks_per_actor=SHARDS_IN_FLIGHT, max_concurrency=SHARDS_IN_FLIGHT)  # fmt: skip
-    pool.start()
-    t_pure, _ = timer(pure)
-    queue = TaskQueue(shard_tasks(samples, range(shards), shard_size), max_tries=1, name=shard_name)
-    try:
-        t_job, _ = timer(lambda: list(pool.map(queue)))
-    finally:
-        pool.close()
-    return {
-        "impl": "dit_worker-job",
-        "batch_size": batch,
-        "samples": len(samples),
-        "output": out,
-        "format": fmt,
-        "sampling_only_images_per_s": len(samples) / t_pure,
-        "job_images_per_s": len(samples) / t_job,
-        "job_over_sampling": t_pure / t_job,
-    }
-
-
-def measure_psnr(
-    pipe: DiTPipeline, reference: DiTPipeline, settings: SamplingSettings, samples: int, batch: int
-) -> dict[str, Any]:
-    """Image PSNR (dB, peak 255) of `pipe` against `reference` on the same samples; None when equal."""
-    sampler, ref_sampler = pipe.sampler(settings), reference.sampler(settings)
-    classes, seeds = bench_classes(samples, pipe.config.num_classes), list(range(samples))
-    mse, max_diff = [], 0
-    for lo in range(0, samples, batch):
-        c, s = classes[lo : lo + batch], seeds[lo : lo + batch]
-        diff = pipe.generate_batch(c, s, sampler).cpu().double()
-        diff -= reference.generate_batch(c, s, ref_sampler).cpu().double()
-        mse.append((diff**2).flatten(1).mean(1))
-        max_diff = max(max_diff, int(diff.abs().max()))
-    per_sample = torch.cat(mse)
-    return {
-        "psnr": f"{str(pipe.dtype).removeprefix('torch.')} vs float32 eager",
-        "samples": samples,
-        "psnr_db": _psnr(float(per_sample.mean())),
-        "min_sample_psnr_db": _psnr(float(per_sample.max())),
-        "max_abs_diff": max_diff,
-    }
-
-
-def _psnr(mse: float) -> float | None:
-    return None if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def summarise(
-    impl: str,
-    runs: list[dict[str, float]],
-    pipe: DiTPipeline,
-    settings: SamplingSettings,
-    batch: int,
-    peak: float | None,
-) -> dict[str, Any]:
-    med = {k: statistics.median(r[k] for r in runs) for k in ("sample_s", "decode_s", "total_s")}
-    rows = batch * (2 if settings.guided else 1)
-    loop_flops = settings.steps * transformer_flops(pipe.config, rows)
-    tflops = loop_flops / med["sample_s"] / 1e12
-    return {
-        "impl": impl,
-        "batch_size": batch,
-        "dtype": str(pipe.dtype).removeprefix("torch."),
-        "device": str(pipe.device),
-        "sampler": settings.sampler,
-        "steps": settings.steps,
-        "cfg_scale": settings.cfg_scale,
-        "images_per_s": batch / med["total_s"],
-        "sampling_images_per_s": batch / med["sample_s"],
-        "s_per_step": med["sample_s"] / settings.steps,
-        "decode_s": med["decode_s"],
-        "tflops": tflops,
-        "mfu": tflops / peak if peak else None,
-        "peak_tflops": peak,
-        "gflops_per_forward": transformer_flops(pipe.config, 1) / 1e9,
-        "dit_paper_gflops": dit_paper_gflops(pipe.config),
-        "peak_mem_gib": max(r["peak_bytes"] for r in runs) / 2**30 if pipe.device.type == "cuda" else None,
-        "repeats": len(runs),
-    }
-
-
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if args.model and pipeline_class(args.model) != "DiTPipeline":  # PixArt, Stable Diffusion, DDPM, DDIM
-        return run_pipeline_benchmark(args)
-    args.sampler = args.sampler or "ddim"
-    args.cfg_scale = 1.5 if args.cfg_scale is None else args.cfg_scale
-    settings = SamplingSettings(
-        sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, cfg_channels=args.cfg_channels
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--encode-only (no model: image encoding)")
+    g.add_argument("--encode-only", action="store_true", help="measure image encoding only (no model needed)")
+    g.add_argument("--encode-sizes", default="256,512", help="comma-separated image sides (default 256,512)")
+    g.add_argument(
+        "--encodings", default="png,jpeg:95,webp:95", help="FORMAT[:QUALITY],... (default png,jpeg:95,webp:95)"
     )
-    with tempfile.TemporaryDirectory(prefix="dit-bench-") as tmp:
-        model = args.model
-        if args.random:
-            model = str(random_checkpoint_dir(args.random, Path(tmp) / "random", image_size=args.image_size))
-        pipe = load_pipeline(model, args.vae, device=args.device, dtype=args.dtype)
-        compile_ = pipe.device.type == "cuda" if args.compile is None else args.compile
-        if compile_:
-            pipe.compile()
-        if args.guidance_interval:
-            settings = settings.model_copy(update={"guidance_interval": tuple(args.guidance_interval)})
-        ref = reference_pipeline(Path(model), args, pipe.device, pipe.dtype) if args.compare else None
-        timer = Timer(pipe.device)
-        peak = peak_tflops(pipe.device, pipe.dtype, args.peak_tflops)
-        sizes = (
-            [pipe.max_batch_size(settings)]
-            if args.batch_sizes == "auto"
-            else [int(b) for b in args.batch_sizes.split(",")]
-        )
-        lines = []
-        for batch in sizes:
-            for _ in range(args.warmup):
-                measure_ours(pipe, settings, batch, timer)
-                if ref is not None:
-                    measure_reference(ref, settings, batch, timer)
-            ours, theirs = [], []
-            for _ in range(args.repeats):  # alternate, so drift in clocks or load hits both alike
-                ours.append(measure_ours(pipe, settings, batch, timer))
-                if ref is not None:
-                    theirs.append(measure_reference(ref, settings, batch, timer))
-            vae_gflops = vae_decode_flops(pipe.vae_config, pipe.config.input_size) / 1e9  # ours: phase upsampling
-            line = summarise("dit_worker", ours, pipe, settings, batch, peak) | {
-                "compiled": compile_,
-                "vae_gflops_per_image": vae_gflops,
-            }
-            lines.append(line)
-            if ref is not None:
-                ref_line = summarise("diffusers", theirs, pipe, settings, batch, peak) | {"compiled": False}
-                lines.append(ref_line)
-                lines.append(
-                    {
-                        "compare": "dit_worker/diffusers",
-                        "batch_size": batch,
-                        "ratio": line["images_per_s"] / ref_line["images_per_s"],
-                        # Both parts are measured the same way on both sides (see measure_ours).
-                        "sampling_ratio": line["sampling_images_per_s"] / ref_line["sampling_images_per_s"],
-                        "decode_ratio": ref_line["decode_s"] / line["decode_s"],
-                    }
-                )
-            for entry in lines[-3 if ref is not None else -1 :]:
-                print(json.dumps(entry | machine_conditions(pipe.device)), flush=True)
-            if args.e2e_out:
-                lines.append(measure_end_to_end(pipe, settings, batch, args.e2e_out, args.e2e_shards, timer))
-                print(json.dumps(lines[-1] | machine_conditions(pipe.device)), flush=True)
-        if args.psnr_samples:
-            reference = load_pipeline(model, args.vae, device=pipe.device, dtype="float32")
-            line = measure_psnr(pipe, reference, settings, args.psnr_samples, min(args.psnr_samples, max(sizes)))
-            lines.append(line | {"impl": "dit_worker", "compiled": compile_, "sampler": settings.sampler})
-            print(json.dumps(lines[-1] | machine_conditions(pipe.device)), flush=True)
-        return lines
+    g.add_argument("--encode-images", type=int, default=32, help="images per size (default 32)")
+    g.add_argument("--encode-threads", default="1,2", help="thread counts to measure (default 1,2)")
+    g.add_argument("--encode-repeats", type=int, default=5, help="passes over the images; the best is reported")
+    g.add_argument("--encode-source", help="folder of real images (png/jpg/webp, resized to each size), not synthetic")
+
+
+def add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("diffusers pipelines (PixArt, Stable Diffusion, DDPM, DDIM)")
+    group.add_argument("--height", type=int, help="image height (default: the model's)")
+    group.add_argument("--width", type=int, help="image width (default: the model's)")
+    group.add_argument("--max-sequence-length", type=int, help="PixArt: T5 tokens per prompt")
+    group.add_argument("--text-encoder", default="device", choices=("device", "cpu", "shard-first"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        benchmark_encoding.run(args) if args.encode_only else run(args)
+        encoding.run(args) if args.encode_only else run(args)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

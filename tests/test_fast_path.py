@@ -101,7 +101,8 @@ def test_benchmark_reports_both_implementations(
 def test_benchmark_psnr_against_float32(
     tiny_ckpt: Path, tmp_path: Path, dtype: str, compile_: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from jobs.benchmark import main, measure_psnr
+    from dit_worker.benchmarks.sampling import measure_psnr
+    from jobs.benchmark import main
 
     argv = ["--model", str(tiny_ckpt), "--device", "cpu", "--dtype", dtype, "--steps", "4", "--sampler", "ddpm",
             "--cfg-channels", "3", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0", "--psnr-samples", "5",

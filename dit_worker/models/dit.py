@@ -135,6 +135,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class PatchEmbed(nn.Module):
+    """Patchify (Dosovitskiy et al. 2021): a stride-p convolution, latents [N, C, H, W] -> tokens [N, HW/p², D]."""
+
     def __init__(self, in_channels: int, hidden_size: int, patch_size: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
@@ -144,6 +146,8 @@ class PatchEmbed(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
+    """Sinusoidal timestep frequencies (DiT's `exp(-ln(10000)·i/128)`) through a two-layer SiLU MLP."""
+
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
@@ -155,6 +159,8 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
+    """Class embeddings, with one extra row for the null class of classifier-free guidance (DiT: id 1000)."""
+
     def __init__(self, num_classes: int, hidden_size: int) -> None:
         super().__init__()
         # The extra row is the null class used for classifier-free guidance.
@@ -165,6 +171,8 @@ class LabelEmbedder(nn.Module):
 
 
 class Conditioner(nn.Module):
+    """The conditioning vector c = t_emb + y_emb, computed once per forward and shared by every block."""
+
     def __init__(self, num_classes: int, hidden_size: int) -> None:
         super().__init__()
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -176,6 +184,8 @@ class Conditioner(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection through `scaled_dot_product_attention`."""
+
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -190,6 +200,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """The block's feed-forward: Linear, GELU (tanh approximation, as DiT), Linear."""
+
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -219,6 +231,8 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a linear map from tokens back to p x p x C_out patch values."""
+
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int) -> None:
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=LAYER_NORM_EPS)
@@ -231,6 +245,16 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
+    """The Diffusion Transformer (Peebles & Xie 2023): patch embedding, adaLN-Zero blocks, final layer.
+
+    Sizes come from the registry (`dit_config("DiT-XL/2")`); weights from any supported checkpoint
+    (dit_worker.backends.native.checkpoint). Usage::
+
+        with torch.device("meta"):
+            model = DiT(dit_config("DiT-S/2", input_size=32))
+        out = model(latents, timesteps, class_ids)  # [N, C_out, H, W]: eps (+ variance channels)
+    """
+
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
         self.config = config

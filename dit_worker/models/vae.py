@@ -16,6 +16,8 @@ GROUP_NORM_EPS = 1e-6
 
 
 class VAEDecoderConfig(BaseModel):
+    """The decoder half of diffusers' `AutoencoderKL` config (sd-vae-ft-ema's values by default)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     latent_channels: int = 4
@@ -54,6 +56,8 @@ def _silu(x: torch.Tensor) -> torch.Tensor:
 
 
 class ResnetBlock(nn.Module):
+    """GroupNorm, SiLU, 3x3 convolution twice, plus the (1x1-projected) input: the SD VAE's resnet block."""
+
     def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
         self.norm1 = _norm(in_channels, groups)
@@ -128,6 +132,8 @@ class Upsample(nn.Module):
 
 
 class MidBlock(nn.Module):
+    """Two resnet blocks around one spatial self-attention: the decoder's lowest resolution."""
+
     def __init__(self, channels: int, groups: int, attention: bool) -> None:
         super().__init__()
         self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)])
@@ -141,6 +147,8 @@ class MidBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
+    """Resnet blocks at one resolution, then (except at the top) a nearest-2x upsample and 3x3 convolution."""
+
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample: bool) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
@@ -157,6 +165,8 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
+    """conv_in, the mid block, the up blocks, GroupNorm, SiLU, conv_out: latents to pixels in [-1, 1]."""
+
     def __init__(self, config: VAEDecoderConfig) -> None:
         super().__init__()
         channels = list(reversed(config.block_out_channels))
@@ -184,6 +194,14 @@ class Decoder(nn.Module):
 
 
 class VAEDecoder(nn.Module):
+    """The VAE decoder that turns DiT latents into images (the decoder of diffusers' `AutoencoderKL`).
+
+    Usage::
+
+        vae = VAEDecoder(VAEDecoderConfig())  # weights: dit_worker.backends.native.checkpoint
+        pixels = vae(latents)  # the sampler's latents (scaling factor applied inside) -> [N, 3, 8H, 8W], about [-1, 1]
+    """
+
     def __init__(self, config: VAEDecoderConfig) -> None:
         super().__init__()
         self.config = config

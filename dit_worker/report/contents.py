@@ -32,6 +32,8 @@ THUMB_QUALITY = 85  # JPEG
 
 @dataclass(frozen=True)
 class Thumb:
+    """One thumbnail the report shows: the sample it is of, where it is stored, and its JPEG bytes."""
+
     sample_id: int
     key: str  # relative to the report folder
     width: int
@@ -41,6 +43,8 @@ class Thumb:
 
 @dataclass(frozen=True)
 class Group:
+    """Samples shown together: one class, one prompt, or the whole set."""
+
     title: str  # "class 207 (golden retriever)", a prompt, or "all samples"
     count: int  # samples of the set in this group
     thumbs: list[Thumb]
@@ -48,12 +52,17 @@ class Group:
 
 @dataclass(frozen=True)
 class Commit:
+    """When a shard committed and how many samples it holds: the job's timing, read back."""
+
     time: float  # the metadata part's modification time: when the shard committed
     samples: int
 
 
 @dataclass(frozen=True)
 class ReportContents:
+    """Everything `jobs.report` puts on its page, read from the set: groups of thumbnails, metrics, fingerprint, CLIP
+    scores, timing."""
+
     url: str
     num_samples: int
     num_shards: int

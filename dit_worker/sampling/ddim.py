@@ -23,6 +23,8 @@ class DDIMConfig(ScheduleConfig):
 
 
 class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021) with eta, on the schedule and spacing of the checkpoint's DDIMScheduler config."""
+
     def __init__(self, config: DDIMConfig, steps: int, *, eta: float = 0.0) -> None:
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")

@@ -17,6 +17,8 @@ from dit_worker.sampling.schedule import ScheduleConfig, dit_respaced_timesteps
 
 
 class DDPMSampler(Sampler):
+    """Ancestral DDPM (Ho et al. 2020) with learned-range variance (Nichol & Dhariwal 2021) and DiT's respacing."""
+
     stochastic = True
 
     def __init__(self, schedule: ScheduleConfig, steps: int, *, learned_sigma: bool) -> None:

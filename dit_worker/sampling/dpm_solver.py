@@ -46,6 +46,8 @@ def _alpha_sigma(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 class DPMSolverSampler(Sampler):
+    """DPM-Solver++ 2M (Lu et al. 2022), multistep, lower order at the last step as diffusers' scheduler."""
+
     stochastic = False
 
     def __init__(self, config: DPMSolverConfig, steps: int) -> None:

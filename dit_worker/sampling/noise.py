@@ -14,6 +14,9 @@ MAX_SEED = 2**63  # exclusive; seeds are stored as int64
 
 
 class SampleNoise:
+    """Each sample's own CPU generator, seeded by its seed: its initial latent and every step's noise
+    (docs/numerics.md)."""
+
     def __init__(self, seeds: Sequence[int], shape: tuple[int, int, int], *, pin_memory: bool = False) -> None:
         bad = [s for s in seeds if not 0 <= s < MAX_SEED]
         if bad:

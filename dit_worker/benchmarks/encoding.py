@@ -1,4 +1,4 @@
-"""`python -m jobs.benchmark --encode-only`: image encoding throughput and size per format.
+"""`python -m jobs.benchmark --encode-only`'s harness: image encoding throughput and size per format.
 
 For each image size and encoding (`png`, `jpeg:95`, `webp:95`, ...) prints one JSON line with the
 bytes per image and the encode images/s on 1..N threads, the way the job's IO pool encodes (one
@@ -28,19 +28,6 @@ import numpy as np
 from PIL import Image
 
 from dit_worker.output.encoding import FORMAT_OF_SUFFIX, LOSSY_FORMATS, ImageEncoding
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("--encode-only (no model: image encoding)")
-    g.add_argument("--encode-only", action="store_true", help="measure image encoding only (no model needed)")
-    g.add_argument("--encode-sizes", default="256,512", help="comma-separated image sides (default 256,512)")
-    g.add_argument(
-        "--encodings", default="png,jpeg:95,webp:95", help="FORMAT[:QUALITY],... (default png,jpeg:95,webp:95)"
-    )
-    g.add_argument("--encode-images", type=int, default=32, help="images per size (default 32)")
-    g.add_argument("--encode-threads", default="1,2", help="thread counts to measure (default 1,2)")
-    g.add_argument("--encode-repeats", type=int, default=5, help="passes over the images; the best is reported")
-    g.add_argument("--encode-source", help="folder of real images (png/jpg/webp, resized to each size), not synthetic")
 
 
 def parse_encoding(text: str) -> ImageEncoding:

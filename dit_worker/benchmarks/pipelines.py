@@ -31,14 +31,6 @@ PROMPTS = (
 )
 
 
-def add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("diffusers pipelines (PixArt, Stable Diffusion, DDPM, DDIM)")
-    group.add_argument("--height", type=int, help="image height (default: the model's)")
-    group.add_argument("--width", type=int, help="image width (default: the model's)")
-    group.add_argument("--max-sequence-length", type=int, help="PixArt: T5 tokens per prompt")
-    group.add_argument("--text-encoder", default="device", choices=("device", "cpu", "shard-first"))
-
-
 def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     import json
 
