@@ -28,12 +28,11 @@ from dit_worker.backends.settings import SamplingSettings
 from dit_worker.benchmarks.conditions import machine_conditions
 from dit_worker.benchmarks.pipelines import run_pipeline_benchmark
 from dit_worker.checkpoints.convert import random_checkpoint_dir
-from dit_worker.execution.pool import make_pool
 from dit_worker.execution.tries import TaskQueue
 from dit_worker.manifest.samples import from_classes
 from dit_worker.models.flops import dit_paper_gflops, transformer_flops, vae_decode_flops
-from dit_worker.shard import SHARDS_IN_FLIGHT, WorkerSpec, shard_name, shard_tasks
-from dit_worker.worker.shard_worker import ShardWorker
+from dit_worker.shard import WorkerSpec, shard_name, shard_tasks
+from dit_worker.worker.shard_worker import shard_workers
 
 # Dense tensor-core peaks from the vendor datasheets (TFLOP/s), used for MFU unless --peak-tflops.
 PEAK_TFLOPS = {
@@ -174,8 +173,7 @@ def measure_end_to_end(
     spec = WorkerSpec(model="", vae=None, device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."),
                       sampling=settings, batch_size=batch, out=out, s3_endpoint=None, retry_mode="standard",
                       format=fmt)  # fmt: skip
-    pool = make_pool(ShardWorker, (spec, pipe), local=True, per_actor={"CPU": 1.0}, num_workers=1,
-                     tasks_per_actor=SHARDS_IN_FLIGHT, max_concurrency=SHARDS_IN_FLIGHT)  # fmt: skip
+    pool = shard_workers(spec, local=True, per_actor={"CPU": 1.0}, num_workers=1, model=pipe)
     pool.start()
     t_pure, _ = timer(pure)
     queue = TaskQueue(shard_tasks(samples, range(shards), shard_size), max_tries=1, name=shard_name)

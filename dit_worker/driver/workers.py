@@ -3,14 +3,12 @@ runs them (Ray actors, one per GPU or --num-workers; or, with --local, one in th
 
 from __future__ import annotations
 
-from typing import Any
-
 from dit_worker.backends import DiffusersSettings
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.model_info import ModelInfo
-from dit_worker.execution.pool import ActorPool, make_pool
-from dit_worker.shard import SHARDS_IN_FLIGHT, ShardResult, ShardTask, WorkerSpec
-from dit_worker.worker.shard_worker import ShardWorker
+from dit_worker.execution.pool import ActorPool
+from dit_worker.shard import ShardResult, ShardTask, WorkerSpec
+from dit_worker.worker.shard_worker import shard_workers
 
 CPUS_PER_WORKER = 1.0  # a scheduling token, so that CPU-only workers cannot be over-placed
 PLACEMENT_HINT = (
@@ -44,19 +42,16 @@ def worker_spec(config: JobConfig, info: ModelInfo) -> WorkerSpec:
     )
 
 
-def shard_pool(spec: WorkerSpec, config: JobConfig, *args: Any) -> ActorPool[ShardTask, ShardResult]:
-    """ShardWorkers for `spec` (`args` after the spec go to each worker: a loaded model, in-process)."""
+def shard_pool(spec: WorkerSpec, config: JobConfig) -> ActorPool[ShardTask, ShardResult]:
+    """The job's ShardWorkers: one in this process with --local, else Ray actors (one per GPU or --num-workers)."""
     local = config.local
-    return make_pool(
-        ShardWorker,
-        (spec, *args),
+    return shard_workers(
+        spec,
         local=local,
         # In this process the device is the spec's; on Ray each worker asks for its GPUs.
         per_actor={"CPU": CPUS_PER_WORKER} if local else {"CPU": CPUS_PER_WORKER, "GPU": config.num_gpus_per_worker},
         num_workers=1 if local else config.num_workers,
         min_workers=None if local else config.min_workers,
-        tasks_per_actor=SHARDS_IN_FLIGHT,
-        max_concurrency=SHARDS_IN_FLIGHT,  # one shard samples while the other commits
         placement_timeout=config.placement_timeout,
         placement_hint=PLACEMENT_HINT,
         # --s3-endpoint must reach the workers' model cache (s3:// sources) too, which reads the environment.

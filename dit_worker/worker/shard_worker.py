@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ import torch
 from dit_worker.backends import Generator, NativeGenerator, load_generator
 from dit_worker.backends.diffusers.batch_check import BatchCheck, run_batch_check
 from dit_worker.backends.native.pipeline import DiTPipeline, NonFiniteLatents
+from dit_worker.execution.pool import ActorPool, make_pool
 from dit_worker.execution.tries import PermanentError
 from dit_worker.manifest.samples import Samples
 from dit_worker.metrics.row_scores import ClipRowScorer, clip_row_scorers
@@ -143,3 +144,27 @@ class ShardWorker:
             sink.close(image_sha256)
         writer.commit()
         return ShardResult(task.shard, len(task.samples), time.perf_counter() - start)
+
+
+def shard_workers(
+    spec: WorkerSpec,
+    *,
+    local: bool,
+    per_actor: dict[str, float],
+    num_workers: int | None,
+    model: DiTPipeline | Generator | None = None,
+    **pool_options: Any,
+) -> ActorPool[ShardTask, ShardResult]:
+    """ShardWorkers for `spec` on the one pool, each holding SHARDS_IN_FLIGHT shards: one samples
+    while the other commits. `model`: an already loaded model (in-process only, the benchmark's);
+    `pool_options` go to `make_pool` (min_workers, placement, env)."""
+    return make_pool(
+        ShardWorker,
+        (spec, model),
+        local=local,
+        per_actor=per_actor,
+        num_workers=num_workers,
+        tasks_per_actor=SHARDS_IN_FLIGHT,
+        max_concurrency=SHARDS_IN_FLIGHT,
+        **pool_options,
+    )
