@@ -79,6 +79,7 @@ def test_a_crashed_run_leaves_its_logs_which_the_next_reader_merges(tmp_path: Pa
     # A record that never reached a log (the last < 100 commits) is simply not committed.
     record_run(storage, range(1000, 1050), every=100)
     assert 1049 not in CommitIndex.read(storage)
+    assert CommitIndex.read(storage).missing(1050).tolist() == list(range(1000, 1050))  # pending again
 
 
 def test_a_run_that_lost_its_lease_records_nothing(tmp_path: Path) -> None:

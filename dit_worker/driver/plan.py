@@ -41,12 +41,12 @@ class JobPlan:
     num_shards: int
     index: CommitIndex  # the committed shards (from the index, or listed on an output from before it)
     broken: list[ShardReport]  # committed shards whose objects are missing or differ: regenerated
-    pending: list[int]  # shards to run: never committed, or broken
+    pending: np.ndarray  # int64, sorted: shards to run (never committed, or broken); 8 bytes a shard
     previous_summary: dict[str, Any] | None  # `_SUCCESS` of an earlier run
 
     @property
     def complete(self) -> bool:
-        return not self.pending and self.previous_summary is not None
+        return self.pending.size == 0 and self.previous_summary is not None
 
 
 def plan_job(config: JobConfig) -> JobPlan:
@@ -75,10 +75,9 @@ def plan_job(config: JobConfig) -> JobPlan:
         raise JobError(f"{storage.url} holds metadata parts but no {JOB_KEY}; pick an empty --out")
     committed = index.committed()
     broken = [r for r in check_shards(storage, committed.tolist(), full=True) if not r.ok] if config.verify else []
-    flags = np.zeros(total, bool)
-    flags[committed[committed < total]] = True
-    flags[[r.shard for r in broken]] = False
-    pending = np.flatnonzero(~flags).tolist()
+    pending = index.missing(total)
+    if broken:  # (np.union1d sorts: seconds at 10M shards, so only when there is something to add)
+        pending = np.union1d(pending, np.array([r.shard for r in broken], np.int64))
     summary = read_json(storage, SUCCESS_KEY)
     return JobPlan(info, samples, storage, record, stored is not None, total, index, broken, pending, summary)
 

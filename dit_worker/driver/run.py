@@ -13,6 +13,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from dit_worker.backends import DiffusersSettings
 from dit_worker.backends.diffusers.batch_check import SCAN_ROWS
 from dit_worker.driver.config import JobConfig
@@ -26,7 +28,7 @@ from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
 from dit_worker.output.commit_index import CommitRecorder
 from dit_worker.output.layout import JOB_KEY, LEASE_KEY, SUCCESS_KEY
 from dit_worker.output.lease import Lease, LeaseKeeper, LeaseLost, acquire, new_token
-from dit_worker.shard import BatchCheckTask, ShardResult, ShardTask, shard_name, shard_task, shard_tasks
+from dit_worker.shard import BatchCheckTask, ShardResult, ShardTask, shard_name, shard_tasks
 from dit_worker.storage.objects import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         return plan.previous_summary
     token = new_token()
     # No workers when every shard is committed and only `_SUCCESS` is missing (a driver that died there).
-    pool = shard_pool(worker_spec(config, plan.info), config) if plan.pending else None
+    pool = shard_pool(worker_spec(config, plan.info), config) if plan.pending.size else None
     if pool is not None:
         pool.place()  # refuses a pool the cluster cannot place: still nothing written
     lease = take_lease(plan.storage, config.lease_ttl, token)
@@ -71,7 +73,7 @@ def _run(
     prepare_output(plan)
     recorder = CommitRecorder(plan.storage, plan.index, token, keeper.check)
     queue = TaskQueue(
-        shard_tasks(plan.samples, plan.pending, config.shard_size),
+        shard_tasks(plan.samples, map(int, plan.pending), config.shard_size),  # ints: they go into JSON logs
         config.max_tries,
         shard_name,
         Backoff(config.retry_backoff, config.retry_backoff_max),
@@ -87,7 +89,7 @@ def _run(
             log.warning("could not record the last commits (%s): those shards will be made again", err)
         raise
     recorder.close()  # every commit of this run in the snapshot
-    missing = [k for k in range(plan.num_shards) if k not in plan.index]
+    missing = plan.index.missing(plan.num_shards).tolist()
     if missing:
         raise JobFailed(f"shards {missing[:10]} have no metadata part after the run; rerun to finish them")
     summary = job_summary(plan, config, stats, queue.retries, worker_seconds, started_at, t0)
@@ -186,7 +188,8 @@ def run_pending(
 
 
 def samples_in(plan: JobPlan, shard_size: int) -> int:
-    return sum(len(shard_task(plan.samples, k, shard_size).samples) for k in plan.pending)
+    ends = np.minimum((plan.pending + 1) * shard_size, len(plan.samples))
+    return int((ends - plan.pending * shard_size).sum())
 
 
 def job_summary(

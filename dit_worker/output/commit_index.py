@@ -86,6 +86,13 @@ class CommitIndex:
     def committed(self) -> np.ndarray:
         return np.flatnonzero(self.flags)
 
+    def missing(self, num_shards: int) -> np.ndarray:
+        """The shards of 0..num_shards-1 the index does not name, sorted."""
+        flags = np.zeros(num_shards, bool)
+        known = min(num_shards, self.flags.size)
+        flags[:known] = self.flags[:known]
+        return np.flatnonzero(~flags)
+
     def __contains__(self, shard: int) -> bool:
         return 0 <= shard < self.flags.size and bool(self.flags[shard])
 
