@@ -14,6 +14,7 @@ from typing import Literal
 from dit_worker.backends import DiffusersSettings, TextEncoderPlacement
 from dit_worker.backends.settings import SamplingSettings
 from dit_worker.manifest.samples import Samples
+from dit_worker.manifest.sources import Manifest, RowSlice
 from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.layout import OutputFormat
 from dit_worker.storage.objects import RetryMode
@@ -53,10 +54,11 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard's rows: all a worker needs besides its spec (never the whole manifest)."""
+    """One shard's rows: all a worker needs besides its spec (never the whole manifest). `rows`
+    is computed or read on the worker when it can be (RowSlice.portable), else it arrives loaded."""
 
     shard: int
-    samples: Samples
+    rows: RowSlice
 
 
 @dataclass(frozen=True)
@@ -80,13 +82,15 @@ def num_shards(num_samples: int, shard_size: int) -> int:
     return -(-num_samples // shard_size)
 
 
-def shard_task(samples: Samples, shard: int, shard_size: int) -> ShardTask:
-    return ShardTask(shard, samples[shard * shard_size : (shard + 1) * shard_size])
+def shard_task(manifest: Manifest, shard: int, shard_size: int) -> ShardTask:
+    """Shard k: manifest rows [k * shard_size, (k + 1) * shard_size), loaded here unless a worker can."""
+    rows = manifest.rows(shard * shard_size, min((shard + 1) * shard_size, manifest.num_rows))
+    return ShardTask(shard, rows if rows.portable else rows.load())
 
 
-def shard_tasks(samples: Samples, shards: Iterable[int], shard_size: int) -> Iterator[tuple[int, ShardTask]]:
-    """(shard, task) pairs, each task sliced only when a worker is ready for it."""
-    return ((k, shard_task(samples, k, shard_size)) for k in shards)
+def shard_tasks(manifest: Manifest, shards: Iterable[int], shard_size: int) -> Iterator[tuple[int, ShardTask]]:
+    """(shard, task) pairs, each task made only when a worker is ready for it."""
+    return ((k, shard_task(manifest, k, shard_size)) for k in shards)
 
 
 def shard_name(shard: int) -> str:

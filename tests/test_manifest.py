@@ -1,4 +1,5 @@
-"""Manifests: the three file formats, seed derivation, and the errors for bad rows."""
+"""Manifests: the three file formats, folders of files, seed derivation, shard slices, and the
+errors for bad rows (scanned in chunks: the same checks hold across chunk and file boundaries)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,26 @@ import pytest
 from checkpoints import id2label
 
 from dit_worker.backends.labels import ClassNames
-from dit_worker.manifest.samples import ManifestError, from_classes, parse_classes, read_manifest
+from dit_worker.manifest import checks, files
+from dit_worker.manifest.files import ManifestError
+from dit_worker.manifest.samples import Samples, check_derived, parse_classes
+from dit_worker.manifest.scan import scan_files
+from dit_worker.manifest.sources import DerivedManifest
 from dit_worker.shard import num_shards, shard_task
 
 NAMES = ClassNames(id2label(), 1000)
 ROWS = {"sample_id": [7, 3, 11], "class_id": [207, 879, 2], "seed": [2**63 - 1, 0, 42]}
+
+
+def read_manifest(path: Path, names: ClassNames = NAMES) -> Samples:
+    """Every row of a scanned manifest, in manifest order."""
+    manifest = scan_files(str(path), names, "class")
+    return manifest.rows(0, manifest.num_rows).load()
+
+
+def from_classes(class_ids: list[int], per_class: int, global_seed: int) -> Samples:
+    manifest = DerivedManifest.of_classes(class_ids, per_class, global_seed)
+    return manifest.rows(0, manifest.num_rows).load()
 
 
 def write(path: Path, rows: dict[str, list]) -> Path:
@@ -32,19 +48,22 @@ def write(path: Path, rows: dict[str, list]) -> Path:
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
-def test_formats_read_alike_and_sort_by_sample_id(tmp_path: Path, suffix: str) -> None:
-    samples = read_manifest(write(tmp_path / f"m{suffix}", ROWS), NAMES)
-    assert samples.sample_id.tolist() == [3, 7, 11]
-    assert samples.class_id.tolist() == [879, 207, 2]
-    assert samples.seed.tolist() == [0, 2**63 - 1, 42]
+def test_formats_read_alike_in_file_order(tmp_path: Path, suffix: str) -> None:
+    path = write(tmp_path / f"m{suffix}", ROWS)
+    samples = read_manifest(path)
+    assert samples.sample_id.tolist() == [7, 3, 11]  # file order: a shard is a range of manifest rows
+    assert samples.class_id.tolist() == [207, 879, 2]
+    assert samples.seed.tolist() == [2**63 - 1, 0, 42]
     assert (samples.sample_id.dtype, samples.class_id.dtype, samples.seed.dtype) == (np.int64, np.int32, np.int64)
-    reference = read_manifest(write(tmp_path / "ref.parquet", ROWS), NAMES)
-    assert samples.sha256() == reference.sha256()
+    identity = scan_files(str(path), NAMES, "class").identity
+    assert identity == scan_files(str(write(tmp_path / "ref.parquet", ROWS)), NAMES, "class").identity
+    swapped = {k: [v[1], v[0], v[2]] for k, v in ROWS.items()}  # the same rows in another order
+    assert identity != scan_files(str(write(tmp_path / "swapped.parquet", swapped)), NAMES, "class").identity
 
 
 def test_class_names_and_implicit_sample_ids(tmp_path: Path) -> None:
     rows = {"class_name": ["umbrella", "Golden Retriever", "white shark", "umbrella"], "seed": [5, 6, 7, 8]}
-    samples = read_manifest(write(tmp_path / "m.csv", rows), NAMES)
+    samples = read_manifest(write(tmp_path / "m.csv", rows))
     assert samples.sample_id.tolist() == [0, 1, 2, 3]
     assert samples.class_id.tolist() == [879, 207, 2, 879]
 
@@ -64,7 +83,7 @@ def test_class_names_and_implicit_sample_ids(tmp_path: Path) -> None:
 )
 def test_bad_rows_are_named(tmp_path: Path, rows: dict, message: str) -> None:
     with pytest.raises(ManifestError, match=message):
-        read_manifest(write(tmp_path / "m.parquet", rows), NAMES)
+        read_manifest(write(tmp_path / "m.parquet", rows))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
@@ -75,14 +94,14 @@ def test_seed_beyond_int64_is_named_not_rounded(tmp_path: Path, suffix: str) -> 
     else:
         path.write_text('{"class_id": 1, "seed": 5}\n{"class_id": 2, "seed": 9223372036854775808}\n')
     with pytest.raises(ManifestError, match=r"seed must be \[0, 2\*\*63\), got 9223372036854775808"):
-        read_manifest(path, NAMES)
+        read_manifest(path)
 
 
 def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"unknown manifest format; use one of \.parquet, \.csv"):
-        read_manifest(tmp_path / "m.xlsx", NAMES)
+        read_manifest(tmp_path / "m.xlsx")
     with pytest.raises(ManifestError, match="no such manifest file"):
-        read_manifest(tmp_path / "m.csv", NAMES)
+        read_manifest(tmp_path / "m.csv")
 
 
 def first_draws(seeds) -> set[tuple[float, ...]]:
@@ -107,7 +126,7 @@ def test_global_seeds_give_different_noise() -> None:
     top = from_classes([0], per_class=2, global_seed=2**31 - 1)
     assert int(top.seed.min()) >= 0 and int(top.seed.max()) < 2**32
     with pytest.raises(ManifestError, match=r"--seed must lie in \[0, 2\*\*31\)"):
-        from_classes([0], per_class=1, global_seed=2**31)
+        check_derived(1, global_seed=2**31)
 
 
 def test_parse_classes_mixes_ids_and_names() -> None:
@@ -120,10 +139,128 @@ def test_parse_classes_mixes_ids_and_names() -> None:
 
 
 def test_shards_are_contiguous_slices() -> None:
-    samples = from_classes(list(range(10)), per_class=1, global_seed=0)
+    manifest = DerivedManifest.of_classes(list(range(10)), per_class=1, global_seed=0)
     assert num_shards(10, 4) == 3
-    assert [shard_task(samples, k, 4).samples.sample_id.tolist() for k in range(3)] == [
+    assert [shard_task(manifest, k, 4).rows.load().sample_id.tolist() for k in range(3)] == [
         [0, 1, 2, 3],
         [4, 5, 6, 7],
         [8, 9],
     ]
+
+
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of a few rows, marks every 3 rows, spills after 8 pairs: every boundary is crossed."""
+    monkeypatch.setattr(files, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(files, "PARQUET_BATCH", 5)
+    monkeypatch.setattr(files, "MARK_EVERY", 3)
+    monkeypatch.setattr(checks, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(checks, "IN_MEMORY_ROWS", 8)
+
+
+def many_rows(n: int) -> dict[str, list]:
+    rng = np.random.default_rng(5)
+    ids = rng.permutation(10 * n)[:n].tolist()  # neither sorted nor contiguous
+    return {"sample_id": ids, "class_id": rng.integers(0, 1000, n).tolist(), "seed": rng.permutation(n).tolist()}
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_a_folder_reads_as_one_manifest_across_chunks(tmp_path: Path, suffix: str, monkeypatch) -> None:
+    rows = many_rows(60)
+    whole = read_manifest(write(tmp_path / f"whole{suffix}", rows))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for k, (a, b) in enumerate([(0, 17), (17, 18), (18, 60)]):  # key order is manifest order
+        write(folder / f"part-{k}{suffix}", {c: v[a:b] for c, v in rows.items()})
+    small_chunks(monkeypatch)
+    manifest = scan_files(str(folder), NAMES, "class")
+    assert manifest.num_rows == 60 and len(manifest.layouts) == 3
+    for a, b in [(0, 60), (5, 23), (16, 19), (59, 60), (3, 4)]:  # ranges across marks, chunks and files
+        got = manifest.rows(a, b).load()
+        assert got.sample_id.tolist() == rows["sample_id"][a:b]
+        assert got.class_id.tolist() == rows["class_id"][a:b] and got.seed.tolist() == rows["seed"][a:b]
+    # One identity for the same rows however they are split (chunks, files, formats) ...
+    assert manifest.identity == scan_files(str(tmp_path / f"whole{suffix}"), NAMES, "class").identity
+    monkeypatch.undo()
+    assert scan_files(str(folder), NAMES, "class").identity == scan_files(str(tmp_path / "whole.parquet"
+                      if write(tmp_path / "whole.parquet", rows) else ""), NAMES, "class").identity
+    assert whole.sample_id.tolist() == rows["sample_id"]
+    # ... and another when one seed changes.
+    changed = {**rows, "seed": [*rows["seed"][:-1], 10**6]}
+    assert manifest.identity != scan_files(str(write(tmp_path / f"changed{suffix}", changed)), NAMES, "class").identity
+
+
+def test_csv_rows_with_newlines_inside_quotes(tmp_path: Path, monkeypatch) -> None:
+    prompts = [f'a "quoted"\ncat number {i},\r\nwith commas' if i % 3 == 0 else f"dog {i}" for i in range(40)]
+    path = tmp_path / "m.csv"
+    pcsv.write_csv(pa.table({"prompt": prompts, "seed": list(range(40))}), path)
+    small_chunks(monkeypatch)
+    manifest = scan_files(str(path), None, "text")
+    assert manifest.num_rows == 40
+    assert manifest.rows(0, 40).load().prompt.tolist() == prompts
+    assert manifest.rows(11, 25).load().prompt.tolist() == prompts[11:25]
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_repeats_found_across_chunks_and_files(tmp_path: Path, spill: bool, monkeypatch) -> None:
+    rows = many_rows(60)
+    if spill:
+        small_chunks(monkeypatch)
+    folder = tmp_path / "ok"
+    folder.mkdir()
+    write(folder / "a.parquet", {c: v[:30] for c, v in rows.items()})
+    write(folder / "b.parquet", {c: v[30:] for c, v in rows.items()})
+    assert scan_files(str(folder), NAMES, "class").num_rows == 60  # distinct: accepted
+    # A sample id repeated 50 rows apart, in another file.
+    dup = {**rows, "sample_id": [*rows["sample_id"][:55], rows["sample_id"][5], *rows["sample_id"][56:]]}
+    write(folder / "b.parquet", {c: v[30:] for c, v in dup.items()})
+    with pytest.raises(ManifestError, match=rf"duplicate sample_id \[{rows['sample_id'][5]}\]"):
+        scan_files(str(folder), NAMES, "class")
+    # Seeds 2**32 apart and the same class: torch's generator sees one seed, so one image twice.
+    def with_row_55(seed: int, class_id: int) -> None:
+        changed = {**rows, "seed": [*rows["seed"][:55], seed, *rows["seed"][56:]]}
+        changed["class_id"] = [*rows["class_id"][:55], class_id, *rows["class_id"][56:]]
+        write(folder / "b.parquet", {c: v[30:] for c, v in changed.items()})
+
+    with_row_55(rows["seed"][5] + 2**32, rows["class_id"][5])
+    a, b = sorted([rows["sample_id"][5], rows["sample_id"][55]])
+    with pytest.raises(ManifestError, match=rf"sample_id {a} and sample_id {b} would be the same image"):
+        scan_files(str(folder), NAMES, "class")
+    # The same noise for another class is another image (a common way to compare classes): accepted;
+    # so is a seed that differs from row 5's in its low 32 bits.
+    with_row_55(rows["seed"][5] + 2**32, (rows["class_id"][5] + 1) % 1000)
+    assert scan_files(str(folder), NAMES, "class").num_rows == 60
+    with_row_55(rows["seed"][5] + 2**32 + 1, rows["class_id"][5])
+    assert scan_files(str(folder), NAMES, "class").num_rows == 60
+
+
+def test_bad_cell_is_named_by_file_and_row_past_the_first_chunk(tmp_path: Path, monkeypatch) -> None:
+    rows = many_rows(40)
+    rows["class_id"][33] = 1000
+    path = write(tmp_path / "m.jsonl", rows)
+    small_chunks(monkeypatch)
+    with pytest.raises(ManifestError, match=r"m\.jsonl: class ids must lie in 0..999, got \[1000\]"):
+        scan_files(str(path), NAMES, "class")
+    rows["class_id"][33], rows["seed"][37] = 1, -4
+    with pytest.raises(ManifestError, match=r"m\.jsonl: row 38: seed must be \[0, 2\*\*63\), got -4"):
+        scan_files(str(write(path, rows)), NAMES, "class")
+
+
+def test_a_late_row_with_a_new_column_is_refused(tmp_path: Path, monkeypatch) -> None:
+    lines = [json.dumps({"class_id": 1, "seed": i}) for i in range(30)]
+    lines[25] = json.dumps({"class_id": 1, "seed": 25, "negative_promt": "blurry"})
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    small_chunks(monkeypatch)
+    with pytest.raises(ManifestError, match="negative_promt"):
+        scan_files(str(path), NAMES, "class")
+
+
+def test_derived_slices_hold_only_their_groups() -> None:
+    manifest = DerivedManifest.of_classes(list(range(1000)), per_class=10**6, global_seed=3)  # 1e9 rows
+    assert manifest.num_rows == 10**9
+    rows = manifest.rows(5 * 10**6 - 2, 5 * 10**6 + 3)
+    assert rows.classes.tolist() == [4, 5]  # what the task carries: two class ids, not a row array
+    samples = rows.load()
+    assert samples.class_id.tolist() == [4, 4, 5, 5, 5]
+    assert samples.sample_id.tolist() == list(range(5 * 10**6 - 2, 5 * 10**6 + 3))
+    assert manifest.identity != DerivedManifest.of_classes(list(range(1000)), 10**6, 4).identity

@@ -29,7 +29,7 @@ from dit_worker.benchmarks.conditions import machine_conditions
 from dit_worker.benchmarks.pipelines import run_pipeline_benchmark
 from dit_worker.checkpoints.convert import random_checkpoint_dir
 from dit_worker.execution.tries import TaskQueue
-from dit_worker.manifest.samples import from_classes
+from dit_worker.manifest.sources import DerivedManifest
 from dit_worker.models.flops import dit_paper_gflops, transformer_flops, vae_decode_flops
 from dit_worker.shard import WorkerSpec, shard_name, shard_tasks
 from dit_worker.worker.shard_worker import shard_workers
@@ -161,7 +161,8 @@ def measure_end_to_end(
     """The job's own shard loop (two shards in flight, IO pool, metadata last) on this pipeline,
     against the same samples generated without writing anything."""
     shard_size = 2 * batch
-    samples = from_classes(list(range(shards)), shard_size, global_seed=1)
+    manifest = DerivedManifest.of_classes(list(range(shards)), shard_size, global_seed=1)
+    samples = manifest.rows(0, manifest.num_rows).load()
     sampler = pipe.sampler(settings)
 
     def pure() -> None:
@@ -176,7 +177,7 @@ def measure_end_to_end(
     pool = shard_workers(spec, local=True, per_actor={"CPU": 1.0}, num_workers=1, model=pipe)
     pool.start()
     t_pure, _ = timer(pure)
-    queue = TaskQueue(shard_tasks(samples, range(shards), shard_size), max_tries=1, name=shard_name)
+    queue = TaskQueue(shard_tasks(manifest, range(shards), shard_size), max_tries=1, name=shard_name)
     try:
         t_job, _ = timer(lambda: list(pool.map(queue)))
     finally:

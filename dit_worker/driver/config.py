@@ -47,7 +47,7 @@ class JobConfig(BaseModel):
 
     classes: tuple[str, ...] | None = None  # ids or names; None is every class of the model
     per_class: int | None = Field(None, ge=1)
-    manifest: Path | None = None
+    manifest: str | None = Field(None, min_length=1)  # a file, a folder or an s3:// prefix of files
     seed: int = Field(0, ge=0, lt=MAX_GLOBAL_SEED)
     preset: Literal["fid50k"] | None = None
     sampling: SamplingSettings = SamplingSettings()

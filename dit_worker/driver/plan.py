@@ -18,7 +18,7 @@ from dit_worker.driver.errors import JobError
 from dit_worker.driver.model_info import ModelInfo, inspect_model
 from dit_worker.driver.record import check_resumable, job_record
 from dit_worker.driver.rows import job_rows
-from dit_worker.manifest.samples import Samples
+from dit_worker.manifest.sources import Manifest
 from dit_worker.metrics.inception import resolve_inception_weights
 from dit_worker.output.commit_index import CommitIndex, listed_parts
 from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY
@@ -34,7 +34,7 @@ class JobPlan:
     """A validated job: what to make, where, and which shards are still to run."""
 
     info: ModelInfo  # the backend's spec and the resolved settings
-    samples: Samples
+    manifest: Manifest  # the rows, planned: a shard's are read or computed when it is handed out
     storage: Storage
     record: dict[str, Any]  # job.json
     resuming: bool  # OUT already holds this job's job.json
@@ -59,12 +59,12 @@ def plan_job(config: JobConfig) -> JobPlan:
         )
     if config.metrics:  # a bad weights file fails now, not on every worker after sampling started
         resolve_inception_weights(config.inception_weights, s3_endpoint=config.s3_endpoint)
-    samples = job_rows(config, info)
+    manifest = job_rows(config, info)
     storage = open_storage(config.out, s3_endpoint=config.s3_endpoint, retry_mode=config.s3_retry_mode)
     storage.check_writable()
-    record = job_record(config, info, samples)
+    record = job_record(config, info, manifest)
     stored = read_json(storage, JOB_KEY)
-    total = num_shards(len(samples), config.shard_size)
+    total = num_shards(manifest.num_rows, config.shard_size)
     index = CommitIndex.read(storage) if stored is not None else None
     if index is None:  # a new output, or one written before the index: its parts are its commits
         index = CommitIndex.empty(total)
@@ -79,7 +79,7 @@ def plan_job(config: JobConfig) -> JobPlan:
     if broken:  # (np.union1d sorts: seconds at 10M shards, so only when there is something to add)
         pending = np.union1d(pending, np.array([r.shard for r in broken], np.int64))
     summary = read_json(storage, SUCCESS_KEY)
-    return JobPlan(info, samples, storage, record, stored is not None, total, index, broken, pending, summary)
+    return JobPlan(info, manifest, storage, record, stored is not None, total, index, broken, pending, summary)
 
 
 def read_json(storage: Storage, key: str) -> dict[str, Any] | None:

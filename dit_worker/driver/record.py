@@ -11,7 +11,9 @@ from typing import Any
 
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.model_info import ModelInfo
-from dit_worker.manifest.samples import SEED_SHIFT, Samples
+from dit_worker.manifest.checks import BLOCK_ROWS
+from dit_worker.manifest.samples import SEED_SHIFT
+from dit_worker.manifest.sources import Manifest
 from dit_worker.metrics.row_scores import score_record
 from dit_worker.shard import num_shards
 
@@ -20,7 +22,7 @@ class ConfigMismatch(ValueError):
     """OUT holds a job with a different fingerprint."""
 
 
-def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[str, Any]:
+def fingerprint(config: JobConfig, info: ModelInfo, manifest: Manifest) -> dict[str, Any]:
     """What makes the bytes under OUT: not the worker count, batch size or retries, which may change
     between a run and its resume without changing a single image.
 
@@ -36,8 +38,11 @@ def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[st
         "device": config.worker_device.split(":")[0],  # cpu and cuda kernels round differently
         "compile": config.worker_compile,  # the compiled path differs from eager by up to 1 level
         "image_size": info.image_size,
-        "num_samples": len(samples),
-        "manifest_sha256": samples.sha256(),
+        "num_samples": manifest.num_rows,
+        # The rows, in manifest order (a shard is a range of them). Outputs made before the hash
+        # tree lack "manifest_hash", so resuming one is refused naming it.
+        "manifest_hash": f"sha256 tree of {BLOCK_ROWS}-row blocks",
+        "manifest_sha256": manifest.identity,
         "shard_size": config.shard_size,
         "format": config.format,
         "image_format": config.image_format,
@@ -47,12 +52,13 @@ def fingerprint(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[st
     }
 
 
-def job_record(config: JobConfig, info: ModelInfo, samples: Samples) -> dict[str, Any]:
-    fp = fingerprint(config, info, samples)
+def job_record(config: JobConfig, info: ModelInfo, manifest: Manifest) -> dict[str, Any]:
+    fp = fingerprint(config, info, manifest)
     return {
         "fingerprint": fp,
         "fingerprint_sha256": hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest(),
-        "num_shards": num_shards(len(samples), config.shard_size),
+        "num_shards": num_shards(manifest.num_rows, config.shard_size),
+        "manifest": manifest.describe(),
         "seeds": "from the manifest" if config.manifest else f"(sample_id + {config.seed} * {SEED_SHIFT}) mod 2**32",
         "config": config.model_dump(mode="json"),
         "model_path": normalised_source(config.model),

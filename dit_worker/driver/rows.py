@@ -5,20 +5,14 @@ nothing), are refused naming the row."""
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
+from functools import partial
 
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.model_info import ModelInfo
-from dit_worker.manifest.samples import (
-    ManifestError,
-    Samples,
-    from_classes,
-    from_count,
-    from_prompts,
-    parse_classes,
-    read_manifest,
-)
+from dit_worker.manifest.files import ManifestError
+from dit_worker.manifest.samples import check_derived, parse_classes
+from dit_worker.manifest.scan import scan_files, scan_prompt_lines
+from dit_worker.manifest.sources import DerivedManifest, Manifest
 
 HOW_TO_LIST = {
     "class": "--classes/--per-class or a manifest with class_id or class_name",
@@ -29,21 +23,37 @@ KIND = {"class": "class-conditional", "text": "text-to-image", "none": "uncondit
 SOURCE_KIND = {"per_class": "class", "prompts": "text", "num_samples": "none"}
 
 
-def job_rows(config: JobConfig, info: ModelInfo) -> Samples:
-    """The job's rows, each checked against the model; the way they are listed is checked first."""
+def job_rows(config: JobConfig, info: ModelInfo) -> Manifest:
+    """The job's manifest, every row checked against the model (streamed: nothing per row is
+    kept); the way the rows are listed is checked first."""
     check_sample_source(config, info)
+    check_prompts = partial(info.spec.check_prompts, settings=info.settings) if info.conditioning == "text" else None
     if config.manifest is not None:
-        samples = read_manifest(config.manifest, info.names, info.conditioning)
+        manifest: Manifest = scan_files(
+            str(config.manifest), info.names, info.conditioning, check_prompts, s3_endpoint=config.s3_endpoint
+        )
     elif config.prompts is not None:
         assert config.per_prompt is not None
-        samples = from_prompts(config.prompts, config.per_prompt, config.seed)
+        location, scan, identity = scan_prompt_lines(str(config.prompts), check_prompts)
+        check_derived(scan.rows * config.per_prompt, config.seed)
+        manifest = DerivedManifest(
+            scan.rows * config.per_prompt,
+            "text",
+            config.seed,
+            config.per_prompt,
+            prompt_file=(location, scan.layout()),
+            prompt_identity=identity,
+        )
     elif config.num_samples is not None:
-        samples = from_count(config.num_samples, config.seed)
+        check_derived(config.num_samples, config.seed)
+        manifest = DerivedManifest.of_count(config.num_samples, config.seed)
     else:
         assert config.per_class is not None and info.names is not None
-        samples = from_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
-    check_rows(samples, info, config)
-    return samples
+        classes = parse_classes(config.classes, info.names)
+        check_derived(len(classes) * config.per_class, config.seed)
+        manifest = DerivedManifest.of_classes(classes, config.per_class, config.seed)
+    check_negative_prompts(manifest, info, config)
+    return manifest
 
 
 def check_sample_source(config: JobConfig, info: ModelInfo) -> None:
@@ -59,45 +69,19 @@ def check_sample_source(config: JobConfig, info: ModelInfo) -> None:
         )
 
 
-def check_rows(samples: Samples, info: ModelInfo, config: JobConfig) -> None:
-    """Every prompt and negative prompt through the pipeline's own text preprocessing and tokenizer."""
-    if samples.negative_prompt is not None and config.negative_prompt is not None:
+def check_negative_prompts(manifest: Manifest, info: ModelInfo, config: JobConfig) -> None:
+    """Per-row negative prompts exclude --negative-prompt, need guidance; --negative-prompt itself
+    goes through the pipeline's text checks."""
+    if manifest.has_negative_prompts and config.negative_prompt is not None:
         raise ManifestError(
             f"{config.manifest}: rows carry their own negative_prompt; drop --negative-prompt or the column"
         )
-    if samples.prompt is None:
-        return
-    if samples.negative_prompt is not None and not (getattr(info.settings, "cfg_scale", None) or 0) > 1:
+    if manifest.has_negative_prompts and not (getattr(info.settings, "cfg_scale", None) or 0) > 1:
         raise ManifestError(
             f"{config.manifest}: negative_prompt has no effect without guidance; raise --cfg-scale above 1 or drop "
             "the column"
         )
-    columns = [("prompt", samples.prompt.to_arrow())]
-    if samples.negative_prompt is not None:
-        columns.append(("negative_prompt", samples.negative_prompt.to_arrow()))
-    for name, column in columns:
-        encoded = column.dictionary_encode()
-        texts = encoded.dictionary.to_pylist()
-        problems = info.spec.check_prompts(texts, info.settings)
-        if problems:
-            _refuse(name, texts, problems, encoded.indices, samples.sample_id)
-    if config.negative_prompt is not None:
+    if config.negative_prompt is not None and info.conditioning == "text":
         problems = info.spec.check_prompts([config.negative_prompt], info.settings)
         if problems:
             raise ManifestError(f"--negative-prompt {config.negative_prompt[:60]!r} {problems[0][1]}")
-
-
-def _refuse(
-    name: str, texts: list[str], problems: list[tuple[int, str]], indices: pa.Array, sample_id: np.ndarray
-) -> None:
-    """Name the first bad row (by sample_id) and how many rows share the problem."""
-    bad = np.zeros(len(texts), bool)
-    bad[[i for i, _ in problems]] = True
-    codes = indices.fill_null(-1).to_numpy(zero_copy_only=False)  # negative prompts may be empty cells
-    rows = np.flatnonzero((codes >= 0) & bad[np.maximum(codes, 0)])
-    first = int(rows[0])
-    reason = dict(problems)[int(codes[first])]
-    text = texts[int(codes[first])]
-    more = f" ({rows.size} rows in all)" if rows.size > 1 else ""
-    shown = text if len(text) <= 60 else text[:57] + "..."
-    raise ManifestError(f"sample_id {int(sample_id[first])}: {name} {shown!r} {reason}{more}")

@@ -73,7 +73,7 @@ def _run(
     prepare_output(plan)
     recorder = CommitRecorder(plan.storage, plan.index, token, keeper.check)
     queue = TaskQueue(
-        shard_tasks(plan.samples, map(int, plan.pending), config.shard_size),  # ints: they go into JSON logs
+        shard_tasks(plan.manifest, map(int, plan.pending), config.shard_size),  # ints: they go into JSON logs
         config.max_tries,
         shard_name,
         Backoff(config.retry_backoff, config.retry_backoff_max),
@@ -119,7 +119,8 @@ def batch_check(pool: ActorPool[Any, Any], plan: JobPlan) -> dict[str, Any] | st
         return None
     if not settings.generic:
         return f"not run: {settings.pipeline} is a first-class family, tested against its pipeline per row"
-    queue = TaskQueue([(0, BatchCheckTask(plan.samples[:SCAN_ROWS]))], 1, lambda _: "the batch check")
+    first = plan.manifest.rows(0, min(SCAN_ROWS, plan.manifest.num_rows)).load()
+    queue = TaskQueue([(0, BatchCheckTask(first))], 1, lambda _: "the batch check")
     try:
         ((_, check),) = list(pool.map(queue))
     except TaskFailed as err:
@@ -156,7 +157,7 @@ def prepare_output(plan: JobPlan) -> None:
     plan.index.write_snapshot(plan.storage)
     log.info(
         "%s: %d samples in %d shards, %d shard(s) committed, %d to run (%d broken)",
-        plan.storage.url, len(plan.samples), plan.num_shards, plan.num_shards - len(plan.pending),
+        plan.storage.url, plan.manifest.num_rows, plan.num_shards, plan.num_shards - len(plan.pending),
         len(plan.pending), len(plan.broken),
     )  # fmt: skip
 
@@ -172,7 +173,7 @@ def run_pending(
     bar; (pool stats, worker seconds)."""
     todo = samples_in(plan, shard_size)
     worker_seconds = 0.0
-    with progress_bar(len(plan.samples), initial=len(plan.samples) - todo) as bar:
+    with progress_bar(plan.manifest.num_rows, initial=plan.manifest.num_rows - todo) as bar:
         try:
             for _, result in pool.map(queue):
                 recorder.record(result.shard)  # a run that lost its lease stops here, at once
@@ -188,7 +189,7 @@ def run_pending(
 
 
 def samples_in(plan: JobPlan, shard_size: int) -> int:
-    ends = np.minimum((plan.pending + 1) * shard_size, len(plan.samples))
+    ends = np.minimum((plan.pending + 1) * shard_size, plan.manifest.num_rows)
     return int((ends - plan.pending * shard_size).sum())
 
 
@@ -204,7 +205,7 @@ def job_summary(
     """What `_SUCCESS` records and jobs.generate prints."""
     todo, wall, pending = samples_in(plan, config.shard_size), time.perf_counter() - t0, len(plan.pending)
     return {
-        "samples": len(plan.samples),
+        "samples": plan.manifest.num_rows,
         "shards": plan.num_shards,
         "samples_generated": todo,
         "shards_generated": pending,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import mimetypes
 import os
 import tempfile
@@ -17,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import urlparse
 
 RetryMode = Literal["standard", "adaptive"]
@@ -57,6 +58,18 @@ class Storage(ABC):
     def get(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of one object (a manifest's row range, a Parquet footer)."""
+
+    def open_object(self, key: str) -> BinaryIO:
+        """A read-only, seekable file over one object, read with ranged requests (a Parquet
+        manifest's footer and row groups, without fetching the whole object)."""
+        info = self.stat(key)
+        if info is None:
+            raise StorageError(f"{self.child(key)}: no such object")
+        return io.BufferedReader(_RangeFile(self, key, info.size), buffer_size=1 << 20)
+
+    @abstractmethod
     def create(self, key: str, data: bytes) -> str | None:
         """Write `key` only if it does not exist: its new ETag, or None when it already exists."""
 
@@ -92,6 +105,33 @@ class Storage(ABC):
     def child(self, key: str) -> str:
         """The URL of one object, for messages and metadata."""
         return f"{self.url.rstrip('/')}/{key}"
+
+
+class _RangeFile(io.RawIOBase):
+    """Storage.open_object's raw file: each read is one ranged GET."""
+
+    def __init__(self, storage: Storage, key: str, size: int) -> None:
+        self.storage, self.key, self.size, self.pos = storage, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(base + offset, 0)
+        return self.pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.storage.get_range(self.key, self.pos, min(self.pos + len(buffer), self.size))
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
 
 
 def _umask() -> int:
@@ -177,6 +217,20 @@ class LocalStorage(Storage):
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise StorageError(f"{self.child(key)}: no such object") from None
+
+    def open_object(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise StorageError(f"{self.child(key)}: no such object") from None
+
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as f:
+                f.seek(start)
+                return f.read(max(stop - start, 0))
         except (FileNotFoundError, NotADirectoryError):
             raise StorageError(f"{self.child(key)}: no such object") from None
 
@@ -297,6 +351,13 @@ class S3Storage(Storage):
                 if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     raise StorageError(f"{self.child(key)}: no such object") from None
                 raise
+
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        with self._errors(f"read {key}"):
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{stop - 1}")
+            return obj["Body"].read()
 
     def stat(self, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError

@@ -67,7 +67,7 @@ class ShardWorker:
 
         worker = ShardWorker(spec)  # loads the pipeline; ShardWorker(spec, pipe) reuses a loaded one
         worker.ready()  # "pid 123 on host (cuda:0, torch.bfloat16, batch 64, compiled)"
-        result = worker.run(shard_task(samples, shard=3, shard_size=1000))
+        result = worker.run(shard_task(manifest, shard=3, shard_size=1000))
     """
 
     def __init__(self, spec: WorkerSpec, pipe: DiTPipeline | Generator | None = None) -> None:
@@ -111,9 +111,10 @@ class ShardWorker:
             with self._sampling:
                 return run_batch_check(self.model, self.spec.diffusers.pipeline, task.samples.rows(), self.batch_size)
         start = time.perf_counter()
-        spec = self.spec
+        spec, samples = self.spec, task.rows.load()  # a portable slice is computed or read here
         writer = ShardWriter(
-            task,
+            task.shard,
+            samples,
             self.storage,
             self.pool,
             fmt=spec.format,
@@ -125,9 +126,9 @@ class ShardWorker:
         )
         extras, scorers = self._sinks(task.shard), self._scorers(task.shard)
         with self._sampling:
-            self.model.begin_shard(task.samples.rows())
-            for lo in range(0, len(task.samples), self.batch_size):
-                rows = task.samples[lo : lo + self.batch_size]
+            self.model.begin_shard(samples.rows())
+            for lo in range(0, len(samples), self.batch_size):
+                rows = samples[lo : lo + self.batch_size]
                 try:
                     images = self.model.generate(rows.rows())
                 except NonFiniteLatents as err:
@@ -143,7 +144,7 @@ class ShardWorker:
         for sink in extras:
             sink.close(image_sha256)
         writer.commit()
-        return ShardResult(task.shard, len(task.samples), time.perf_counter() - start)
+        return ShardResult(task.shard, len(samples), time.perf_counter() - start)
 
 
 def shard_workers(

@@ -21,7 +21,6 @@ from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.layout import OutputFormat, data_key, image_key, member_name, part_key, tar_key
 from dit_worker.output.metadata import RowSettings, parquet_bytes, shard_table
 from dit_worker.output.parquet_images import image_parquet_bytes
-from dit_worker.shard import ShardTask
 from dit_worker.storage.objects import Storage
 
 T = TypeVar("T")
@@ -75,7 +74,8 @@ class ShardWriter:
 
     def __init__(
         self,
-        task: ShardTask,
+        shard: int,
+        samples: Samples,
         storage: Storage,
         pool: IOPool,
         *,
@@ -86,7 +86,7 @@ class ShardWriter:
         negative_prompt: str | None = None,
         encoding: ImageEncoding = PNG,
     ) -> None:
-        self.task, self.storage, self.pool, self.fmt = task, storage, pool, fmt
+        self.shard, self.samples, self.storage, self.pool, self.fmt = shard, samples, storage, pool, fmt
         self.names, self.settings, self.image_size = names, settings, image_size
         self.negative_prompt = negative_prompt  # the job's --negative-prompt, for rows without their own
         self.encoding = encoding
@@ -102,14 +102,14 @@ class ShardWriter:
     def _store(self, batch: HostBatch, index: int, sample_id: int) -> tuple[str, int, bytes | None]:
         data = self.encoding.encode(batch.numpy()[index])
         if self.fmt == "png":
-            self.storage.put(image_key(self.task.shard, sample_id, self.encoding.extension), data)
+            self.storage.put(image_key(self.shard, sample_id, self.encoding.extension), data)
             return hashlib.sha256(data).hexdigest(), len(data), None
         return hashlib.sha256(data).hexdigest(), len(data), data
 
     def store(self) -> list[str]:
         """Wait for every image (and write the tar or data part); their sha256, in sample order."""
         stored = [f.result() for f in self._stored]  # re-raises the first failed encode or upload
-        samples, shard = self.task.samples, self.task.shard
+        samples, shard = self.samples, self.shard
         if len(stored) != len(samples):
             raise RuntimeError(f"shard {shard:05d}: {len(stored)} images stored for {len(samples)} samples")
         sha256 = [sha for sha, _, _ in stored]
@@ -131,10 +131,10 @@ class ShardWriter:
         the worker itself makes no request beyond the shard's own objects."""
         if self._table is None:
             raise RuntimeError("store() first: the metadata part must follow every image")
-        self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))
+        self.storage.put(part_key(self.shard), parquet_bytes(self._table))
 
     def _metadata(self, sha256: list[str], sizes: list[int]) -> pa.Table:
-        samples, shard = self.task.samples, self.task.shard
+        samples, shard = self.samples, self.shard
         ids = samples.sample_id.tolist()
         ext = self.encoding.extension
         if self.fmt == "png":
