@@ -71,7 +71,51 @@ POOL_BREAKAGES = [
 ]
 FAMILIES = "tests/test_families.py"
 
+MANIFEST = "tests/test_manifest.py"
+
 BREAKAGES = [
+    Breakage(
+        "manifest: a derived slice takes its classes one group late",
+        "dit_worker/manifest/sources.py",
+        "        groups = ids // self.per_group - self.first_group\n",
+        "        groups = np.minimum(ids // self.per_group - self.first_group + 1, len(ids) and 1)\n",
+        (MANIFEST,),
+    ),
+    Breakage(
+        "manifest: a ranged read starts at the mark, not at its row",
+        "dit_worker/manifest/files.py",
+        "    return table.slice(start - int(layout.mark_rows[first]), stop - start)  # the mark is",
+        "    return table.slice(0, stop - start)  # the mark is",
+        (MANIFEST,),
+    ),
+    Breakage(
+        "manifest: a CSV newline inside quotes ends a row",
+        "dit_worker/manifest/files.py",
+        "        newlines = newlines[quotes_before % 2 == 0]\n",
+        "        pass\n",
+        (MANIFEST,),
+    ),
+    Breakage(
+        "manifest: spilled repeats are not looked for",
+        "dit_worker/manifest/checks.py",
+        "                    found.append(hit)\n",
+        "                    pass\n",
+        (MANIFEST,),
+    ),
+    Breakage(
+        "manifest: the same image twice passes (seed only above bit 32 differs)",
+        "dit_worker/manifest/checks.py",
+        "    seed32 = samples.seed % SEED_SPACE\n",
+        "    seed32 = samples.seed\n",
+        (MANIFEST,),
+    ),
+    Breakage(
+        "manifest: the identity ignores the seeds",
+        "dit_worker/manifest/checks.py",
+        '            ("seed", np.ascontiguousarray(part.seed, "<i8").tobytes()),\n',
+        "",
+        (MANIFEST,),
+    ),
     Breakage(
         "commit index: a commit never reaches a log",
         "dit_worker/output/commit_index.py",

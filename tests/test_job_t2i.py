@@ -115,10 +115,12 @@ CASES = {
     "stable-diffusion": (
         "sd_ckpt",
         ["--steps", 3, "--manifest", "MANIFEST"],
-        [{"sample_id": 4, "prompt": "a red cat at night", "seed": 11},
-         {"sample_id": 5, "prompt": "a blue house over the sea", "seed": 11, "negative_prompt": "a yellow bird"},
-         {"sample_id": 6, "prompt": "a green tree near the river", "seed": 12},
-         {"sample_id": 7, "prompt": "a red cat at night", "seed": 13}],
+        # Not in sample_id order: a shard is a range of manifest rows, and each image must still land
+        # under its own row's id (the Ray run reads the manifest from an S3 prefix of two files).
+        [{"sample_id": 6, "prompt": "a green tree near the river", "seed": 12},
+         {"sample_id": 4, "prompt": "a red cat at night", "seed": 11},
+         {"sample_id": 7, "prompt": "a red cat at night", "seed": 13},
+         {"sample_id": 5, "prompt": "a blue house over the sea", "seed": 11, "negative_prompt": "a yellow bird"}],
         {"steps": 3, "cfg_scale": 7.5},
         "prompt",
     ),
@@ -153,9 +155,13 @@ def test_ray_submit_and_local_equal_the_pipeline_per_sample(
     prompts.write_text("a red cat at night\na blue house over the sea\n")
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     args = [{"PROMPTS": prompts, "MANIFEST": manifest}.get(a, a) for a in args]
+    on_s3 = f"s3://{s3_bucket}/manifests/{case}"  # two files under one prefix, read by the workers themselves
+    for k, part in enumerate([rows[:3], rows[3:]]):
+        data = write_manifest(tmp_path / f"part-{k}.parquet", part).read_bytes()
+        s3_server.client().put_object(Bucket=s3_bucket, Key=f"manifests/{case}/part-{k}.parquet", Body=data)
     _, proc = generate(
-        ray_cluster, s3_server, "--model", model, *args, *CPU_WORKERS, "--num-workers", 2, "--shard-size", 2,
-        "--batch-size", 2, "--out", f"s3://{s3_bucket}/ray",
+        ray_cluster, s3_server, "--model", model, *[on_s3 if a == manifest else a for a in args], *CPU_WORKERS,
+        "--num-workers", 2, "--shard-size", 2, "--batch-size", 2, "--out", f"s3://{s3_bucket}/ray",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_complete(s3_server, s3_bucket, "ray", len(rows))

@@ -306,7 +306,7 @@ def read_rows(location: Location, layout: FileLayout, start: int, stop: int) -> 
     hi = int(layout.mark_offsets[end]) if end < len(layout.mark_offsets) else layout.size
     body = location.storage().get_range(layout.key, lo, hi)
     table = parse_lines(body, layout.format, layout.header, layout.schema, layout.url)
-    return table.slice(start - int(layout.mark_rows[first]), stop - start)
+    return table.slice(start - int(layout.mark_rows[first]), stop - start)  # the mark is at or before start
 
 
 @lru_cache(maxsize=2)  # consecutive shards usually share a row group: read it once
