@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 from test_storage import unwritable_folder
 
+from dit_worker.driver.config import JobConfig
 from dit_worker.output.verify import uncommit
 from dit_worker.storage.objects import open_storage
 from jobs.generate import main
@@ -126,6 +127,17 @@ def test_resume_runs_only_the_pending_shards(tiny_ckpt: Path, tmp_path: Path) ->
         k: v for k, v in before.items() if k not in rewritten
     }
 
+    # A rerun on the complete set says it made nothing (not the earlier run's counts), writes nothing.
+    complete = snapshot(out)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.generate", *map(str, args), "--batch-size", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rerun = json.loads(proc.stdout)
+    assert (rerun["already_complete"], rerun["samples_generated"], rerun["shards_skipped"]) == (True, 0, 5)
+    assert snapshot(out) == complete
+
 
 def test_rerun_with_a_different_configuration_is_refused(
     tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
@@ -167,6 +179,14 @@ def test_webdataset_commits_one_tar_per_shard(tiny_ckpt: Path, tmp_path: Path) -
     png_out = tmp_path / "png"
     assert generate(*args, "--out", png_out) == 0  # same pixels either way
     assert table["sha256"].to_pylist() == metadata(png_out)["sha256"].to_pylist()
+
+
+@pytest.mark.parametrize(("fmt", "expected"), [("png", 1000), ("webdataset", 4000), ("parquet", 4000)])
+def test_shard_size_defaults_to_the_formats(fmt: str, expected: int) -> None:
+    """A container format holds a shard in one object: bigger default shards, fewer objects per set."""
+    base = {"model": "m", "out": "o", "per_class": 1, "format": fmt}
+    assert JobConfig.model_validate(base).shard_size == expected
+    assert JobConfig.model_validate(base | {"shard_size": 7}).shard_size == 7  # given: kept
 
 
 def test_parquet_commits_one_data_part_per_shard_and_resumes(tiny_ckpt: Path, tmp_path: Path) -> None:

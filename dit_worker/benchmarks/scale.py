@@ -1,5 +1,9 @@
 """The driver's costs at scale (`python -m jobs.benchmark_scale`), measured without a model.
 
+`plan`: a manifest of N rows (derived --classes ranges, or Parquet class and prompt manifests the
+benchmark builds), planned and validated in a fresh process: peak RSS, seconds, the identity's
+hash time, and the bytes of one shard's task.
+
 `resume`: an output with N committed shards recorded through the commit index, as a run records
 them (batched logs, compaction, the final snapshot), then read back as a resuming driver reads it:
 storage requests (counted at the client: boto3's `before-call` events on S3, calls on a local
@@ -8,14 +12,24 @@ folder) and seconds for each, and the index's bytes per shard.
 
 from __future__ import annotations
 
+import pickle
 import resource
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dit_worker.backends.labels import ClassNames
+from dit_worker.manifest.samples import check_derived
+from dit_worker.manifest.scan import scan_files
+from dit_worker.manifest.sources import DerivedManifest
 from dit_worker.output.commit_index import SNAPSHOT_KEY, CommitIndex, CommitRecorder
 from dit_worker.storage.objects import LocalStorage, S3Storage, Storage, open_storage
 
@@ -84,4 +98,93 @@ def resume_cost(url: str, committed: int, s3_endpoint: str | None = None) -> dic
         "index_bytes": snapshot,
         "index_bytes_per_shard": round(snapshot / committed, 4),
         "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+# --- planning: the driver's memory and time from the flags or manifest to the pending shards ---
+
+PLAN_KINDS = ("classes", "class-parquet", "prompt-parquet")
+WRITE_ROWS = 1 << 20  # rows per write while building a manifest (and per row group: 16 per write)
+
+
+def build_manifest(kind: str, rows: int, folder: Path) -> Path | None:
+    """The benchmark's manifest of `rows` rows (reused when present): None for derived --classes;
+    a class Parquet (sequential ids, seeds scattered over 2**32, random classes); or a prompt
+    Parquet with prompts of 60-160 characters, one distinct prompt per 10 rows, rows in scattered
+    prompt order."""
+    if kind == "classes":
+        return None
+    path = folder / f"{kind}-{rows}.parquet"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    rng = np.random.default_rng(0)
+    writer: pq.ParquetWriter | None = None
+    for start in range(0, rows, WRITE_ROWS):
+        ids = np.arange(start, min(start + WRITE_ROWS, rows), dtype=np.int64)
+        seed = (ids * 2654435761 + 12345) % 2**32  # distinct modulo 2**32, not in order
+        if kind == "class-parquet":
+            classes = rng.integers(0, 1000, ids.size, dtype=np.int32)
+            table = pa.table({"sample_id": ids, "class_id": classes, "seed": seed})
+        else:
+            distinct = max(rows // 10, 1)
+            table = pa.table({"sample_id": ids, "prompt": _prompts((ids * 7919) % distinct), "seed": seed})
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table, row_group_size=1 << 16)
+    assert writer is not None
+    writer.close()
+    tmp.rename(path)
+    return path
+
+
+_WORDS = np.array([
+    "red", "blue", "small", "large", "old", "young", "quiet", "bright", "dark", "wooden", "glass", "stone",
+    "cat", "dog", "house", "boat", "tree", "river", "mountain", "city", "garden", "window", "street",
+    "bridge", "market", "forest", "lake", "painting", "photo",
+])
+
+
+def _prompts(numbers: np.ndarray) -> pa.Array:
+    """Prompt n: a deterministic sentence of 8-24 words and the number, 60-160 characters."""
+    texts = []
+    for n in numbers.tolist():
+        words = _WORDS[[(n >> (3 * k)) % len(_WORDS) for k in range(8 + n % 17)]]
+        texts.append(f"a {' '.join(words)} scene, study number {n}")
+    return pa.array(texts, pa.large_string())
+
+
+def plan_cost(kind: str, rows: int, folder: Path, shard_size: int = 1000) -> dict[str, Any]:
+    """Plan and validate `rows` rows as the driver does (every check but the tokenizer, which has
+    its own cost per distinct prompt), then list the pending shards of a new output. Run this in a
+    fresh process: the peak RSS reported is the process's."""
+    path = build_manifest(kind, rows, folder)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if path is None:
+        check_derived(rows, 0)
+        manifest: Any = DerivedManifest.of_classes(list(range(1000)), rows // 1000, 0)
+    else:
+        manifest = scan_files(str(path), ClassNames({}, 1000), "class" if kind == "class-parquet" else "text",
+                              (lambda texts: []) if kind == "prompt-parquet" else None)  # fmt: skip
+    plan_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    identity = manifest.identity
+    hash_s = time.perf_counter() - t0
+    total = -(-manifest.num_rows // shard_size)
+    pending = CommitIndex.empty(total).missing(total)
+    first = manifest.rows(0, min(shard_size, manifest.num_rows))
+    assert len(first.load()) == min(shard_size, rows) and pending.size == total and identity
+    return {
+        "benchmark": "plan",
+        "manifest": kind,
+        "rows": rows,
+        "manifest_bytes": path.stat().st_size if path else 0,
+        "shards": total,
+        "plan_validate_s": round(plan_s, 3),
+        "identity_s": round(hash_s, 4),  # files: hashed during the scan (in plan_validate_s); derived: here
+        "task_bytes": len(pickle.dumps(first)),
+        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "python_and_imports_rss_mib": round(base_rss / 1024, 1),
     }

@@ -14,7 +14,7 @@ from dit_worker.backends.settings import DTYPES, DTypeName, SamplingSettings, re
 from dit_worker.manifest.samples import MAX_GLOBAL_SEED
 from dit_worker.metrics.row_scores import score_model
 from dit_worker.output.encoding import LOSSY_FORMATS, ImageEncoding, ImageFormat
-from dit_worker.output.layout import OutputFormat
+from dit_worker.output.layout import DEFAULT_SHARD_SIZE, OutputFormat
 from dit_worker.storage.objects import RetryMode
 
 # What each preset fixes; the flags it fixes cannot be passed next to it.
@@ -68,7 +68,7 @@ class JobConfig(BaseModel):
     component_dtype: tuple[str, ...] = ()  # COMPONENT=DTYPE
 
     batch_size: int | Literal["auto"] = 32  # auto: the largest that fits, measured by each worker
-    shard_size: int = Field(1000, ge=1)
+    shard_size: int = Field(1000, ge=1)  # default per --format: DEFAULT_SHARD_SIZE
     num_workers: int | None = Field(None, ge=1)  # None: one per GPU in the cluster
     num_gpus_per_worker: float = Field(1.0, ge=0, allow_inf_nan=False)
     min_workers: int | None = Field(None, ge=1)  # start once this many fit, grow as nodes join (default: all)
@@ -99,6 +99,14 @@ class JobConfig(BaseModel):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
         raise ValueError("must be a positive integer or 'auto'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_shard_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("shard_size") is None:
+            data = {k: v for k, v in data.items() if k != "shard_size"}
+            data["shard_size"] = DEFAULT_SHARD_SIZE.get(data.get("format") or "png", DEFAULT_SHARD_SIZE["png"])
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -41,7 +41,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
     if plan.complete:
         log.info("%s is complete: all %d shards committed and intact", plan.storage.url, plan.num_shards)
         assert plan.previous_summary is not None
-        return plan.previous_summary
+        return already_complete(plan.previous_summary, started_at, t0)
     token = new_token()
     # No workers when every shard is committed and only `_SUCCESS` is missing (a driver that died there).
     pool = shard_pool(worker_spec(config, plan.info), config) if plan.pending.size else None
@@ -191,6 +191,25 @@ def run_pending(
 def samples_in(plan: JobPlan, shard_size: int) -> int:
     ends = np.minimum((plan.pending + 1) * shard_size, plan.manifest.num_rows)
     return int((ends - plan.pending * shard_size).sum())
+
+
+def already_complete(previous: dict[str, Any], started_at: datetime, t0: float) -> dict[str, Any]:
+    """What a rerun on a complete output did: nothing, in this much time (the output and its
+    `_SUCCESS`, the run that made it, are left as they are)."""
+    return {
+        "samples": previous["samples"],
+        "shards": previous["shards"],
+        "samples_generated": 0,
+        "shards_generated": 0,
+        "shards_skipped": previous["shards"],
+        "shards_repaired": 0,
+        "already_complete": True,
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "fingerprint_sha256": previous["fingerprint_sha256"],
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "completed_by": {k: previous.get(k) for k in ("started_at", "finished_at", "wall_time_s", "images_per_s")},
+    }
 
 
 def job_summary(

@@ -17,7 +17,7 @@ from dit_worker.manifest.samples import SEED_SPACE, Samples
 from dit_worker.manifest.text_column import TextColumn
 
 BLOCK_ROWS = 1 << 16  # rows per leaf of the identity's hash tree
-IN_MEMORY_ROWS = 1 << 22  # a distinct-values check holds this many (value, id) pairs before spilling to disk
+IN_MEMORY_ROWS = 1 << 19  # a distinct-keys check holds this many (key, id) rows (12 MB) before spilling to disk
 PARTITIONS = 256  # spilled pairs, split by value: one partition is sorted in memory at a time
 
 TextCheck = Callable[[list[str]], list[tuple[int, str]]]  # texts -> [(index, reason)] for the bad ones
@@ -205,7 +205,7 @@ class PromptCheck:
     """Every distinct prompt of a chunk through the pipeline's own checks (caption cleaning, token
     limits), skipping prompts already passed while at most `remember` of them are remembered."""
 
-    def __init__(self, check: TextCheck, remember: int = 1 << 20) -> None:
+    def __init__(self, check: TextCheck, remember: int = 1 << 16) -> None:
         self.check, self.remember = check, remember
         self.passed: set[bytes] = set()
 

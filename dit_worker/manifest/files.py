@@ -289,7 +289,8 @@ def _parquet_file(location: Location, key: str, url: str, etag: str) -> pq.Parqu
     if info is None or info.etag != etag:
         raise ManifestError(f"{url}: the manifest file changed after the job scanned it; rerun the job")
     try:
-        return pq.ParquetFile(storage.open_object(key))
+        # pre_buffer off: pyarrow would otherwise keep every row group it read for the file's lifetime
+        return pq.ParquetFile(storage.open_object(key), pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as err:
         raise ManifestError(f"{url}: not a readable parquet manifest ({err})") from None
 

@@ -8,6 +8,11 @@ from typing import Literal
 
 # png: one object per image; webdataset: one tar per shard; parquet: one data part per shard (docs/output.md).
 OutputFormat = Literal["png", "webdataset", "parquet"]
+# --shard-size when not given: objects per shard are 1 + shard size for png (one object per image)
+# and 2 for webdataset and parquet, whose container is built in the worker's memory (two shards in
+# flight: ~2 x 4,000 x the encoded image size). At a billion images: png ~1.001e9 objects, the
+# containers 5e5 (docs/output.md, "Objects per set").
+DEFAULT_SHARD_SIZE: dict[str, int] = {"png": 1000, "webdataset": 4000, "parquet": 4000}
 JOB_KEY = "job.json"
 SUCCESS_KEY = "_SUCCESS"
 LEASE_KEY = "_lease.json"  # one writer per output (dit_worker.output.lease)
