@@ -1,5 +1,5 @@
 """What crosses the pool between the driver and its workers: the worker's spec (sent once), shard
-tasks (contiguous slices of the manifest in sample_id order, the unit of commit and retry) and
+tasks (ranges of manifest rows, the unit of commit and retry, carried as RowSlices) and
 their results, and the generic path's batch check.
 
 It sits beneath both sides so that a worker never imports the driver.

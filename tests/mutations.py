@@ -117,6 +117,20 @@ BREAKAGES = [
         (MANIFEST,),
     ),
     Breakage(
+        "manifest: a misspelt column is carried as the user's own",
+        "dit_worker/manifest/samples.py",
+        "    return _edit_distance(a, b) <= (2 if len(b) >= 8 else 1)\n",
+        "    return False\n",
+        (MANIFEST,),
+    ),
+    Breakage(
+        "metadata: the manifest's own columns are dropped",
+        "dit_worker/worker/shard_writer.py",
+        "        if samples.extra is not None:  # the manifest's own columns, typed as there\n",
+        "        if False:\n",
+        ("tests/test_job_local.py::test_own_manifest_columns_reach_every_format_and_hf_datasets",),
+    ),
+    Breakage(
         "commit index: a commit never reaches a log",
         "dit_worker/output/commit_index.py",
         "        self._buffer.append(shard)\n",

@@ -438,3 +438,44 @@ def test_a_shard_failing_every_try_fails_the_job_and_keeps_committed_shards(
     assert generate(*args, "--out", out) == 0
     assert {k: snapshot(out)[k] for k in kept} == kept
     assert metadata(out)["sample_id"].to_pylist() == list(range(6))
+
+
+def test_own_manifest_columns_reach_every_format_and_hf_datasets(tiny_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """Three columns of the user's own ride along into each sample's metadata, typed as in the manifest;
+    a misspelt known column is refused instead (exit 2, an earlier output untouched)."""
+    import datasets
+
+    rows = [{"sample_id": 40 - 3 * i, "class_id": 5 + i, "seed": 7 * i, "source_id": 1000 + i,
+             "licence": ["cc0", "cc-by"][i % 2], "aesthetic": 0.25 * i} for i in range(5)]  # fmt: skip
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    own = {r["sample_id"]: (r["source_id"], r["licence"], r["aesthetic"]) for r in rows}
+    args = ["--local", "--model", tiny_ckpt, "--manifest", manifest, *FAST, "--shard-size", 2]
+    for fmt in ("png", "webdataset", "parquet"):
+        out = tmp_path / fmt
+        assert generate(*args, "--format", fmt, "--out", out) == 0
+        table = metadata(out)
+        types = (table.schema.field("source_id").type, table.schema.field("aesthetic").type)
+        assert types == (pa.int64(), pa.float64())
+        got = {r["sample_id"]: (r["source_id"], r["licence"], r["aesthetic"]) for r in table.to_pylist()}
+        assert got == own, fmt
+        if fmt == "webdataset":
+            with tarfile.open(out / "shards" / "00000.tar") as tar:
+                meta = json.load(tar.extractfile(f"{rows[0]['sample_id']:08d}.json"))
+            assert (meta["source_id"], meta["licence"], meta["aesthetic"]) == own[rows[0]["sample_id"]]
+        if fmt == "parquet":
+            data = ds.dataset(out / "data", format="parquet").to_table(columns=["sample_id", "licence"])
+            assert dict(zip(*data.to_pydict().values(), strict=True)) == {k: v[1] for k, v in own.items()}
+    hf = datasets.load_dataset("parquet", data_files=str(tmp_path / "png" / "metadata" / "*.parquet"), split="train")
+    assert {r["sample_id"]: (r["source_id"], r["licence"], r["aesthetic"]) for r in hf} == own
+
+    before = snapshot(tmp_path / "png")
+    misspelt = tmp_path / "bad.jsonl"
+    misspelt.write_text("".join(json.dumps({**r, "sampel_id": 1}) + "\n" for r in rows))
+    capsys.readouterr()
+    assert generate(*args[:4], misspelt, *args[5:], "--out", tmp_path / "png") == 2
+    err = capsys.readouterr().err.strip()
+    assert "column 'sampel_id' looks like 'sample_id' misspelt" in err and "\n" not in err, err
+    assert snapshot(tmp_path / "png") == before
+    assert generate(*args[:4], misspelt, *args[5:], "--out", tmp_path / "new") == 2
+    assert not (tmp_path / "new").exists()

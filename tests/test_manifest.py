@@ -265,3 +265,33 @@ def test_derived_slices_hold_only_their_groups() -> None:
     assert samples.class_id.tolist() == [4, 4, 5, 5, 5]
     assert samples.sample_id.tolist() == list(range(5 * 10**6 - 2, 5 * 10**6 + 3))
     assert manifest.identity != DerivedManifest.of_classes(list(range(1000)), 10**6, 4).identity
+
+
+@pytest.mark.parametrize(
+    ("column", "intended"),
+    [("negative_promt", "negative_prompt"), ("promt", "prompt"), ("sampleid", "sample_id"),
+     ("class_nmae", "class_name"), ("Seed", "seed")],
+)  # fmt: skip
+def test_a_misspelt_column_is_refused_naming_the_intended_one(tmp_path: Path, column: str, intended: str) -> None:
+    rows = {"prompt": ["a cat", "a dog"], "seed": [1, 2], column: ["x", "y"]}
+    path = tmp_path / "m.jsonl"
+    lines = [dict(zip(rows, v, strict=True)) for v in zip(*rows.values(), strict=True)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(ManifestError, match=rf"column '{column}' looks like '{intended}' misspelt"):
+        scan_files(str(path), None, "text")
+
+
+def test_own_columns_are_carried_typed_and_in_the_identity(tmp_path: Path) -> None:
+    rows = {"class_id": [1, 2, 3], "seed": [1, 2, 3], "source_id": [10, 20, 30], "licence": ["cc-by", None, "cc0"],
+            "prompt_id": [0.5, 1.5, 2.5]}  # fmt: skip
+    manifest = scan_files(str(write(tmp_path / "m.parquet", rows)), NAMES, "class")
+    extra = manifest.rows(1, 3).load().extra
+    assert extra.column_names == ["source_id", "licence", "prompt_id"]
+    assert extra.to_pydict() == {"source_id": [20, 30], "licence": [None, "cc0"], "prompt_id": [1.5, 2.5]}
+    assert extra.schema.field("source_id").type == pa.int64()
+    changed = scan_files(str(write(tmp_path / "c.parquet", {**rows, "licence": ["cc-by", None, "cc-by"]})), NAMES,
+                         "class")  # fmt: skip
+    assert changed.identity != manifest.identity  # they are written into the metadata: part of what OUT holds
+    for reserved in ("sha256", "image_key", "clip_score", "image"):
+        with pytest.raises(ManifestError, match=rf"column '{reserved}' is one the job writes"):
+            scan_files(str(write(tmp_path / "r.parquet", {**rows, reserved: ["a", "b", "c"]})), NAMES, "class")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from dit_worker.manifest.samples import SEED_SPACE, Samples
 from dit_worker.manifest.text_column import TextColumn
@@ -55,6 +56,9 @@ class TreeHash:
         for name, text in (("prompt", part.prompt), ("negative_prompt", part.negative_prompt)):
             if text is not None:
                 columns += _text_parts(name, text)
+        for name in [] if part.extra is None else part.extra.column_names:  # your own columns, as text
+            typed = part.extra.column(name)
+            columns += _text_parts(f"extra.{name}:{typed.type}", TextColumn.from_arrow(typed.cast(pa.large_string())))
         for name, data in columns:
             self._block.setdefault(name, hashlib.sha256(name.encode())).update(data)
 

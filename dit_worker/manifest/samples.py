@@ -30,6 +30,7 @@ from dit_worker.backends import Conditioning, Rows
 from dit_worker.backends.labels import ClassNames
 from dit_worker.manifest.files import ManifestError
 from dit_worker.manifest.text_column import TextColumn
+from dit_worker.output.metadata import RESERVED_COLUMNS
 from dit_worker.sampling.noise import MAX_SEED
 
 SEED_SPACE = 2**32  # the seeds torch's CPU generator tells apart: it keeps the low 32 bits
@@ -53,6 +54,7 @@ class Samples:
     seed: np.ndarray  # int64, in [0, 2**63)
     prompt: TextColumn | None = None  # text-to-image rows
     negative_prompt: TextColumn | None = None  # optional per-row negative prompts (empty cells: none)
+    extra: pa.Table | None = None  # the manifest's own columns, carried into the metadata as they are
     portable: ClassVar[bool] = True  # as a RowSlice (dit_worker.manifest.sources): already loaded
 
     def load(self) -> Samples:
@@ -68,6 +70,7 @@ class Samples:
             self.seed[rows],
             None if self.prompt is None else self.prompt[rows],
             None if self.negative_prompt is None else self.negative_prompt[rows],
+            None if self.extra is None else _slice_table(self.extra, rows, len(self)),
         )
 
     @property
@@ -82,6 +85,11 @@ class Samples:
             prompts=None if self.prompt is None else self.prompt.tolist(),  # type: ignore[arg-type]
             negative_prompts=None if self.negative_prompt is None else self.negative_prompt.tolist(),
         )
+
+
+def _slice_table(table: pa.Table, rows: slice, n: int) -> pa.Table:
+    lo, hi, _ = rows.indices(n)
+    return table.slice(lo, max(hi - lo, 0))
 
 
 def parse_classes(tokens: Sequence[str] | None, names: ClassNames) -> list[int]:
@@ -136,6 +144,7 @@ def to_samples(
     `first_id` (their position in the manifest: the files in key order, then file order).
     """
     columns = set(table.column_names)
+    extra = _extra_columns(table, where, conditioning)
     if "seed" not in columns:
         raise ManifestError(f"{where}: missing column 'seed' (found {sorted(columns)}); every row needs its seed")
     _refuse_other_conditioning(where, columns, conditioning)
@@ -169,7 +178,50 @@ def to_samples(
         sample_id = np.arange(base, base + table.num_rows, dtype=np.int64)
     if prompt is not None:
         _refuse_empty_prompts(where, prompt, sample_id, first_row)
-    return Samples(sample_id, class_id, seed, prompt, negative)
+    return Samples(sample_id, class_id, seed, prompt, negative, table.select(extra) if extra else None)
+
+
+def _extra_columns(table: pa.Table, where: str, conditioning: Conditioning) -> list[str]:
+    """The manifest's own columns (carried into the metadata), after refusing a name that looks
+    like a misspelt known column, a name the metadata already has, and nested values."""
+    known = {"sample_id", "seed", *(c for names in _CONDITIONING_COLUMNS.values() for c in names)}
+    extra = [c for c in table.column_names if c not in known]
+    for name in extra:
+        close = [k for k in sorted(known) if _misspelt(name, k)]
+        if close:
+            raise ManifestError(
+                f"{where}: column {name!r} looks like {close[0]!r} misspelt; rename it to {close[0]!r} (or, to carry "
+                "it into the metadata as your own column, to a name further from it)"
+            )
+        if name in RESERVED_COLUMNS:
+            raise ManifestError(
+                f"{where}: column {name!r} is one the job writes into every metadata row; rename your column"
+            )
+        kind = table.schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):  # fmt: skip
+            raise ManifestError(
+                f"{where}: column {name!r} holds {kind}; your own columns must hold numbers, booleans or text"
+            )
+    return extra
+
+
+def _misspelt(name: str, known: str) -> bool:
+    """Within a small edit distance of a known column, ignoring case, '_' and '-' (`negative_promt`,
+    `sampleid`, `class_nmae`, `Seed`): 1 edit, or 2 for names of 8 letters or more (so `prompt_id`
+    stays a column of your own)."""
+    a, b = (s.lower().replace("_", "").replace("-", "") for s in (name, known))
+    return _edit_distance(a, b) <= (2 if len(b) >= 8 else 1)
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions), one row at a time."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
 
 
 def prompt_line_samples(table: pa.Table, where: str, first_line: int) -> TextColumn:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
 from dit_worker.backends import Conditioning
 from dit_worker.backends.labels import ClassNames
@@ -210,8 +211,6 @@ def concat(parts: list[Samples]) -> Samples:
     def cat_text(columns: list[TextColumn | None]) -> TextColumn | None:
         if all(c is None for c in columns):
             return None
-        import pyarrow as pa
-
         arrays = [
             c.to_arrow() if c is not None else pa.nulls(len(p), pa.large_string())
             for c, p in zip(columns, parts, strict=True)
@@ -224,4 +223,5 @@ def concat(parts: list[Samples]) -> Samples:
         np.concatenate([p.seed for p in parts]),
         cat_text([p.prompt for p in parts]),
         cat_text([p.negative_prompt for p in parts]),
+        None if parts[0].extra is None else pa.concat_tables([p.extra for p in parts], promote_options="permissive"),
     )

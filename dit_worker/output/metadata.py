@@ -32,6 +32,12 @@ SCHEMA = pa.schema(
 )
 
 
+# Names a manifest's own columns cannot take: the columns above, the image column of --format parquet,
+# and --score clip's (dit_worker.metrics.row_scores). Any other manifest column is carried into
+# every row's metadata as it is (docs/manifests.md, "Your own columns").
+RESERVED_COLUMNS = frozenset([*SCHEMA.names, "image", "clip_score", "clip_embedding"])
+
+
 class RowSettings(Protocol):
     """The settings every row records: DiT's SamplingSettings, or a backend's RowColumns (cfg_scale
     None for a model without guidance, cfg_channels None outside DiT)."""

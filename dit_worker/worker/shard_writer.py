@@ -150,6 +150,9 @@ class ShardWriter:
             prompt=None if samples.prompt is None else samples.prompt.to_arrow(),
             negative_prompt=self._negative_prompts(samples),
         )  # fmt: skip
+        if samples.extra is not None:  # the manifest's own columns, typed as there
+            for name in samples.extra.column_names:
+                table = table.append_column(name, samples.extra.column(name).combine_chunks())
         for name, column in self.columns.items():
             table = table.append_column(name, column)
         return table
