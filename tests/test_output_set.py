@@ -104,3 +104,19 @@ def test_interleaved_ids_stay_in_sample_id_order_and_duplicates_are_found(tmp_pa
     dup = OutputSet.open(str(tiny_set(tmp_path / "within", 16, shard_size=8, sample_ids=within)))
     with pytest.raises(OutputSetError, match=r"committed more than once: \[3\]"):
         dup.check_unique_ids()
+
+
+def test_the_benchmarks_synthetic_set_reads_back(tmp_path: Path) -> None:
+    """jobs.benchmark_readers measures sets from `build_set`: they must be sets every reader takes."""
+    from dit_worker.benchmarks.reader_memory import build_set, child, table
+
+    build_set(str(tmp_path / "set"), 300, shard_size=70, side=4)
+    output = OutputSet.open(str(tmp_path / "set"))
+    assert output.num_samples == 300 and output.num_shards == 5 and output.labelled
+    assert [s.sample_id for s in output.iter_samples()] == list(range(300))
+    line = child("export", str(tmp_path / "set"), str(tmp_path / "x.npz"))
+    assert line["samples"] == 300 and line["peak_rss_mib"] > 0 and not (tmp_path / "x.npz").exists()
+    opened = child("open", str(tmp_path / "set"))
+    assert opened["samples"] == 300 and opened["shards"] == 5
+    rows = [{**r, "set_samples": 300, "peak_vs_smaller_set": 1.0} for r in (line, opened)]
+    assert table(rows).count("\n") == 3
