@@ -427,6 +427,27 @@ BREAKAGES = [
         ("tests/test_set_metrics.py::test_clip_score_equals_torchmetrics",),
     ),
     Breakage(
+        "FID merge: the sum of outer products dropped (covariance from the means only)",
+        "dit_worker/metrics/statistics.py",
+        "        self.outer += moments.outer\n",
+        "        pass\n",
+        ("tests/test_fid_streaming.py::test_streaming_merge_equals_all_features_at_once",),
+    ),
+    Breakage(
+        "FID subsample: the cut keeps the rows that came first, not the smallest sample-id hashes",
+        "dit_worker/metrics/subsample.py",
+        "        kept[np.argpartition(self._keys[: self._n], self.size - 1)[: self.size]] = True\n",
+        "        kept[: self.size] = True\n",
+        ("tests/test_fid_streaming.py::test_reservoir_keeps_the_subsample_of_everything_offered_in_any_order",),
+    ),
+    Breakage(
+        "OutputSet: of shards whose sample ids interleave, only the first is read",
+        "dit_worker/output/reader.py",
+        "            if len(group) == 1:\n",
+        "            if len(group) >= 1:\n",
+        ("tests/test_output_set.py::test_interleaved_ids_stay_in_sample_id_order_and_duplicates_are_found",),
+    ),
+    Breakage(
         "DINOv2 resize bilinear instead of bicubic",
         "dit_worker/metrics/dinov2.py",
         "DINOV2_RESAMPLE = Image.Resampling.BICUBIC\n",

@@ -267,6 +267,41 @@ def test_per_class_fid(local_metrics: dict, out: Path, manual_features: dict) ->
         assert abs(scipy_frechet_of_samples(mine, other) / row["fid"] - 1) > 10 * FID_TOL
 
 
+def test_a_set_larger_than_the_subsample(
+    local_metrics: dict, out: Path, ref_dir: Path, weights: Path, manual_features: dict, workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """With the subsample cut from 50,000 to 12 samples per side, FID and sFID still come from all 20
+    samples (float64 sums), while the Inception Score and precision/recall are those of the 12 samples
+    of smallest splitmix64(sample_id) on each side (docs/cli.md, jobs.fid)."""
+    from dit_worker.metrics import evaluation
+    from dit_worker.metrics.inception_score import inception_score
+    from dit_worker.metrics.precision_recall import precision_recall
+    from dit_worker.metrics.subsample import subsample_rows
+
+    monkeypatch.setattr(evaluation, "SUBSAMPLE_SIZE", 12)
+    monkeypatch.setenv("DIT_WORKER_CACHE", str(workdir / "subsample-cache"))  # the reference cut to 12 too
+    copy = copy_set(out, workdir / "subsampled")
+    shutil.copytree(out / "features", copy / "features")  # the same per-shard parts: no feature recomputed
+    got = run_fid(copy, ref_dir, weights, "--local")
+    assert got["num_samples"] == N and got["subsample_num_samples"] == [12, 12]
+    for key in ("fid", "sfid"):
+        assert got[key] == local_metrics[key], key  # the same sums, added in the same order
+    f = manual_features
+    fc = torch.load(weights, weights_only=True)["fc.weight"].double().numpy()  # logits: pool @ fc.weight^T
+    rows = subsample_rows(np.arange(N), 12)  # generated ids and the reference's image numbers are both 0..N-1
+    is_mean, is_std = inception_score(f["generated_pool"][rows].astype(np.float64) @ fc.T)
+    precision, recall = precision_recall(f["real_pool"][rows], f["generated_pool"][rows])
+    print("subsample rows", rows.tolist(), {k: got[k] for k in COMPARED}, "expected", is_mean, precision, recall)
+    assert got["inception_score_mean"] == pytest.approx(is_mean, rel=IS_TOL)
+    assert got["inception_score_std"] == pytest.approx(is_std, rel=IS_TOL)
+    assert got["precision"] == pytest.approx(precision, abs=1e-6)
+    assert got["recall"] == pytest.approx(recall, abs=1e-6)
+    # The same comparison for another rule (the first 12 samples) misses by far more than the tolerance.
+    other, _ = inception_score(f["generated_pool"][:12].astype(np.float64) @ fc.T)
+    assert abs(other / got["inception_score_mean"] - 1) > 10 * IS_TOL
+
+
 def test_stored_shard_statistics_are_the_seam(
     local_metrics: dict, out: Path, weights: Path, generated: np.ndarray
 ) -> None:

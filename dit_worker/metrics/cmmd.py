@@ -10,7 +10,8 @@ V-statistic) adds (1 - k̄_xx)/n + (1 - k̄_yy)/m. Computed in float64, in block
 block of kernel values, never n x n).
 
 The kernel needs every pair, so it cannot be merged from per-shard sums like FD: each side is a
-fixed subsample (`subsample`) of at most `max_samples` embeddings.
+fixed subsample (`subsample`, the rule of `dit_worker.metrics.subsample`) of at most `max_samples`
+embeddings.
 """
 
 from __future__ import annotations
@@ -18,21 +19,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dit_worker.metrics.subsample import subsample_rows
+
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
 CMMD_MAX_SAMPLES = 10_000
-CMMD_SUBSAMPLE_SEED = 0
 BLOCK = 2048
 
 
 def subsample(sample_ids: np.ndarray, max_samples: int = CMMD_MAX_SAMPLES) -> np.ndarray:
-    """Row indices of the CMMD subsample of a set whose rows are in ascending sample_id order:
-    every row when there are at most `max_samples`, else `max_samples` rows drawn without
-    replacement by `np.random.default_rng(CMMD_SUBSAMPLE_SEED)`, returned in ascending order."""
-    n = int(sample_ids.shape[0])
-    if n <= max_samples:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(CMMD_SUBSAMPLE_SEED).choice(n, size=max_samples, replace=False))
+    """Row indices of the CMMD subsample of a set: every row when there are at most `max_samples`,
+    else the `max_samples` rows of smallest splitmix64(sample_id) (`subsample.subsample_rows`), in
+    ascending order. The merge (`embedding_statistics.EmbeddingMerger`) keeps exactly these rows."""
+    return subsample_rows(sample_ids, max_samples)
 
 
 def _unit(x: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -1,26 +1,30 @@
-"""Per-shard statistics of the set metrics beside FID, one part per embedding model.
+"""Per-shard statistics of the set metrics beside FID, one part per embedding model, and their merge.
 
 - `dinov2` (FD-DINOv2): the float64 moments (n, Σx, Σxxᵀ) of the DINOv2 features, which merge by
   addition into the set's Gaussian exactly as the Inception ones do (`statistics.FeatureMoments`);
 - `clip` (CMMD, CLIP score): each sample's CLIP image embedding (CMMD's kernel needs every pair, so
-  no sum merges it; the evaluation takes a fixed subsample, `cmmd.subsample`) and its CLIP score
-  against its prompt (NaN for a sample without one).
+  no sum merges it: the merge keeps the fixed subsample of `--cmmd-samples`, `subsample.Reservoir`)
+  and its CLIP score against its prompt (NaN for a sample without one; the merge keeps their count,
+  mean and sum of squared deviations, `ScoreSummary`).
 
 Stored beside the Inception part as `features/<kind>-part-<shard:05d>.npz` (`embedding_key`),
 tagged with the model's id and the digest of the shard's images, so a part made by other weights
-or from other images is recomputed, never mixed in.
+or from other images is recomputed, never mixed in. A merged set's statistics (`EmbeddingMerger`)
+take O(d²) (DINOv2) or O(subsample·d) (CLIP) memory, never O(n).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from dit_worker.metrics.statistics import FeatureMoments
+from dit_worker.metrics.statistics import FeatureMoments, MomentSums
+from dit_worker.metrics.subsample import Reservoir
 
 FORMAT_VERSION = 1
 DINOV2, CLIP = "dinov2", "clip"
@@ -30,6 +34,38 @@ EMBEDDING_KINDS = (DINOV2, CLIP)
 def embedding_key(kind: str, shard: int) -> str:
     """Where a shard's `kind` part lives, relative to the output root."""
     return f"features/{kind}-part-{shard:05d}.npz"
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """Count, mean and sum of squared deviations of the scores that are not NaN: they merge exactly
+    (Chan et al.'s pairwise update), so a set's mean and standard deviation need no per-sample array."""
+
+    count: int
+    mean: float
+    m2: float
+
+    @classmethod
+    def of(cls, scores: np.ndarray) -> ScoreSummary:
+        x = np.asarray(scores, np.float64)
+        x = x[~np.isnan(x)]
+        if not x.size:
+            return cls(0, 0.0, 0.0)
+        mean = float(x.mean())
+        return cls(int(x.size), mean, float(((x - mean) ** 2).sum()))
+
+    def __add__(self, other: ScoreSummary) -> ScoreSummary:
+        n = self.count + other.count
+        if not n:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * other.count / n
+        return ScoreSummary(n, mean, self.m2 + other.m2 + delta * delta * self.count * other.count / n)
+
+    @property
+    def std(self) -> float:
+        """The population standard deviation (np.std's default)."""
+        return math.sqrt(self.m2 / self.count) if self.count else math.nan
 
 
 @dataclass(frozen=True)
@@ -43,14 +79,26 @@ class EmbeddingStatistics:
     embeddings: np.ndarray  # CLIP: [n, d] float32 image embeddings (not normalised); DINOV2: [0, d]
     scores: np.ndarray  # CLIP: [n] float64 CLIP scores, NaN without a prompt; DINOV2: [0]
     source_digest: str = ""
+    # A merged set: how many samples it has (its sample_ids / embeddings / scores then hold the CLIP
+    # subsample, or nothing for DINOv2) and the summary of every sample's score; None for a shard's part.
+    num_samples: int | None = None
+    score_summary: ScoreSummary | None = None
 
     @property
     def count(self) -> int:
-        return int(self.sample_ids.shape[0])
+        return int(self.sample_ids.shape[0]) if self.num_samples is None else self.num_samples
+
+    def scores_summary(self) -> ScoreSummary:
+        """Of every sample's score: the merged summary, or this part's scores'."""
+        return self.score_summary if self.score_summary is not None else ScoreSummary.of(self.scores)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         moments = self.moments.to_arrays("features") if self.moments is not None else {}
+        if self.num_samples is not None:
+            moments["num_samples"] = np.asarray(self.num_samples, np.int64)
+        if (summary := self.score_summary) is not None:
+            moments["score_summary"] = np.asarray([summary.count, summary.mean, summary.m2], np.float64)
         np.savez(
             buf,
             format_version=np.asarray(FORMAT_VERSION),
@@ -78,32 +126,72 @@ class EmbeddingStatistics:
             embeddings=arrays["embeddings"].astype(np.float32),
             scores=arrays["scores"].astype(np.float64),
             source_digest=str(arrays["source_digest"]),
+            num_samples=int(arrays["num_samples"]) if "num_samples" in arrays else None,
+            score_summary=(
+                ScoreSummary(int(arrays["score_summary"][0]), *map(float, arrays["score_summary"][1:]))
+                if "score_summary" in arrays
+                else None
+            ),
         )
 
 
-def merge_embeddings(parts: Sequence[EmbeddingStatistics]) -> EmbeddingStatistics:
-    """The union of disjoint parts of one kind and model, samples in ascending sample_id order."""
-    if not parts:
-        raise ValueError("nothing to merge: no embedding statistics")
-    first = parts[0]
-    if others := {p.model_id for p in parts} - {first.model_id}:
-        raise ValueError(f"{first.kind} statistics of different models cannot be merged: {first.model_id}, {others}")
-    ids = np.concatenate([p.sample_ids for p in parts])
-    order = np.argsort(ids, kind="stable")
-    moments = None
-    if first.moments is not None:
-        moments = first.moments
-        for p in parts[1:]:
-            assert p.moments is not None
-            moments = moments + p.moments
-    return EmbeddingStatistics(
-        kind=first.kind,
-        model_id=first.model_id,
-        sample_ids=ids[order],
-        moments=moments,
-        embeddings=np.concatenate([p.embeddings for p in parts])[order] if first.kind == CLIP else first.embeddings,
-        scores=np.concatenate([p.scores for p in parts])[order] if first.kind == CLIP else first.scores,
-    )
+class EmbeddingMerger:
+    """Adds one kind's parts as they arrive, in any order: DINOv2's moments summed in place; CLIP's
+    embeddings of the fixed subsample of `subsample` samples kept, its scores summarised."""
+
+    def __init__(self, subsample: int) -> None:
+        self.subsample = subsample
+        self.first: EmbeddingStatistics | None = None
+        self.count = 0
+        self.sums: MomentSums | None = None
+        self.rows = Reservoir(subsample)
+        self.scores = ScoreSummary(0, 0.0, 0.0)
+
+    def add(self, part: EmbeddingStatistics) -> None:
+        first = self.first
+        if first is None:
+            first = self.first = part
+            self.sums = MomentSums(part.moments.dim) if part.moments is not None else None
+        elif part.model_id != first.model_id or part.kind != first.kind:
+            raise ValueError(
+                f"{first.kind} statistics of different models cannot be merged: {first.model_id}, {part.model_id}"
+            )
+        self.count += part.count
+        if self.sums is not None:
+            assert part.moments is not None
+            self.sums.add(part.moments)
+        if first.kind == CLIP:
+            self.rows.offer(part.sample_ids, {"embeddings": part.embeddings, "scores": part.scores})
+            self.scores = self.scores + part.scores_summary()
+
+    def result(self) -> EmbeddingStatistics:
+        first = self.first
+        if first is None:
+            raise ValueError("nothing to merge: no embedding statistics")
+        if first.kind == CLIP:
+            ids, rows = self.rows.result()
+            embeddings = rows.get("embeddings", np.zeros((0, first.embeddings.shape[1]), np.float32))
+            scores = rows.get("scores", np.zeros(0))
+        else:
+            ids, embeddings, scores = np.zeros(0, np.int64), first.embeddings[:0], first.scores[:0]
+        return EmbeddingStatistics(
+            kind=first.kind,
+            model_id=first.model_id,
+            sample_ids=ids,
+            moments=self.sums.moments() if self.sums is not None else None,
+            embeddings=embeddings,
+            scores=scores,
+            num_samples=self.count,
+            score_summary=self.scores if first.kind == CLIP else None,
+        )
+
+
+def merge_embeddings(parts: Iterable[EmbeddingStatistics], subsample: int) -> EmbeddingStatistics:
+    """The union of disjoint parts of one kind and model (`EmbeddingMerger`)."""
+    merger = EmbeddingMerger(subsample)
+    for part in parts:
+        merger.add(part)
+    return merger.result()
 
 
 class EmbeddingAccumulator:

@@ -3,6 +3,12 @@
 Order matters: every input check (set complete, sizes, reference keys, labels, Inception weights)
 runs before the first image is read, so a bad command fails in seconds, not after an hour of
 feature extraction.
+
+Memory on the driver is flat in the number of samples: the set is known by O(shards) numbers
+(`OutputSet.summary`), tasks name shards by index, and the workers' parts are merged as they arrive
+into float64 sums (FID, sFID, FD-DINOv2: O(d²)) and the fixed subsample of per-sample rows that the
+Inception Score, precision/recall, per-class FID (50,000 rows) and CMMD (`--cmmd-samples`) need
+(`subsample`).
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import numpy as np
 from dit_worker.backends.settings import resolve_device
 from dit_worker.execution.pool import ActorPool, cluster_gpus, make_pool
 from dit_worker.execution.tries import TaskQueue
+from dit_worker.metrics.cmmd import CMMD_MAX_SAMPLES
 from dit_worker.metrics.config import FidSettings
-from dit_worker.metrics.embedding_statistics import EmbeddingStatistics, merge_embeddings
+from dit_worker.metrics.embedding_statistics import CLIP, EmbeddingMerger, EmbeddingStatistics
 from dit_worker.metrics.errors import MetricsInputError
 from dit_worker.metrics.frechet import frechet_distance, frechet_distance_of_samples
 from dit_worker.metrics.hf_models import resolve_hf_model
@@ -31,6 +38,7 @@ from dit_worker.metrics.precision_recall import NEIGHBOURHOOD, precision_recall
 from dit_worker.metrics.reference import Reference, open_reference
 from dit_worker.metrics.set_metrics import embedding_models_for, set_metrics
 from dit_worker.metrics.shard_statistics import ShardStatistics, StatisticsMerger
+from dit_worker.metrics.subsample import SUBSAMPLE_SIZE
 from dit_worker.metrics.tasks import EmbeddingModels, FeatureActor, FeatureTask, SetShardTask, ShardFeatures
 from dit_worker.output.encoding import LOSSY_FORMATS
 from dit_worker.output.reader import OutputSet
@@ -45,21 +53,24 @@ PER_CLASS_KEY = "metrics_per_class.json"
 MAX_TRIES = 3
 
 
-def _collect(pool: FeaturePool, tasks: Iterable[FeatureTask], total: int, what: str) -> ShardFeatures | None:
-    merger, chunks, start = StatisticsMerger(), 0, time.monotonic()
-    embeddings: dict[str, list[EmbeddingStatistics]] = {}
+def _collect(
+    pool: FeaturePool, tasks: Iterable[FeatureTask], total: int, what: str, cmmd_samples: int
+) -> ShardFeatures | None:
+    """Every task's part, merged as it arrives (never listed): sums, and the fixed subsamples."""
+    merger, chunks, start = StatisticsMerger(SUBSAMPLE_SIZE), 0, time.monotonic()
+    embeddings: dict[str, EmbeddingMerger] = {}
     queue = TaskQueue(enumerate(tasks), MAX_TRIES, name=lambda k: f"feature task {k}")
     for _, part in pool.map(queue):
         merger.add(part.inception)
         for kind, emb in part.embeddings.items():
-            embeddings.setdefault(kind, []).append(emb)
+            embeddings.setdefault(kind, EmbeddingMerger(cmmd_samples)).add(emb)
         chunks += 1
         log.info(
             "%s: %d/%d chunks (%d samples), %.0f s", what, chunks, total, part.inception.count, time.monotonic() - start
         )
     if not chunks:
         return None
-    return ShardFeatures(merger.result(), {kind: merge_embeddings(parts) for kind, parts in embeddings.items()})
+    return ShardFeatures(merger.result(), {kind: m.result() for kind, m in embeddings.items()})
 
 
 def _write(path: os.PathLike[str], data: bytes) -> None:
@@ -70,22 +81,32 @@ def _write(path: os.PathLike[str], data: bytes) -> None:
 
 
 def reference_features(
-    ref: Reference, weights: InceptionWeights, pool: FeaturePool, models: EmbeddingModels | None = None
+    ref: Reference,
+    weights: InceptionWeights,
+    pool: FeaturePool,
+    models: EmbeddingModels | None = None,
+    cmmd_samples: int = CMMD_MAX_SAMPLES,
 ) -> ShardFeatures | None:
     """Features of the reference images, cached per node by (reference content, weights), and one
-    file per embedding model by (reference content, weights, model)."""
+    file per embedding model by (reference content, weights, model; for CLIP also the subsample size)."""
     key = hashlib.sha256(f"{ref.fingerprint()}|{weights.id}".encode()).hexdigest()[:32]
     folder = cache_root() / "fid-reference"
     path = folder / f"{key}.npz"
+
+    def model_key(kind: str, model_id: str) -> str:
+        named = f"{model_id}|subsample={cmmd_samples}" if kind == CLIP else model_id
+        return hashlib.sha256(named.encode()).hexdigest()[:16]
+
     parts = {
-        kind: folder / f"{key}-{kind}-{hashlib.sha256(model_id.encode()).hexdigest()[:16]}.npz"
+        kind: folder / f"{key}-{kind}-{model_key(kind, model_id)}.npz"
         for kind, model_id in (models or EmbeddingModels()).ids().items()
     }
     if path.is_file() and all(p.is_file() for p in parts.values()):
         log.info("reference features from cache %s", path)
         embeddings = {kind: EmbeddingStatistics.from_bytes(p.read_bytes()) for kind, p in parts.items()}
-        return ShardFeatures(ShardStatistics.from_bytes(path.read_bytes()), embeddings)
-    stats = _collect(pool, ref.tasks(), ref.num_tasks, "reference features")
+        # .subsample(): a cache written before the subsample existed holds every row.
+        return ShardFeatures(ShardStatistics.from_bytes(path.read_bytes()).subsample(SUBSAMPLE_SIZE), embeddings)
+    stats = _collect(pool, ref.tasks(), ref.num_tasks, "reference features", cmmd_samples)
     if stats is not None:
         folder.mkdir(parents=True, exist_ok=True)
         _write(path, stats.inception.to_bytes())
@@ -183,8 +204,10 @@ def feature_pool(settings: FidSettings, weights: InceptionWeights, models: Embed
 def per_class_fid(samples: ShardStatistics, reference: ShardStatistics, names: dict[int, str]) -> list[dict[str, Any]]:
     """FID of each class's samples against the same class's reference images, worst first.
 
-    With ~50 samples per class in 2048 dimensions the covariances are rank-deficient, so these values
-    are far above FID-50K and only meaningful relative to each other: they rank the classes.
+    From the per-sample rows of both sides, i.e. their fixed subsamples (every sample of a set of at most
+    50,000): a class's sums would cost 1000 x 2048² float64 (34 GB) for ImageNet's classes. With ~50
+    samples per class in 2048 dimensions the covariances are rank-deficient, so these values are far
+    above FID-50K and only meaningful relative to each other: they rank the classes.
     """
     rows = []
     for class_id in np.unique(samples.class_ids):
@@ -212,7 +235,7 @@ def evaluate(settings: FidSettings, command: str | None = None) -> dict[str, Any
         "evaluating %s (%d samples, %d shards%s) against %s (%s)",
         output.url,
         output.num_samples,
-        len(output.shards),
+        output.num_shards,
         "" if output.complete else ", partial",
         ref.url,
         ref.kind,
@@ -228,11 +251,11 @@ def evaluate(settings: FidSettings, command: str | None = None) -> dict[str, Any
     pool = feature_pool(settings, weights, models)
     try:
         tasks = (
-            SetShardTask(output.url, settings.s3_endpoint, shard, reuse=not settings.recompute_features)
-            for shard in output.shards
+            SetShardTask(output.url, settings.s3_endpoint, index, reuse=not settings.recompute_features)
+            for index in output.indices.tolist()
         )
-        collected = _collect(pool, tasks, len(output.shards), "set features")
-        ref_collected = reference_features(ref, weights, pool, models)
+        collected = _collect(pool, tasks, output.num_shards, "set features", settings.cmmd_samples)
+        ref_collected = reference_features(ref, weights, pool, models, settings.cmmd_samples)
     finally:
         pool.close()
     assert collected is not None
@@ -242,7 +265,7 @@ def evaluate(settings: FidSettings, command: str | None = None) -> dict[str, Any
     is_mean, is_std = inception_score(samples.logits)
     precision = recall = None
     if ref_features is not None:
-        # On the driver: the k-NN distances need all features at once (50k x 2048 float32 = 400 MB).
+        # On the driver: the k-NN distances need the subsamples' features at once (50k x 2048 float32 = 400 MB).
         device = resolve_device(settings.device if settings.mode == "local" else None)
         precision, recall = precision_recall(ref_features.pool, samples.pool, device=device)
     else:
@@ -256,7 +279,8 @@ def evaluate(settings: FidSettings, command: str | None = None) -> dict[str, Any
         "precision": precision,
         "recall": recall,
         "num_samples": samples.count,
-        "num_shards": len(output.shards),
+        "subsample_num_samples": [len(samples.sample_ids), len(ref_features.sample_ids) if ref_features else 0],
+        "num_shards": output.num_shards,
         "complete": output.complete,
         "image_size": list(output.image_size()),
         "image_formats": formats,  # jpeg / webp: not comparable with lossless sets
@@ -268,6 +292,9 @@ def evaluate(settings: FidSettings, command: str | None = None) -> dict[str, Any
             "inception_score_splits": SPLITS,
             "inception_score_shuffle_seed": SHUFFLE_SEED,
             "precision_recall_k": NEIGHBOURHOOD,
+            "subsample": f"FID and sFID from every sample (float64 sums); the Inception Score, precision/recall and "
+            f"per-class FID from the {SUBSAMPLE_SIZE} samples of smallest splitmix64(sample_id) per side, when a side "
+            "has more (every sample otherwise)",
         },
     }
     if settings.set_metrics:
@@ -282,11 +309,7 @@ def evaluate(settings: FidSettings, command: str | None = None) -> dict[str, Any
         )
     if settings.per_class:
         assert ref_features is not None
-        names: dict[int, str] = {}
-        for shard in output.shards:
-            if shard.class_names is not None:
-                names.update(zip(shard.class_ids.tolist(), shard.class_names, strict=True))
-        rows = per_class_fid(samples, ref_features, names)
+        rows = per_class_fid(samples, ref_features, output.class_names())
         output.storage.put(PER_CLASS_KEY, json.dumps(rows, indent=1).encode())
         metrics["per_class_fid"] = PER_CLASS_KEY
         worst = ", ".join(f"{r['class_id']} ({r['fid']:.1f})" for r in rows[:5] if r["fid"] is not None)

@@ -175,15 +175,19 @@ class OutputSetReference(Reference):
 
     @property
     def num_tasks(self) -> int:
-        return len(self.output.shards)
+        return self.output.num_shards
 
     def fingerprint(self) -> str:
-        parts = "\n".join(f"{s.index} {','.join(s.sha256)}" for s in self.output.shards)
-        return f"{self.url}|{hashlib.sha256(parts.encode()).hexdigest()}"
+        """A digest of every shard's image hashes, read part by part (the same digest as when it was one
+        joined string)."""
+        digest = hashlib.sha256()
+        for k, shard in enumerate(self.output.iter_shards()):
+            digest.update(f"{chr(10) if k else ''}{shard.index} {','.join(shard.sha256)}".encode())
+        return f"{self.url}|{digest.hexdigest()}"
 
     def tasks(self) -> Iterator[FeatureTask]:
-        for shard in self.output.shards:
-            yield SetShardTask(self.url, self.s3_endpoint, shard, reuse=True, store=False)
+        for index in self.output.indices.tolist():
+            yield SetShardTask(self.url, self.s3_endpoint, index, reuse=True, store=False)
 
 
 def _folder_labels(keys: tuple[str, ...]) -> tuple[int, ...] | None:

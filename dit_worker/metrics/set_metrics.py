@@ -6,9 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
-from dit_worker.metrics.cmmd import CMMD_SCALE, CMMD_SIGMA, CMMD_SUBSAMPLE_SEED, cmmd, subsample
+from dit_worker.metrics.cmmd import CMMD_SCALE, CMMD_SIGMA, cmmd, subsample
 from dit_worker.metrics.dinov2 import DINOV2_SIZE
 from dit_worker.metrics.embedding_statistics import CLIP, DINOV2, EmbeddingStatistics
 from dit_worker.metrics.frechet import frechet_distance
@@ -69,15 +67,13 @@ def set_metrics(
             "scale": CMMD_SCALE,
             "estimator": "unbiased (within-set diagonals left out)",
             "max_samples": cmmd_samples,
-            "subsample": f"np.random.default_rng({CMMD_SUBSAMPLE_SEED}).choice over sample_id order, "
-            "when a side has more",
+            "subsample": "the max_samples samples of smallest splitmix64(sample_id), when a side has more",
         }
     if "clip_score" in metrics:
-        scores = samples[CLIP].scores
-        scored = scores[~np.isnan(scores)]
-        out["clip_score"] = float(scored.mean())
-        out["clip_score_std"] = float(scored.std())
-        out["clip_score_count"] = int(scored.size)
+        scored = samples[CLIP].scores_summary()  # of every sample, merged from the shards' parts
+        out["clip_score"] = scored.mean if scored.count else float("nan")
+        out["clip_score_std"] = scored.std
+        out["clip_score_count"] = scored.count
         protocol["clip_score"] = "mean over images of 100·max(cos(image, prompt), 0) (torchmetrics CLIPScore per image)"
     if models.clip is not None:
         protocol["clip"] = {"model": models.clip.source, "model_id": models.clip.id}

@@ -1,12 +1,12 @@
-"""Per-shard partial statistics: what one worker computes from one shard's images.
+"""Per-shard partial statistics: what one worker computes from one shard's images, and their merge.
 
 This is the seam between image generation and evaluation. A shard's partial holds:
 
 - the float64 moments (n, sum, sum of outer products) of its pool and spatial features, which merge
   exactly by addition into the FID and sFID Gaussians of the whole set;
-- its per-sample pool features and logits (float32, 12 KiB per sample), which precision/recall (k-NN
-  over the whole set) and the Inception Score (seeded splits over the whole set) need per sample;
-- sample and class ids, so the merge can order samples by sample_id and per-class FID can group them;
+- its per-sample pool features and logits (float32, 12 KiB per sample), which precision/recall (k-NN),
+  per-class FID and the Inception Score (seeded splits) need per sample;
+- sample and class ids, so the merge can pick its subsample by sample_id and per-class FID can group;
 - the id of the Inception weights, so partials made with other weights are never mixed in;
 - optionally a digest of the shard's image hashes (`shard_digest`), so a partial left over from an
   earlier version of a regenerated shard is recomputed rather than reused.
@@ -14,6 +14,12 @@ This is the seam between image generation and evaluation. A shard's partial hold
 Serialized as an uncompressed .npz (`to_bytes`), about 34 MB of moments + 12 KiB per sample; the
 generation job stores it as `OUT/features/part-<shard:05d>.npz` (`features_key`), next to the
 shard's metadata part, and `jobs.fid` reuses it instead of reading the shard's images again.
+
+`StatisticsMerger` adds partials as they arrive in memory O(d²), not O(n·d): the moments in place
+(`statistics.MomentSums`, 66 MB), and of the per-sample rows only the fixed subsample
+(`subsample.Reservoir`: at most SUBSAMPLE_SIZE = 50,000 rows, 600 MB, chosen by a hash of the sample
+id). The merged statistics hold every sample's moments and the subsample's rows; a set of at most
+50,000 samples keeps every row, so its metrics are what they were before the subsample existed.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from dit_worker.metrics.inception import LOGITS_DIM, POOL_DIM, SPATIAL_DIM, InceptionFeatures
-from dit_worker.metrics.statistics import FeatureMoments
+from dit_worker.metrics.statistics import FeatureMoments, MomentSums
+from dit_worker.metrics.subsample import SUBSAMPLE_SIZE, Reservoir, subsample_rows
 
 FORMAT_VERSION = 1
 
@@ -44,21 +51,36 @@ def shard_digest(image_sha256: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class ShardStatistics:
-    """Features of one shard (or reference chunk): per-sample pool features and logits, and the mergeable moments of
-    the pool and spatial features."""
+    """Features of one shard (or reference chunk, or a merged set): the mergeable moments of the pool and
+    spatial features of every sample, and per-sample pool features and logits (of every sample for a shard; of
+    the fixed subsample for a merged set)."""
 
     weights_id: str
-    sample_ids: np.ndarray  # [n] int64
-    class_ids: np.ndarray  # [n] int32 (-1 when unknown)
-    pool: np.ndarray  # [n, 2048] float32
-    logits: np.ndarray  # [n, 1008] float32
+    sample_ids: np.ndarray  # [m] int64, ascending
+    class_ids: np.ndarray  # [m] int32 (-1 when unknown)
+    pool: np.ndarray  # [m, 2048] float32
+    logits: np.ndarray  # [m, 1008] float32
     pool_moments: FeatureMoments
     spatial_moments: FeatureMoments
     source_digest: str = ""  # shard_digest of the images these features came from; "" when unknown
 
     @property
     def count(self) -> int:
-        return int(self.sample_ids.shape[0])
+        """Samples summed in the moments: the whole shard or set (`sample_ids` may hold a subsample)."""
+        return int(self.pool_moments.count)
+
+    def subsample(self, size: int = SUBSAMPLE_SIZE) -> ShardStatistics:
+        """The same moments with the per-sample rows cut to the fixed subsample (subsample.py)."""
+        rows = subsample_rows(self.sample_ids, size)
+        if rows.size == self.sample_ids.shape[0]:
+            return self
+        return replace(
+            self,
+            sample_ids=self.sample_ids[rows],
+            class_ids=self.class_ids[rows],
+            pool=self.pool[rows],
+            logits=self.logits[rows],
+        )
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -96,16 +118,18 @@ class ShardStatistics:
 
 
 class StatisticsMerger:
-    """Adds shard statistics as they arrive: one running sum of moments, per-sample arrays listed.
+    """Adds shard statistics as they arrive, in any order: the moments summed in place, the per-sample rows of
+    the fixed subsample kept (`subsample.Reservoir`).
 
-    Memory is the moments once plus the per-sample features, however many shards there are.
+    Memory is the moments once (66 MB) plus at most `subsample` + 1/8 rows (12 KiB each), however many
+    samples and shards there are.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, subsample: int = SUBSAMPLE_SIZE) -> None:
         self.weights_id: str | None = None
-        self.pool_moments = FeatureMoments.zeros(POOL_DIM)
-        self.spatial_moments = FeatureMoments.zeros(SPATIAL_DIM)
-        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pool_sums = MomentSums(POOL_DIM)
+        self.spatial_sums = MomentSums(SPATIAL_DIM)
+        self.rows = Reservoir(subsample)
 
     def add(self, part: ShardStatistics) -> None:
         if self.weights_id is None:
@@ -115,33 +139,29 @@ class StatisticsMerger:
                 f"shard statistics from different Inception weights cannot be merged: {self.weights_id} vs "
                 f"{part.weights_id}"
             )
-        self.pool_moments = self.pool_moments + part.pool_moments
-        self.spatial_moments = self.spatial_moments + part.spatial_moments
-        self._parts.append((part.sample_ids, part.class_ids, part.pool, part.logits))
+        self.pool_sums.add(part.pool_moments)
+        self.spatial_sums.add(part.spatial_moments)
+        self.rows.offer(part.sample_ids, {"class_ids": part.class_ids, "pool": part.pool, "logits": part.logits})
 
     def result(self) -> ShardStatistics:
-        """The union, samples in ascending sample_id order; ids must be disjoint across shards."""
+        """The union's moments, and its subsample's rows in ascending sample_id order; ids must be disjoint
+        across shards (a repeated id is refused whenever it falls in the subsample)."""
         if self.weights_id is None:
             raise ValueError("nothing to merge: no shard statistics")
-        sample_ids = np.concatenate([p[0] for p in self._parts])
-        order = np.argsort(sample_ids, kind="stable")
-        sample_ids = sample_ids[order]
-        dup = sample_ids[1:][sample_ids[1:] == sample_ids[:-1]]
-        if dup.size:
-            raise ValueError(f"sample ids appear in more than one shard: {dup[:5].tolist()}")
+        sample_ids, rows = self.rows.result()
         return ShardStatistics(
             weights_id=self.weights_id,
             sample_ids=sample_ids,
-            class_ids=np.concatenate([p[1] for p in self._parts])[order],
-            pool=np.concatenate([p[2] for p in self._parts])[order],
-            logits=np.concatenate([p[3] for p in self._parts])[order],
-            pool_moments=self.pool_moments,
-            spatial_moments=self.spatial_moments,
+            class_ids=rows.get("class_ids", np.zeros(0, np.int32)),
+            pool=rows.get("pool", np.zeros((0, POOL_DIM), np.float32)),
+            logits=rows.get("logits", np.zeros((0, LOGITS_DIM), np.float32)),
+            pool_moments=self.pool_sums.moments(),
+            spatial_moments=self.spatial_sums.moments(),
         )
 
 
-def merge(parts: Iterable[ShardStatistics]) -> ShardStatistics:
-    merger = StatisticsMerger()
+def merge(parts: Iterable[ShardStatistics], subsample: int = SUBSAMPLE_SIZE) -> ShardStatistics:
+    merger = StatisticsMerger(subsample)
     for part in parts:
         merger.add(part)
     return merger.result()
@@ -161,8 +181,8 @@ class FeatureAccumulator:
         self._class_ids: list[np.ndarray] = []
         self._pool: list[np.ndarray] = []
         self._logits: list[np.ndarray] = []
-        self._pool_moments = FeatureMoments.zeros(POOL_DIM)
-        self._spatial_moments = FeatureMoments.zeros(SPATIAL_DIM)
+        self._pool_moments = MomentSums(POOL_DIM)
+        self._spatial_moments = MomentSums(SPATIAL_DIM)
 
     def add(
         self, images: np.ndarray | torch.Tensor, sample_ids: Iterable[int], class_ids: Iterable[int] | None = None
@@ -177,8 +197,8 @@ class FeatureAccumulator:
         self._class_ids.append(classes)
         self._pool.append(batch.pool)
         self._logits.append(batch.logits)
-        self._pool_moments = self._pool_moments + FeatureMoments.of(batch.pool)
-        self._spatial_moments = self._spatial_moments + FeatureMoments.of(batch.spatial)
+        self._pool_moments.add(FeatureMoments.of(batch.pool))
+        self._spatial_moments.add(FeatureMoments.of(batch.spatial))
 
     def finish(self, source_digest: str = "") -> ShardStatistics:
         """The shard's statistics; pass `shard_digest(<the shard's sha256 column>)` when known."""
@@ -192,7 +212,7 @@ class FeatureAccumulator:
             class_ids=cat(self._class_ids, np.zeros(0, np.int32)),
             pool=cat(self._pool, np.zeros((0, POOL_DIM), np.float32)),
             logits=cat(self._logits, np.zeros((0, LOGITS_DIM), np.float32)),
-            pool_moments=self._pool_moments,
-            spatial_moments=self._spatial_moments,
+            pool_moments=self._pool_moments.moments(),
+            spatial_moments=self._spatial_moments.moments(),
             source_digest=source_digest,
         )

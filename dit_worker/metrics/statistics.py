@@ -69,3 +69,31 @@ class FeatureMoments:
         outer[rows, cols] = arrays[f"{prefix}_outer_triu"]
         outer[cols, rows] = outer[rows, cols]
         return cls(int(arrays[f"{prefix}_count"]), total, outer)
+
+
+class MomentSums:
+    """FeatureMoments added in place: one [D] and one [D, D] float64 buffer, however many parts are added.
+
+    Usage::
+
+        sums = MomentSums(2048)
+        for part in parts:
+            sums.add(part.pool_moments)
+        sums.moments().gaussian()
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.count = 0
+        self.total = np.zeros(dim, np.float64)
+        self.outer = np.zeros((dim, dim), np.float64)
+
+    def add(self, moments: FeatureMoments) -> None:
+        if moments.dim != self.total.shape[0]:
+            raise ValueError(f"cannot merge moments of {self.total.shape[0]}- and {moments.dim}-dimensional features")
+        self.count += moments.count
+        self.total += moments.total
+        self.outer += moments.outer
+
+    def moments(self) -> FeatureMoments:
+        """The sums so far (sharing this accumulator's buffers: add nothing after taking them)."""
+        return FeatureMoments(self.count, self.total, self.outer)

@@ -172,33 +172,36 @@ class FeatureActor:
 
 @dataclass(frozen=True)
 class SetShardTask:
-    """One committed shard of a generated set. Reuses `features/part-<shard>.npz` (and the embedding
-    parts `features/<kind>-part-<shard>.npz`) when they match (same weights, same images), computes
-    whatever is missing in one read of the images and stores it there for next time."""
+    """One committed shard of a generated set, by index: the task reads the shard's metadata part
+    itself, so the process that plans the work reads none. Reuses `features/part-<shard>.npz` (and the
+    embedding parts `features/<kind>-part-<shard>.npz`) when they match (same weights, same images),
+    computes whatever is missing in one read of the images and stores it there for next time."""
 
     url: str
     s3_endpoint: str | None
-    shard: Shard
+    index: int
     reuse: bool = True
     store: bool = True
 
     def run(self, model: FeatureModel) -> ShardFeatures:
-        output = OutputSet(open_storage(self.url, s3_endpoint=self.s3_endpoint), [self.shard], complete=False)
-        digest = shard_digest(self.shard.sha256)
+        storage = open_storage(self.url, s3_endpoint=self.s3_endpoint)
+        shard = OutputSet.read_part(storage, self.index)
+        output = OutputSet(storage, [shard], complete=False)
+        digest = shard_digest(shard.sha256)
         found: dict[str, ShardStatistics | EmbeddingStatistics] = {}
         if self.reuse:
-            if (stored := self._stored(output, model.weights_id, digest)) is not None:
+            if (stored := self._stored(output, shard, model.weights_id, digest)) is not None:
                 found[INCEPTION] = stored
             for kind, model_id in model.embeddings.ids().items():
                 if (part := self._stored_embedding(output, kind, model_id, digest)) is not None:
                     found[kind] = part
         missing = [k for k in (INCEPTION, *model.embeddings.ids()) if k not in found]
         if missing:
-            prompts = self.shard.prompt_of()
+            prompts = shard.prompt_of()
             made = model.statistics(output.iter_samples(), digest, prompts, missing)
             if self.store:
                 for kind, part in made.items():
-                    key = features_key(self.shard.index) if kind == INCEPTION else embedding_key(kind, self.shard.index)
+                    key = features_key(self.index) if kind == INCEPTION else embedding_key(kind, self.index)
                     try:
                         output.storage.put(key, part.to_bytes())
                     except Exception as err:  # a read-only output must not fail the evaluation
@@ -206,24 +209,20 @@ class SetShardTask:
             found.update(made)
         return _bundle(found)
 
-    def _stored(self, output: OutputSet, weights_id: str, digest: str) -> ShardStatistics | None:
-        key = features_key(self.shard.index)
+    def _stored(self, output: OutputSet, shard: Shard, weights_id: str, digest: str) -> ShardStatistics | None:
+        key = features_key(self.index)
         try:
             stats = ShardStatistics.from_bytes(output.storage.get(key))
         except (StorageError, ValueError, KeyError, OSError):
             return None
         same_images = stats.source_digest in ("", digest)  # "" : made without a digest, trust the sample ids
-        if (
-            stats.weights_id != weights_id
-            or not np.array_equal(stats.sample_ids, self.shard.sample_ids)
-            or not same_images
-        ):
+        if stats.weights_id != weights_id or not np.array_equal(stats.sample_ids, shard.sample_ids) or not same_images:
             log.info("%s was made with other weights or images; recomputing", output.storage.child(key))
             return None
         return stats
 
     def _stored_embedding(self, output: OutputSet, kind: str, model_id: str, digest: str) -> EmbeddingStatistics | None:
-        key = embedding_key(kind, self.shard.index)
+        key = embedding_key(kind, self.index)
         try:
             part = EmbeddingStatistics.from_bytes(output.storage.get(key))
         except (StorageError, ValueError, KeyError, OSError):

@@ -5,7 +5,9 @@ image_key relative to OUT, width, height, sha256 of the stored bytes, ...); OUT/
 set complete. Images (PNG, JPEG or WebP) are objects of their own (`--format png`), members of
 `shards/<shard:05d>.tar` (`--format webdataset`) or rows of `data/part-<shard:05d>.parquet`
 (`--format parquet`, image_key `<data key>#<member name>`). Readers stream: at most a bounded window
-of decoded images, plus one container's bytes (tar or data part), is held at a time, never the whole set.
+of decoded images, plus one container's bytes (tar or data part), is held at a time, never the whole set;
+and the set's metadata is read part by part: what is kept of it is O(shards) (`SetSummary`), never a
+per-sample table of the whole set.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ REQUIRED_COLUMNS = ("sample_id", "image_key", "width", "height", "sha256")
 IMAGE_SUFFIXES = tuple(FORMAT_OF_SUFFIX)  # .png, .jpg, .jpeg, .webp
 CONTAINER_SUFFIXES = (".tar", ".parquet")
 READ_WINDOW = 32  # images fetched and decoded concurrently (S3 latency, not bandwidth, bounds a serial reader)
+PARTS_AHEAD = 8  # metadata parts read concurrently by `OutputSet.iter_shards`
 
 
 class OutputSetError(ValueError):
@@ -158,6 +161,42 @@ class _TarMembers:
         return self.files[name]
 
 
+@dataclass(frozen=True)
+class SetSummary:
+    """What the checks before any heavy work need, from one pass over the committed metadata parts.
+
+    O(shards), never O(samples): four int64 numbers per shard (32 bytes; 32 MB for a million shards)
+    plus a few set-wide facts. Nothing per sample is kept.
+    """
+
+    indices: np.ndarray  # int64 [shards]: the committed shard indices, ascending
+    counts: np.ndarray  # int64 [shards]: rows of each shard
+    first_ids: np.ndarray  # int64 [shards]: smallest sample_id of each shard (0 for an empty part)
+    last_ids: np.ndarray  # int64 [shards]: largest sample_id of each shard (-1 for an empty part)
+    sizes: frozenset[tuple[int, int]]  # (height, width) of the samples, from the metadata
+    formats: frozenset[ImageFormat]  # from the extensions of the image keys
+    labelled: bool  # every sample has a class id
+    prompted: bool  # every sample has a prompt (and there is at least one shard)
+    repeated: tuple[int, ...]  # sample ids found twice within one shard (the first few)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.counts.sum())
+
+    def runs(self) -> Iterator[np.ndarray]:
+        """Positions (into `indices`) of shards whose sample_id ranges overlap, one group at a time, in
+        sample_id order. jobs.generate writes contiguous id ranges, so each group is one shard; only
+        hand-built sets with ids interleaved across shards give larger groups."""
+        filled = np.flatnonzero(self.counts > 0)
+        order = filled[np.argsort(self.first_ids[filled], kind="stable")]
+        if not order.size:
+            return
+        reach = np.maximum.accumulate(self.last_ids[order])
+        starts = np.flatnonzero(np.concatenate([[True], self.first_ids[order][1:] > reach[:-1]]))
+        for lo, hi in zip(starts, [*starts[1:], order.size], strict=True):
+            yield order[lo:hi]
+
+
 class OutputSet:
     """A generated set read back through its committed metadata parts (local folder or s3://).
 
@@ -165,27 +204,42 @@ class OutputSet:
 
         output = OutputSet.open("s3://bucket/fid50k")
         output.require_complete(allow_partial=False)  # OutputSetError unless _SUCCESS is there
-        for sample in output.iter_samples():  # by shard, then sample_id; sha256 checked on read
+        for sample in output.iter_samples():  # in sample_id order; sha256 checked on read
             sample.sample_id, sample.class_id, sample.image  # image: uint8 [H, W, 3]
+
+    Memory is flat in the number of samples: `open` holds the committed shard indices only;
+    `summary()` (behind `num_samples`, `image_size`, `labelled`, ... ) reads every metadata part once
+    and keeps O(shards) numbers; `iter_shards` and `iter_samples` read one part (one group of
+    overlapping shards, for hand-built sets) at a time. Only `shards`, which loads every part's
+    metadata at once, is O(samples): it is for small sets and the report, not for export or metrics.
     """
 
-    def __init__(self, storage: Storage, shards: Sequence[Shard], complete: bool) -> None:
+    def __init__(
+        self, storage: Storage, shards: Sequence[Shard] = (), complete: bool = False, *, indices: Iterable[int] = ()
+    ) -> None:
+        """`shards`: metadata already read (kept, never read again); `indices`: further committed
+        shards, read from storage when needed."""
         self.storage = storage
         self.url = storage.url
-        self.shards = sorted(shards, key=lambda s: s.index)
         self.complete = complete
+        self._given = {s.index: s for s in shards}
+        self.indices = np.unique(np.fromiter((*self._given, *indices), np.int64))
+        self._summary: SetSummary | None = None
+        self._all: list[Shard] | None = None
 
     @classmethod
     def open(cls, url: str, *, s3_endpoint: str | None = None) -> OutputSet:
+        """The committed shards (the commit index, else a listing) and whether `_SUCCESS` is there;
+        no metadata part is read yet."""
         storage = open_storage(url, s3_endpoint=s3_endpoint)
-        parts = sorted(committed_shards(storage))
+        parts = committed_shards(storage)
         complete = storage.exists(SUCCESS_KEY)
         if not parts and not complete:
             raise OutputSetError(
                 f"{storage.url}: not a dit-worker output (no metadata/part-*.parquet and no _SUCCESS); "
                 "pass the --out folder or s3:// prefix of a jobs.generate run"
             )
-        return cls(storage, [cls.read_part(storage, index) for index in parts], complete)
+        return cls(storage, complete=complete, indices=parts)
 
     @staticmethod
     def read_part(storage: Storage, index: int) -> Shard:
@@ -230,38 +284,85 @@ class OutputSet:
             prompts=tuple(pick("prompt")) if "prompt" in cols else None,
         )
 
+    # --- the committed shards, one at a time ------------------------------------------------------
+
+    @property
+    def num_shards(self) -> int:
+        return int(self.indices.size)
+
+    def shard(self, index: int) -> Shard:
+        """One committed shard's metadata (read from storage unless it was given)."""
+        given = self._given.get(int(index))
+        return given if given is not None else self.read_part(self.storage, int(index))
+
+    def iter_shards(self, indices: Iterable[int] | None = None) -> Iterator[Shard]:
+        """Shards `indices` (default: all committed, ascending), a few parts read ahead, each dropped
+        once the caller moves on."""
+        return prefetch(self.shard, self.indices if indices is None else indices, PARTS_AHEAD)
+
+    @property
+    def shards(self) -> list[Shard]:
+        """Every committed shard's metadata at once: O(samples) memory (a few hundred bytes per sample).
+
+        For small sets and the report; exports and metrics stream with `iter_shards` / `iter_samples`."""
+        if self._all is None:
+            self._all = list(self.iter_shards())
+        return self._all
+
+    def summary(self) -> SetSummary:
+        """Read once (every metadata part, a few at a time), then kept: O(shards)."""
+        if self._summary is None:
+            n = self.num_shards
+            counts, first, last = np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
+            sizes: set[tuple[int, int]] = set()
+            formats: set[ImageFormat] = set()
+            labelled, prompted, repeated = True, n > 0, []
+            for k, s in enumerate(self.iter_shards()):
+                counts[k] = len(s)
+                if len(s):
+                    first[k], last[k] = s.sample_ids[0], s.sample_ids[-1]
+                repeated.extend(s.sample_ids[1:][s.sample_ids[1:] == s.sample_ids[:-1]][:5].tolist())
+                sizes.update(zip(s.heights.tolist(), s.widths.tolist(), strict=True))
+                formats.update(f for key in s.image_keys if (f := format_of_key(key)) is not None)
+                labelled = labelled and bool((s.class_ids >= 0).all())
+                prompted = prompted and s.prompts is not None and all(s.prompts)
+            self._summary = SetSummary(
+                self.indices, counts, first, last, frozenset(sizes), frozenset(formats), labelled, prompted,
+                tuple(repeated),
+            )  # fmt: skip
+        return self._summary
+
     # --- checks made before any heavy work -------------------------------------------------------
 
     def require_complete(self, allow_partial: bool) -> None:
         if self.complete:
             return
-        n = sum(len(s) for s in self.shards)
         if not allow_partial:
             raise OutputSetError(
-                f"{self.url}: the set is incomplete (no _SUCCESS): {len(self.shards)} shard(s) committed "
-                f"({n} samples in metadata/part-*.parquet). Rerun the same jobs.generate command to finish it, "
-                "or pass --allow-partial to use the committed shards only"
+                f"{self.url}: the set is incomplete (no _SUCCESS): {self.num_shards} shard(s) committed "
+                f"({self.num_samples} samples in metadata/part-*.parquet). Rerun the same jobs.generate command to "
+                "finish it, or pass --allow-partial to use the committed shards only"
             )
-        if not self.shards:
+        if not self.num_shards:
             raise OutputSetError(f"{self.url}: no committed shard (no metadata/part-*.parquet); nothing to read")
 
     @property
     def labelled(self) -> bool:
         """Every sample has a class id (a class-conditional set)."""
-        return all(bool((s.class_ids >= 0).all()) for s in self.shards)
+        return self.summary().labelled
 
     @property
     def prompted(self) -> bool:
         """Every sample has a prompt (a text-to-image set)."""
-        return bool(self.shards) and all(s.prompts is not None and all(s.prompts) for s in self.shards)
+        return self.summary().prompted
 
     @property
     def num_samples(self) -> int:
-        return sum(len(s) for s in self.shards)
+        return self.summary().num_samples
 
     def image_size(self) -> tuple[int, int]:
         """(height, width) shared by every sample, from the metadata."""
-        sizes = {(int(h), int(w)) for s in self.shards for h, w in zip(s.heights, s.widths, strict=True)}
+        sizes = set(self.summary().sizes)
         if len(sizes) != 1:
             listed = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:5]) or "none"
             raise OutputSetError(f"{self.url}: expected one image size across the set, found {listed}")
@@ -269,24 +370,50 @@ class OutputSet:
 
     def image_formats(self) -> set[ImageFormat]:
         """The formats the images are stored in, from the extensions of their keys."""
-        found = {format_of_key(key) for s in self.shards for key in s.image_keys}
-        return {f for f in found if f is not None}
+        return set(self.summary().formats)
+
+    def class_names(self) -> dict[int, str]:
+        """class id -> the name the metadata gives it (one more pass over the parts; O(classes))."""
+        names: dict[int, str] = {}
+        for shard in self.iter_shards():
+            if shard.class_names is not None:
+                names.update(zip(shard.class_ids.tolist(), shard.class_names, strict=True))
+        return names
 
     def check_unique_ids(self) -> None:
-        ids = np.sort(np.concatenate([s.sample_ids for s in self.shards])) if self.shards else np.zeros(0, np.int64)
-        dup = ids[1:][ids[1:] == ids[:-1]]
-        if dup.size:
-            raise OutputSetError(f"{self.url}: sample ids committed more than once: {dup[:5].tolist()}")
+        """No sample id committed twice: within each shard from the summary, across shards only where
+        their id ranges overlap (never, for what jobs.generate writes), so memory stays O(shards)."""
+        summary = self.summary()
+        dup = list(summary.repeated)
+        for run in summary.runs():
+            if run.size > 1:
+                ids = np.sort(np.concatenate([self.shard(i).sample_ids for i in summary.indices[run]]))
+                dup.extend(ids[1:][ids[1:] == ids[:-1]][:5].tolist())
+        if dup:
+            raise OutputSetError(f"{self.url}: sample ids committed more than once: {sorted(dup)[:5]}")
 
     # --- streaming reads -------------------------------------------------------------------------
 
     def iter_samples(self, shards: Sequence[Shard] | None = None) -> Iterator[Sample]:
-        """Samples of `shards` (default: all) in ascending sample_id order.
+        """Samples of `shards` (default: every committed shard) in ascending sample_id order.
 
-        Consecutive samples of one shard are read as one run: a webdataset tar or a parquet data
-        part is fetched once per run. Shards holding contiguous id ranges (what jobs.generate writes) are one run each.
+        Consecutive samples of one shard are read as one run: a webdataset tar or a parquet data part
+        is fetched once per run. Every committed shard: one shard (one group of shards whose id ranges
+        overlap) at a time, the next one's metadata read ahead; jobs.generate's shards hold contiguous
+        id ranges, so each is one run.
         """
-        shards = self.shards if shards is None else list(shards)
+        if shards is not None:
+            yield from self._read_runs(list(shards))
+            return
+        summary = self.summary()
+        groups = prefetch(lambda run: [self.shard(i) for i in summary.indices[run]], summary.runs(), 2)
+        for group in groups:
+            if len(group) == 1:
+                yield from self._read_run(group[0], list(range(len(group[0]))))
+            else:
+                yield from self._read_runs(group)
+
+    def _read_runs(self, shards: list[Shard]) -> Iterator[Sample]:
         rows = sorted(
             ((int(sid), si, ri) for si, shard in enumerate(shards) for ri, sid in enumerate(shard.sample_ids)),
         )

@@ -1,0 +1,122 @@
+"""OutputSet keeps memory flat in the number of samples: opening a set reads no metadata part, its
+summary keeps O(shards) numbers, and iterating holds a bounded number of parts at a time, whatever
+the number of shards, while still returning every sample once, in sample_id order."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+from output_sets import write_output_set
+
+from dit_worker.output import reader
+from dit_worker.output.reader import OutputSet, OutputSetError, Shard
+from dit_worker.storage.objects import open_storage
+
+
+def tiny_set(path: Path, n: int, shard_size: int, sample_ids: list[int] | None = None, fmt: str = "parquet") -> Path:
+    images = np.random.default_rng(n).integers(0, 256, (n, 4, 6, 3), dtype=np.uint8)
+    write_output_set(open_storage(str(path)), images, [i % 5 for i in range(n)], shard_size=shard_size,
+                     sample_ids=sample_ids, fmt=fmt)  # fmt: skip
+    return path
+
+
+def count_part_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    reads: list[int] = []
+    read_part = OutputSet.read_part
+
+    def counted(storage, index: int) -> Shard:
+        reads.append(int(index))
+        return read_part(storage, index)
+
+    monkeypatch.setattr(OutputSet, "read_part", staticmethod(counted))
+    return reads
+
+
+def test_open_reads_no_part_and_the_summary_is_per_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tiny_set(tmp_path / "out", 60, shard_size=7)
+    reads = count_part_reads(monkeypatch)
+    output = OutputSet.open(str(out))
+    assert reads == [] and output.num_shards == 9
+    summary = output.summary()
+    assert sorted(reads) == list(range(9))  # each part once
+    for array in (summary.indices, summary.counts, summary.first_ids, summary.last_ids):
+        assert array.shape == (9,)  # per shard, not per sample
+    assert output.num_samples == 60 and output.image_size() == (4, 6) and output.labelled and not output.prompted
+    assert output.image_formats() == {"png"}
+    output.check_unique_ids()
+    assert len(reads) == 9  # the checks ran on the summary: no part read again
+    assert [s.sample_id for s in output.iter_samples()] == list(range(60))
+    assert len(reads) == 18
+
+
+def test_iteration_holds_a_bounded_number_of_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 shards: at no point are more than a few shards' metadata alive, during the summary pass or
+    while samples are read."""
+    out = tiny_set(tmp_path / "out", 160, shard_size=4)
+    alive: set[int] = set()  # ids of the Shard objects not yet collected
+    read_part = OutputSet.read_part
+
+    def tracked(storage, index: int) -> Shard:
+        shard = read_part(storage, index)
+        alive.add(id(shard))
+        weakref.finalize(shard, alive.discard, id(shard))
+        return shard
+
+    monkeypatch.setattr(OutputSet, "read_part", staticmethod(tracked))
+    output = OutputSet.open(str(out))
+    most = 0
+    for _ in output.iter_shards():
+        gc.collect()
+        most = max(most, len(alive))
+    bound = reader.PARTS_AHEAD + 2
+    assert 1 < most <= bound
+    most = 0
+    ids = []
+    for sample in output.iter_samples():
+        ids.append(sample.sample_id)
+        if sample.sample_id % 4 == 0:
+            gc.collect()
+            most = max(most, len(alive))
+    assert ids == list(range(160))
+    assert 1 <= most <= 4  # the group being read and the two read ahead
+    # The same walk through `shards` (the report's O(samples) view) holds every part.
+    assert len(output.shards) == 40 and len(alive) >= 40
+
+
+def test_interleaved_ids_stay_in_sample_id_order_and_duplicates_are_found(tmp_path: Path) -> None:
+    # Shards 0-1 interleave (ids 0..15 alternate), shards 2-3 hold contiguous ranges after them.
+    ids = [2 * i for i in range(8)] + [2 * i + 1 for i in range(8)] + list(range(100, 116))
+    output = OutputSet.open(str(tiny_set(tmp_path / "out", 32, shard_size=8, sample_ids=ids, fmt="webdataset")))
+    runs = [output.summary().indices[run].tolist() for run in output.summary().runs()]
+    assert runs == [[0, 1], [2], [3]]
+    assert [s.sample_id for s in output.iter_samples()] == sorted(ids)
+    output.check_unique_ids()
+
+    across = [2 * i for i in range(8)] + [2 * i + 2 for i in range(8)]  # 2..14 in both shards
+    dup = OutputSet.open(str(tiny_set(tmp_path / "dup", 16, shard_size=8, sample_ids=across)))
+    with pytest.raises(OutputSetError, match=r"committed more than once: \[2, 4, 6, 8, 10\]"):
+        dup.check_unique_ids()
+    within = [*range(7), 3, *range(8, 16)]
+    dup = OutputSet.open(str(tiny_set(tmp_path / "within", 16, shard_size=8, sample_ids=within)))
+    with pytest.raises(OutputSetError, match=r"committed more than once: \[3\]"):
+        dup.check_unique_ids()
+
+
+def test_the_benchmarks_synthetic_set_reads_back(tmp_path: Path) -> None:
+    """jobs.benchmark_readers measures sets from `build_set`: they must be sets every reader takes."""
+    from dit_worker.benchmarks.reader_memory import build_set, child, table
+
+    build_set(str(tmp_path / "set"), 300, shard_size=70, side=4)
+    output = OutputSet.open(str(tmp_path / "set"))
+    assert output.num_samples == 300 and output.num_shards == 5 and output.labelled
+    assert [s.sample_id for s in output.iter_samples()] == list(range(300))
+    line = child("export", str(tmp_path / "set"), str(tmp_path / "x.npz"))
+    assert line["samples"] == 300 and line["peak_rss_mib"] > 0 and not (tmp_path / "x.npz").exists()
+    opened = child("open", str(tmp_path / "set"))
+    assert opened["samples"] == 300 and opened["shards"] == 5
+    rows = [{**r, "set_samples": 300, "peak_vs_smaller_set": 1.0} for r in (line, opened)]
+    assert table(rows).count("\n") == 3
