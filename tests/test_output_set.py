@@ -120,3 +120,17 @@ def test_the_benchmarks_synthetic_set_reads_back(tmp_path: Path) -> None:
     assert opened["samples"] == 300 and opened["shards"] == 5
     rows = [{**r, "set_samples": 300, "peak_vs_smaller_set": 1.0} for r in (line, opened)]
     assert table(rows).count("\n") == 3
+
+
+def test_a_set_from_an_unsorted_manifest_is_read_shard_by_shard(tmp_path: Path, monkeypatch) -> None:
+    """Shards are ranges of manifest rows: a manifest out of sample_id order makes every shard's id
+    range overlap the others, and merging them would hold the whole set. Past MERGE_SHARDS overlapping
+    shards the set is read in manifest (shard) order, each shard in sample_id order."""
+    from dit_worker.output import reader
+
+    ids = [(7 * i) % 32 for i in range(32)]  # a permutation: every 8-row shard spans most of 0..31
+    output = OutputSet.open(str(tiny_set(tmp_path / "out", 32, shard_size=8, sample_ids=ids)))
+    assert [s.sample_id for s in output.iter_samples()] == sorted(ids)  # 4 overlapping shards: merged
+    monkeypatch.setattr(reader, "MERGE_SHARDS", 3)
+    by_shard = [sorted(ids[k : k + 8]) for k in range(0, 32, 8)]
+    assert [s.sample_id for s in output.iter_samples()] == [i for shard in by_shard for i in shard]

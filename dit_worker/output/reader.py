@@ -36,6 +36,7 @@ REQUIRED_COLUMNS = ("sample_id", "image_key", "width", "height", "sha256")
 # class_id / class_name are optional: text-to-image and unconditional sets hold nulls (or no column).
 IMAGE_SUFFIXES = tuple(FORMAT_OF_SUFFIX)  # .png, .jpg, .jpeg, .webp
 CONTAINER_SUFFIXES = (".tar", ".parquet")
+MERGE_SHARDS = 64  # shards with overlapping id ranges merged into sample_id order; beyond: shard by shard
 READ_WINDOW = 32  # images fetched and decoded concurrently (S3 latency, not bandwidth, bounds a serial reader)
 PARTS_AHEAD = 8  # metadata parts read concurrently by `OutputSet.iter_shards`
 
@@ -400,13 +401,21 @@ class OutputSet:
         Consecutive samples of one shard are read as one run: a webdataset tar or a parquet data part
         is fetched once per run. Every committed shard: one shard (one group of shards whose id ranges
         overlap) at a time, the next one's metadata read ahead; jobs.generate's shards hold contiguous
-        id ranges, so each is one run.
+        id ranges when its manifest is in sample_id order (always for --classes, --prompts and
+        --num-samples), so each is one run. When more than MERGE_SHARDS shards overlap (a manifest
+        out of sample_id order), the set is read shard by shard in manifest order instead.
         """
         if shards is not None:
             yield from self._read_runs(list(shards))
             return
         summary = self.summary()
-        groups = prefetch(lambda run: [self.shard(i) for i in summary.indices[run]], summary.runs(), 2)
+        runs = list(summary.runs())  # O(shards)
+        if max((run.size for run in runs), default=0) > MERGE_SHARDS:
+            # A set made from a manifest out of sample_id order: its shards' id ranges overlap (one
+            # group may be the whole set), so it is read in manifest order, shard by shard, each
+            # shard in sample_id order, rather than merged in memory.
+            runs = [np.array([k]) for k in np.argsort(summary.indices, kind="stable")]
+        groups = prefetch(lambda run: [self.shard(i) for i in summary.indices[run]], iter(runs), 2)
         for group in groups:
             if len(group) == 1:
                 yield from self._read_run(group[0], list(range(len(group[0]))))
