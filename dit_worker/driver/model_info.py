@@ -13,6 +13,7 @@ from dit_worker.backends.labels import ClassNames
 from dit_worker.checkpoints.identity import WeightsIdentity, checkpoint_identity
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.errors import JobError
+from dit_worker.driver.flags import check_flags
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ class ModelInfo:
 def inspect_model(config: JobConfig) -> ModelInfo:
     """Configs and the weights' sha256 (no tensors on any device); s3:// and hub sources land in this
     node's cache (fetched once). Settings the checkpoint cannot honour are refused here, as a worker
-    would refuse them."""
+    would refuse them. Flags for another kind of model are refused first (driver/flags.py)."""
     spec = inspect_backend(config.model, config.vae)
+    check_flags(config, spec)
     try:
         settings = spec.resolve(config.request)
     except ValueError as err:
