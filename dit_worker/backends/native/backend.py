@@ -89,6 +89,12 @@ class NativeGenerator:
         assert rows.class_ids is not None, "DiT rows carry class ids"
         return self.pipe.generate_batch(rows.class_ids, rows.seeds, self.sampler)
 
+    def generate_steps(self, rows: Rows, steps: int) -> torch.Tensor:
+        """`generate` with another step count (a one-step batch measures what a batch size needs)."""
+        assert rows.class_ids is not None, "DiT rows carry class ids"
+        sampler = self.pipe.sampler(self.settings.model_copy(update={"steps": steps}))
+        return self.pipe.generate_batch(rows.class_ids, rows.seeds, sampler)
+
     def compile(self) -> None:
         self.pipe.compile()
 
