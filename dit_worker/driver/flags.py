@@ -98,10 +98,14 @@ def check_flags(config: JobConfig, spec: ModelSpec) -> None:
             wrong.setdefault(FLAGS[field].describe(), []).append(name)
     if not wrong:
         return
-    parts = [f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} for {what}" for what, names in wrong.items()]
+    parts = [f"{listed(names)} {'is' if len(names) == 1 else 'are'} for {what}" for what, names in wrong.items()]
     takes = [flag(f) for f, applies in FLAGS.items() if applies.to(kind, options)]
-    dropped = [n for names in wrong.values() for n in names]
     raise JobError(
         f"{'; '.join(parts)}; {config.model} is a {spec.pipeline_class} ({KINDS[kind]}), which takes "
-        f"{', '.join(takes) or 'none of these flags'}; drop {' and '.join(dropped)}"
+        f"{', '.join(takes) or 'none of these flags'}; drop {listed([n for names in wrong.values() for n in names])}"
     )
+
+
+def listed(names: list[str]) -> str:
+    """Names joined as prose: a; a and b; a, b and c."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
