@@ -1,6 +1,6 @@
 """Mutation check: break the code on purpose, one small breakage at a time, and see the suite catch it.
 
-    python -m tests.mutations                 # every breakage (6 to 12 minutes on 2 CPU cores)
+    python -m tests.mutations                 # every breakage (12 to 20 minutes on 2 CPU cores)
     python -m tests.mutations --only noise    # the breakages whose name contains "noise"
     python -m tests.mutations --list
 
@@ -70,6 +70,8 @@ POOL_BREAKAGES = [
     ),
 ]
 FAMILIES = "tests/test_families.py"
+REFUSED = "tests/test_flags_and_limits.py::test_refused_in_one_line_before_loading_and_nothing_written"
+OUT_OF_MEMORY = "tests/test_flags_and_limits.py::test_out_of_memory_fails_the_shard_once_naming_a_batch_size_that_fits"
 
 MANIFEST = "tests/test_manifest.py"
 
@@ -537,6 +539,76 @@ BREAKAGES = [
         "    together = generator.generate(rows)\n",
         "    together = torch.cat([generator.generate(_take(rows, [i])) for i in range(len(rows))])\n",
         (f"{FAMILIES}::test_batch_dependent_pipeline_is_refused_by_the_batch_check_and_runs_at_batch_size_one",),
+    ),
+    Breakage(
+        "flags: --classes applies to text-to-image models too (ignored next to --prompts)",
+        "dit_worker/driver/flags.py",
+        '    "classes": Applies(CLASS),\n',
+        '    "classes": Applies(("class", "text")),\n',
+        (f"{REFUSED}[classes next to prompts]",),
+    ),
+    Breakage(
+        "flags: a preset's own values reported as flags the user typed",
+        "dit_worker/driver/flags.py",
+        "            continue  # the preset's own value",
+        "            pass  # the preset's own value",
+        (f"{REFUSED}[fid50k preset for PixArt]",),
+    ),
+    Breakage(
+        "flags: the model's options not consulted (kind only)",
+        "dit_worker/driver/flags.py",
+        "return kind in self.kinds and (self.option is None or self.option in options)",
+        "return kind in self.kinds",
+        (f"{REFUSED}[negative prompt for FLUX]",),
+    ),
+    Breakage(
+        "limits: resolution bins not checked",
+        "dit_worker/backends/limits.py",
+        "    bins = resolution_bins(spec, s)\n",
+        "    bins = None\n",
+        (f"{REFUSED}[width 100000 past PixArt's resolution bins]",),
+    ),
+    Breakage(
+        "limits: the pipeline's own sequence limit (FLUX 512) forgotten",
+        "dit_worker/backends/limits.py",
+        "    if spec.family.sequence_limit is not None:\n",
+        "    if False:\n",
+        (f"{REFUSED}[sequence length 100000 past FLUX's 512]",),
+    ),
+    Breakage(
+        "limits: the dynamic shift's overflow bound a thousand times too far",
+        "dit_worker/backends/limits.py",
+        "    if tokens > most:\n",
+        "    if tokens > most * 1000:\n",
+        (f"{REFUSED}[width 100000 past FLUX's timestep shift]",),
+    ),
+    Breakage(
+        "memory estimate: the text encoder's attention linear in the sequence length",
+        "dit_worker/backends/limits.py",
+        "phases.append((heads * length**2 * b,",
+        "phases.append((heads * length * b,",
+        (f"{REFUSED}[sequence length whose attention outgrows memory]",),
+    ),
+    Breakage(
+        "out of memory retried like any error",
+        "dit_worker/worker/shard_worker.py",
+        "class OutOfMemory(PermanentError):",
+        "class OutOfMemory(RuntimeError):",
+        (OUT_OF_MEMORY,),
+    ),
+    Breakage(
+        "out of memory: the CPU allocator's failure not recognised",
+        "dit_worker/worker/shard_worker.py",
+        """CPU_ALLOCATOR_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")""",
+        """CPU_ALLOCATOR_FAILURES = ("not enough memory",)""",
+        (OUT_OF_MEMORY,),
+    ),
+    Breakage(
+        "out of memory: the failed batch size named as the one that fits",
+        "dit_worker/worker/shard_worker.py",
+        "                fits = size\n",
+        "                fits = len(rows)\n",
+        (OUT_OF_MEMORY,),
     ),
 ]
 # The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.

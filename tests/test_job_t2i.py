@@ -239,11 +239,11 @@ def bad_model(tmp_path: Path, ddim_ckpt: Path) -> Path:
 
 BAD = {
     "prompt for a class model": ("tiny_ckpt", ["--prompts", "PROMPTS", "--per-prompt", 1],
-                                 "--prompts is for text-to-image models, but"),
+                                 "--prompts and --per-prompt are for text-to-image models; "),
     "class manifest for a text model": ("pixart_ckpt", ["--manifest", {"class_id": [1], "seed": [0]}],
                                         "column(s) class_id are for a class-conditional model"),
     "classes for a text model": ("pixart_ckpt", ["--classes", "1", "--per-class", 1],
-                                 "--per-class is for class-conditional models"),
+                                 "--classes and --per-class are for class-conditional DiT models"),
     "prompt manifest for a class model": ("tiny_ckpt", ["--manifest", {"prompt": ["a cat"], "seed": [0]}],
                                           "column(s) prompt are for a text-to-image model"),
     "empty prompt": ("pixart_ckpt", ["--manifest", {"prompt": ["a red cat", "  "], "seed": [0, 1]}],
@@ -262,15 +262,15 @@ BAD = {
     "euler on DDIMPipeline": ("ddim_ckpt", ["--num-samples", 2, "--sampler", "euler"],
                               "--sampler euler: DDIMPipeline can run ddim"),
     "guidance for an unconditional model": ("ddim_ckpt", ["--num-samples", 2, "--cfg-scale", 2],
-                                            "--cfg-scale: DDIMPipeline is unconditional"),
+                                            "--cfg-scale is for class-conditional DiT and text-to-image"),
     "size of an unconditional model": ("ddim_ckpt", ["--num-samples", 2, "--height", 32],
                                        "makes 16x16 images only"),
     "negative prompt without guidance": ("sd_ckpt", ["--prompts", "PROMPTS", "--per-prompt", 1, "--cfg-scale", 1,
                                                      "--negative-prompt", "blur"], "has no effect without guidance"),
     "cfg channels for PixArt": ("pixart_ckpt", ["--prompts", "PROMPTS", "--per-prompt", 1, "--cfg-channels", 4],
-                                "--cfg-channels applies to DiT checkpoints"),
+                                "--cfg-channels is for class-conditional DiT models"),
     "sequence length for SD": ("sd_ckpt", ["--prompts", "PROMPTS", "--per-prompt", 1, "--max-sequence-length", 8],
-                               "--max-sequence-length: StableDiffusionPipeline does not take it"),
+                               "--max-sequence-length is for text-to-image models whose"),
     "unsupported pipeline": ("bad_model", ["--num-samples", 1],
                              "pipeline class 'MyOwnPipeline' is not a diffusers pipeline; supported: DiTPipeline, "
                              "PixArtSigmaPipeline, PixArtAlphaPipeline, StableDiffusionPipeline, "

@@ -84,7 +84,7 @@ def test_score_is_refused_for_a_class_model(tiny_ckpt: Path, clip_dir: Path, tmp
             "--score", f"clip={clip_dir}"]  # fmt: skip
     assert generate_main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "--score" in err and "without prompts" in err and len(err.splitlines()) == 1
+    assert "--score is for text-to-image models; " in err and "DiTPipeline" in err and len(err.splitlines()) == 1
     assert not out.exists()
 
 

@@ -52,12 +52,11 @@ def pipeline_class(model: str) -> str:
 
 
 def inspect_model(model: str, vae: str | None) -> ModelSpec:
-    """The model's spec from its configs (s3:// and hub sources land in this node's cache)."""
+    """The model's spec from its configs (s3:// and hub sources land in this node's cache). `vae`
+    replaces a DiT checkpoint's VAE; a diffusers pipeline has its own (a job refuses --vae for it)."""
     name = pipeline_class(model)
     if name == PIPELINE_CLASS:
         return inspect_native(model, vae)
-    if vae is not None:
-        raise CheckpointError(f"--vae replaces a DiT checkpoint's VAE only; {model} is a {name} directory, drop --vae")
     root = resolve_source(model, "model")
     return inspect_diffusers(root, read_json(root / "model_index.json"))
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from pydantic import BaseModel
 
 from dit_worker.backends import Conditioning, ModelSpec
 from dit_worker.backends import inspect_model as inspect_backend
 from dit_worker.backends.labels import ClassNames
+from dit_worker.backends.limits import check_limits, check_memory
+from dit_worker.backends.settings import DTYPES
 from dit_worker.checkpoints.identity import WeightsIdentity, checkpoint_identity
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.errors import JobError
+from dit_worker.driver.flags import check_flags
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,16 @@ class ModelInfo:
 def inspect_model(config: JobConfig) -> ModelInfo:
     """Configs and the weights' sha256 (no tensors on any device); s3:// and hub sources land in this
     node's cache (fetched once). Settings the checkpoint cannot honour are refused here, as a worker
-    would refuse them."""
+    would refuse them. Flags for another kind of model are refused first (driver/flags.py); then sizes
+    and sequence lengths the model cannot take, or (--local) whose one sample cannot fit the device
+    (backends/limits.py)."""
     spec = inspect_backend(config.model, config.vae)
+    check_flags(config, spec)
     try:
         settings = spec.resolve(config.request)
+        check_limits(spec, settings)
+        if config.local:  # the worker's device is this machine's (on Ray the driver cannot see the workers')
+            check_memory(spec, settings, torch.device(config.worker_device), DTYPES[config.worker_dtype])
     except ValueError as err:
         raise JobError(f"settings for {spec.pipeline_class}: {err}") from None
     if getattr(settings, "generic", False) and config.text_encoder != "device":

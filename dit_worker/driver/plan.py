@@ -52,11 +52,6 @@ class JobPlan:
 def plan_job(config: JobConfig) -> JobPlan:
     """Check the model, settings, rows and output, and read what OUT already holds; writes nothing."""
     info = inspect_model(config)
-    if config.score is not None and info.conditioning != "text":
-        raise JobError(
-            f"--score {config.score} scores each image against its prompt, and {config.model} is a "
-            f"{info.pipeline_class} without prompts; drop --score (jobs.fid --set-metrics fd_dinov2,cmmd needs none)"
-        )
     if config.metrics:  # a bad weights file fails now, not on every worker after sampling started
         resolve_inception_weights(config.inception_weights, s3_endpoint=config.s3_endpoint)
     manifest = job_rows(config, info)

@@ -1,7 +1,7 @@
-"""The job's rows, built from its flags or manifest and checked against the model on the driver
-before any GPU work (docs/backends.md): a way of listing samples for another kind of model, and
-prompts the pipeline would change without saying so (cut past its token limit, cleaned away to
-nothing), are refused naming the row."""
+"""The job's rows, planned from its flags or manifest and checked against the model on the driver
+before any GPU work (docs/manifests.md, docs/backends.md): bad cells, repeated ids, rows that would
+make the same image, and prompts the pipeline would change without saying so (cut past its token
+limit, cleaned away to nothing) are refused naming the row."""
 
 from __future__ import annotations
 
@@ -14,19 +14,11 @@ from dit_worker.manifest.samples import check_derived, parse_classes
 from dit_worker.manifest.scan import scan_files, scan_prompt_lines
 from dit_worker.manifest.sources import DerivedManifest, Manifest
 
-HOW_TO_LIST = {
-    "class": "--classes/--per-class or a manifest with class_id or class_name",
-    "text": "--prompts FILE --per-prompt N or a manifest with a prompt column",
-    "none": "--num-samples N or a manifest with seed (and sample_id) only",
-}
-KIND = {"class": "class-conditional", "text": "text-to-image", "none": "unconditional"}
-SOURCE_KIND = {"per_class": "class", "prompts": "text", "num_samples": "none"}
-
 
 def job_rows(config: JobConfig, info: ModelInfo) -> Manifest:
     """The job's manifest, every row checked against the model (streamed: nothing per row is
-    kept); the way the rows are listed is checked first."""
-    check_sample_source(config, info)
+    kept). Which way of listing rows fits the model was checked with the other flags
+    (driver/flags.py)."""
     check_prompts = partial(info.spec.check_prompts, settings=info.settings) if info.conditioning == "text" else None
     if config.manifest is not None:
         manifest: Manifest = scan_files(
@@ -54,19 +46,6 @@ def job_rows(config: JobConfig, info: ModelInfo) -> Manifest:
         manifest = DerivedManifest.of_classes(classes, config.per_class, config.seed)
     check_negative_prompts(manifest, info, config)
     return manifest
-
-
-def check_sample_source(config: JobConfig, info: ModelInfo) -> None:
-    """--classes, --prompts and --num-samples each fit one kind of model."""
-    kind = info.conditioning
-    for field, wants in SOURCE_KIND.items():
-        if getattr(config, field) is None or wants == kind:
-            continue
-        what = f"--preset {config.preset}" if config.preset else "--" + field.replace("_", "-")
-        raise ManifestError(
-            f"{what} is for {KIND[wants]} models, but {config.model} is a {info.pipeline_class} "
-            f"({KIND[kind]}); list its samples with {HOW_TO_LIST[kind]}"
-        )
 
 
 def check_negative_prompts(manifest: Manifest, info: ModelInfo, config: JobConfig) -> None:

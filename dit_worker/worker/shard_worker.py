@@ -7,6 +7,7 @@ does not wait on image encoding or storage (unless storage falls behind; see IOP
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import threading
@@ -56,6 +57,27 @@ class NonFiniteSamples(PermanentError):
             f"{shard_name(shard)}: sampling produced non-finite latents for sample(s) {named}{more}; nothing of "
             "the shard was committed. Check the weights file (a corrupt checkpoint) and the sampling settings"
         )
+
+
+class OutOfMemory(PermanentError):
+    """A batch that did not fit the worker's memory: the same batch fails the same way, so the shard is
+    not retried; the message names the batch size that failed and the one measured to fit."""
+
+
+# The CPU allocator's failures are plain RuntimeErrors (CUDA's are torch.OutOfMemoryError, numpy's MemoryError).
+CPU_ALLOCATOR_FAILURES = ("DefaultCPUAllocator: can't allocate memory", "not enough memory")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocation failure (never transient: the same batch asks for the same memory)."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in CPU_ALLOCATOR_FAILURES)
+
+
+def first_line(err: BaseException, most: int = 200) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 class ShardWorker:
@@ -129,10 +151,17 @@ class ShardWorker:
             self.model.begin_shard(samples.rows())
             for lo in range(0, len(samples), self.batch_size):
                 rows = samples[lo : lo + self.batch_size]
+                failure = None
                 try:
                     images = self.model.generate(rows.rows())
                 except NonFiniteLatents as err:
                     raise NonFiniteSamples(task.shard, rows, err.rows) from None
+                except (RuntimeError, MemoryError) as err:
+                    if not out_of_memory(err):
+                        raise
+                    failure = first_line(err)  # leave the handler first: its traceback holds the batch's tensors
+                if failure is not None:
+                    raise self._out_of_memory(task.shard, rows, failure)
                 writer.add(rows, images)
                 for sink in extras:
                     sink.add(rows.sample_id, rows.class_id, images)
@@ -145,6 +174,39 @@ class ShardWorker:
             sink.close(image_sha256)
         writer.commit()
         return ShardResult(task.shard, len(samples), time.perf_counter() - start)
+
+    def _out_of_memory(self, shard: int, rows: Samples, failure: str) -> OutOfMemory:
+        """The one-line error of a batch that ran out of memory, with the batch size measured to fit:
+        halving from the failed one, each tried as a one-step batch of the same rows on this worker."""
+        fits = None
+        size = len(rows) // 2
+        while size >= 1 and fits is None:
+            _free_memory(self.model.device)
+            try:
+                self.model.generate_steps(rows[:size].rows(), 1)
+                fits = size
+            except (RuntimeError, MemoryError) as err:
+                if not out_of_memory(err):
+                    raise
+            size //= 2
+        _free_memory(self.model.device)
+        if fits is not None:
+            advice = f"a batch of {fits} fits (measured here): rerun with --batch-size {fits}"
+        else:
+            advice = (
+                "not even one sample fits: use a smaller --height/--width or --max-sequence-length, or a device with "
+                "more memory"
+            )
+        return OutOfMemory(
+            f"{shard_name(shard)}: out of memory on {self.model.device} at a batch of {len(rows)} "
+            f"(--batch-size {self.spec.batch_size}): {failure}; {advice}"
+        )
+
+
+def _free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def shard_workers(

@@ -54,6 +54,7 @@ class Family:
     vae_levels: str = "block_out_channels"  # the VAE config list whose length gives its scale factor
     size_factor: int | None = None  # latents per token side, when not the transformer's patch_size (FLUX: 2)
     binned_sample_sizes: tuple[int, ...] = ()  # transformer sample sizes with resolution bins (PixArt, Sana)
+    sequence_limit: int | None = None  # the largest max_sequence_length its __call__ accepts (SD3, FLUX: 512)
     generic: bool = False  # not a first-class family: runs with prompts as text, after a batch check
 
     def patch_factor(self, denoiser: dict[str, Any]) -> int:
@@ -83,11 +84,12 @@ FAMILIES: dict[str, Family] = {
     "StableDiffusion3Pipeline": Family(
         "transformer", "text", OWN_SCHEDULER_ONLY, encoders=("text_encoder", "text_encoder_2", "text_encoder_3"),
         encoding="sd3", length_checks=(LengthCheck("tokenizer_3", "sequence"), LengthCheck("tokenizer", "model_max")),
+        sequence_limit=512,
     ),
     "FluxPipeline": Family(
         "transformer", "text", OWN_SCHEDULER_ONLY, encoders=("text_encoder", "text_encoder_2"), encoding="flux",
         length_checks=(LengthCheck("tokenizer_2", "sequence"),), negative="none", guidance="embedded",
-        default_sample_size=128, size_factor=2,
+        default_sample_size=128, size_factor=2, sequence_limit=512,
     ),
     "SanaPipeline": Family(
         "transformer", "text", OWN_SCHEDULER_ONLY, encoders=("text_encoder",), encoding="sana",

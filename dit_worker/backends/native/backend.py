@@ -18,7 +18,6 @@ from dit_worker.backends.settings import SamplingSettings
 from dit_worker.models.dit import DiTConfig
 
 PIPELINE_CLASS = "DiTPipeline"
-TEXT_ONLY = ("height", "width", "max_sequence_length", "clean_caption", "negative_prompt")
 
 
 @dataclass(frozen=True)
@@ -33,15 +32,14 @@ class NativeModel:
     conditioning: Conditioning = "class"
 
     def resolve(self, request: GenerationRequest) -> SamplingSettings:
-        for field in TEXT_ONLY:
-            value = getattr(request, field)
-            if value is None or (field in ("height", "width") and value == self.side):
-                continue
-            flag = "--" + field.replace("_", "-")
-            raise ValueError(
-                f"{flag} does not apply to a DiT checkpoint ({PIPELINE_CLASS}: class-conditional, {self.side} px "
-                "images); drop it"
-            )
+        """The sampling settings as given; a job driver has already refused the flags of other model kinds
+        (dit_worker.driver.flags), so only the size is left to check: DiT makes its one size."""
+        for flag, value in (("--height", request.height), ("--width", request.width)):
+            if value is not None and value != self.side:
+                raise ValueError(
+                    f"{flag} {value}: {PIPELINE_CLASS} makes {self.side}x{self.side} images only (its transformer's "
+                    f"{self.config.input_size} latents x the VAE's scale); drop it"
+                )
         if request.sampling.sampler == "euler":
             raise ValueError("sampler 'euler' is for diffusers pipelines; DiT runs ddpm, ddim or dpm-solver")
         configure_sampler(request.sampling, self.config, self.scheduler_config)
@@ -90,6 +88,12 @@ class NativeGenerator:
     def generate(self, rows: Rows) -> torch.Tensor:
         assert rows.class_ids is not None, "DiT rows carry class ids"
         return self.pipe.generate_batch(rows.class_ids, rows.seeds, self.sampler)
+
+    def generate_steps(self, rows: Rows, steps: int) -> torch.Tensor:
+        """`generate` with another step count (a one-step batch measures what a batch size needs)."""
+        assert rows.class_ids is not None, "DiT rows carry class ids"
+        sampler = self.pipe.sampler(self.settings.model_copy(update={"steps": steps}))
+        return self.pipe.generate_batch(rows.class_ids, rows.seeds, sampler)
 
     def compile(self) -> None:
         self.pipe.compile()
