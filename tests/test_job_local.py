@@ -319,6 +319,11 @@ BAD_INPUTS = {
     "unknown class name": (["--classes", "umbrela", "--per-class", "1"], "unknown class name 'umbrela'"),
     "manifest without seed": ({"class_id": [1, 2]}, "missing column 'seed'"),
     "duplicate sample_id": ({"class_id": [1, 2], "seed": [1, 2], "sample_id": [5, 5]}, "duplicate sample_id [5]"),
+    "the same image twice": (
+        {"sample_id": [3, 8], "class_id": [4, 4], "seed": [5, 5 + 2**32]},  # torch keeps the low 32 bits
+        "sample_id 3 and sample_id 8 would be the same image",
+    ),
+    "misspelt column": ({"class_id": [1], "seed": [1], "sampleid": [0]}, "column 'sampleid' looks like 'sample_id'"),
     "manifest seed < 0": ({"class_id": [1], "seed": [-1]}, "seed must be [0, 2**63), got -1"),
     "manifest seed >= 2**63": (
         {"class_id": [1], "seed": pa.array([2**63], pa.uint64())},
