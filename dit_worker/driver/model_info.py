@@ -45,7 +45,7 @@ def inspect_model(config: JobConfig) -> ModelInfo:
     """Configs and the weights' sha256 (no tensors on any device); s3:// and hub sources land in this
     node's cache (fetched once). Settings the checkpoint cannot honour are refused here, as a worker
     would refuse them."""
-    spec = inspect_backend(config.model, config.vae)
+    spec = inspect_backend(config.model, config.vae, config.revision, config.variant)
     try:
         settings = spec.resolve(config.request)
     except ValueError as err:
@@ -55,4 +55,6 @@ def inspect_model(config: JobConfig) -> ModelInfo:
             f"--text-encoder {config.text_encoder}: {spec.pipeline_class} runs through the generic path, which "
             "passes prompts to the pipeline as text; only --text-encoder device is possible"
         )
-    return ModelInfo(spec, settings, checkpoint_identity(config.model, config.vae))
+    # A --revision is read as the commit the settings resolved it to: the one the workers load.
+    revision = getattr(settings, "revision", None)
+    return ModelInfo(spec, settings, checkpoint_identity(config.model, config.vae, revision, config.variant))

@@ -42,6 +42,11 @@ class NativeModel:
                 f"{flag} does not apply to a DiT checkpoint ({PIPELINE_CLASS}: class-conditional, {self.side} px "
                 "images); drop it"
             )
+        if extra := request.diffusers_options():
+            raise ValueError(
+                f"{', '.join(extra)}: options of diffusers pipelines; a DiT checkpoint ({PIPELINE_CLASS}) runs on the "
+                "native path, which takes none of them; drop them"
+            )
         if request.sampling.sampler == "euler":
             raise ValueError("sampler 'euler' is for diffusers pipelines; DiT runs ddpm, ddim or dpm-solver")
         configure_sampler(request.sampling, self.config, self.scheduler_config)
