@@ -101,6 +101,10 @@ class DiffusersGenerator:
         names = family.encoders if family is not None else ()
         # shard-first never holds the encoders between shards, not even while loading.
         skip = {name: None for name in names} if text_encoder == "shard-first" else {}
+        # Components saved as null (SD3 without its T5: text_encoder_3, tokenizer_3) are passed as None, as
+        # diffusers documents for leaving them out; from_pretrained refuses a directory without them otherwise.
+        index = read_json(root / "model_index.json")
+        skip |= {name: None for name, entry in index.items() if isinstance(entry, list) and entry == [None, None]}
         torch_dtype: Any = job_dtype
         if settings.component_dtypes:  # diffusers takes a dict: per component, "default" for the rest
             torch_dtype = {"default": job_dtype} | {k: DTYPES[v] for k, v in settings.component_dtypes.items()}
