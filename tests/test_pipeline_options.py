@@ -127,6 +127,23 @@ def test_an_unknown_revision_is_one_line_before_anything_is_written(hub_cache: P
     assert not out.exists()
 
 
+def test_settings_hold_the_commit_their_snapshot_was_read_at(hub_cache: Path) -> None:
+    """A revision resolves to the commit of the snapshot the spec was read from, and only if that snapshot
+    is the revision's (its refs/ file, written by huggingface_hub, or the commit itself)."""
+    from dit_worker.backends import GenerationRequest
+    from dit_worker.backends.diffusers.resolve import inspect_diffusers
+
+    def spec(ref: str):
+        root = snapshot(hub_cache, ref)
+        return inspect_diffusers(root, json.loads((root / "model_index.json").read_text()))
+
+    assert spec("v2").resolve(GenerationRequest(revision="v2")).revision == COMMITS["v2"]
+    assert spec("v2").resolve(GenerationRequest(revision=COMMITS["v2"])).revision == COMMITS["v2"]
+    assert spec("v2").resolve(GenerationRequest()).revision is None
+    with pytest.raises(ValueError, match=f"--revision v2: the model was read at commit {COMMITS['main']}, not at v2"):
+        spec("main").resolve(GenerationRequest(revision="v2"))
+
+
 def test_revision_of_a_local_or_s3_model_is_refused_at_the_edge(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", ROWS[:1])
     local = tmp_path / "model"

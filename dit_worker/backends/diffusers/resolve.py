@@ -292,6 +292,12 @@ class DiffusersModel:
         commit = hub_revision(self.root)
         if commit is None:  # resolve_source reads revisions of hub ids only
             raise ValueError(f"--revision {revision}: {self.root} is not a hub snapshot")
+        ref = self.root.parent.parent / "refs" / revision  # huggingface_hub records what a branch or tag resolved to
+        if revision != commit and not (ref.is_file() and ref.read_text().strip() == commit):
+            raise ValueError(
+                f"--revision {revision}: the model was read at commit {commit}, not at {revision} (inspect_model "
+                "takes the same revision)"
+            )
         return commit
 
     def _offload(self, offload: OffloadMode | None) -> OffloadMode | None:
