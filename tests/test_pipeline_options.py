@@ -317,3 +317,17 @@ def test_model_offload_runs_through_diffusers_hooks_and_keeps_every_pixel(sd_ckp
         assert all(np.array_equal(run, plain) for run in runs), key
     # The same comparison can fail: another prompt's row differs by far.
     assert_sensitive(plain[0], plain[1].astype(np.float64) / 255)
+
+
+def test_a_dit_checkpoint_refuses_the_diffusers_options(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The native path reads none of them: each is refused in one line, nothing written."""
+    base = ["--local", "--model", tiny_ckpt, "--classes", "1", "--per-class", 1, *CPU, "--steps", 2]
+    for flags in (["--variant", "fp16"], ["--pipeline-arg", "x=1"], ["--component-dtype", "vae=float16"]):
+        capsys.readouterr()
+        out = tmp_path / "out"
+        assert run(*base, *flags, "--out", out) == 2, flags
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flags[0]}: options of diffusers pipelines; a DiT checkpoint" in err, err
+        assert not out.exists()
