@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or s3:// prefix",
     )
     model.add_argument("--vae", help="AutoencoderKL directory or hub id (required with an original .pt)")
+    model.add_argument("--revision", help="branch, tag or commit of a hub id --model (diffusers pipelines only)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="local folder or s3://bucket/prefix")
     out.add_argument(
@@ -111,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--variant", help="weights variant to load (e.g. fp16: *.fp16.safetensors)")
     text.add_argument(
         "--component-dtype", action="append", help="COMPONENT=DTYPE over --dtype, e.g. text_encoder_3=bfloat16"
+    )
+    text.add_argument(
+        "--offload",
+        help="model or sequential: diffusers' CPU offload of the pipeline's weights on GPU workers (less GPU memory, "
+        "same images)",
     )
     text.add_argument(
         "--text-encoder",

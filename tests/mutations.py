@@ -1,7 +1,8 @@
 """Mutation check: break the code on purpose, one small breakage at a time, and see the suite catch it.
 
-    python -m tests.mutations                 # every breakage (12 to 20 minutes on 2 CPU cores)
+    python -m tests.mutations                 # every breakage (25 to 35 minutes on 2 CPU cores)
     python -m tests.mutations --only noise    # the breakages whose name contains "noise"
+    python -m tests.mutations --only=--offload  # a name that starts with "--" needs the "=" form
     python -m tests.mutations --list
 
 Each breakage is an exact text edit to one product file. It is applied to a copy of the working
@@ -74,6 +75,7 @@ REFUSED = "tests/test_flags_and_limits.py::test_refused_in_one_line_before_loadi
 OUT_OF_MEMORY = "tests/test_flags_and_limits.py::test_out_of_memory_fails_the_shard_once_naming_a_batch_size_that_fits"
 
 MANIFEST = "tests/test_manifest.py"
+OPTIONS = "tests/test_pipeline_options.py"
 
 BREAKAGES = [
     Breakage(
@@ -365,18 +367,17 @@ BREAKAGES = [
     Breakage(
         "commit order: png uploads not awaited before the metadata part",
         "dit_worker/worker/shard_writer.py",
-        "            self.storage.put(image_key(self.task.shard, sample_id, self.encoding.extension), data)\n",
+        "            self.storage.put(image_key(self.shard, sample_id, self.encoding.extension), data)\n",
         "            self.pool._pool.submit(\n"
-        "                self.storage.put, image_key(self.task.shard, sample_id, self.encoding.extension), data\n"
+        "                self.storage.put, image_key(self.shard, sample_id, self.encoding.extension), data\n"
         "            )\n",
         ("tests/test_job_local.py::test_a_shard_failing_every_try_fails_the_job_and_keeps_committed_shards",),
     ),
     Breakage(
-        "commit order: webdataset tar written after the metadata part",
+        "commit order: the webdataset tar left out before the metadata part",
         "dit_worker/worker/shard_writer.py",
-        "        self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))\n",
-        "        self.storage.put(part_key(self.task.shard), parquet_bytes(self._table))\n"
-        "        self.storage.put(tar_key(self.task.shard), self._tar)\n",
+        "            self.storage.put(tar_key(shard), webdataset_tar(self._table, images, ext))\n",
+        "            self._tar = webdataset_tar(self._table, images, ext)\n",
         ("tests/test_job_local.py::test_webdataset_shard_whose_tar_cannot_be_written_is_not_committed",),
     ),
     Breakage(
@@ -609,6 +610,104 @@ BREAKAGES = [
         "                fits = size\n",
         "                fits = len(rows)\n",
         (OUT_OF_MEMORY,),
+    ),
+    Breakage(
+        "--revision: the workers load the hub id's main revision",
+        "dit_worker/backends/diffusers/run.py",
+        'root = resolve_source(model, "model", revision=settings.revision, variant=settings.variant)',
+        'root = resolve_source(model, "model", variant=settings.variant)',
+        (f"{OPTIONS}::test_revision_picks_the_hub_commit_the_workers_load_and_the_fingerprint_knows",),
+    ),
+    Breakage(
+        "--revision: the weights identity read at main",
+        "dit_worker/driver/model_info.py",
+        "checkpoint_identity(config.model, config.vae, revision, config.variant)",
+        "checkpoint_identity(config.model, config.vae, None, config.variant)",
+        (f"{OPTIONS}::test_revision_picks_the_hub_commit_the_workers_load_and_the_fingerprint_knows",),
+    ),
+    Breakage(
+        "--revision: the settings hold the branch name, not the commit it resolved to",
+        "dit_worker/backends/diffusers/resolve.py",
+        "commit = hub_revision(self.root)",
+        "commit = revision",
+        (f"{OPTIONS}::test_revision_picks_the_hub_commit_the_workers_load_and_the_fingerprint_knows",),
+    ),
+    Breakage(
+        "--revision of a local path or s3:// prefix let past the edge",
+        "dit_worker/driver/config.py",
+        'if self.revision is not None and kind != "hub":',
+        "if False:",
+        (f"{OPTIONS}::test_revision_of_a_local_or_s3_model_is_refused_at_the_edge",),
+    ),
+    Breakage(
+        "hub downloads fetch the first tokenizer only (SD3, FLUX, SDXL miss theirs)",
+        "dit_worker/checkpoints/sources.py",
+        '"tokenizer*/*"]',
+        '"tokenizer/*"]',
+        (f"{OPTIONS}::test_hub_downloads_fetch_the_weights_each_component_loads",),
+    ),
+    Breakage(
+        "--variant not passed to from_pretrained",
+        "dit_worker/backends/diffusers/run.py",
+        'extra = {"variant": settings.variant} if settings.variant else {}',
+        "extra = {}",
+        (f"{OPTIONS}::test_variant_loads_the_variants_weights",),
+    ),
+    Breakage(
+        "--variant: a variant the directory lacks not refused by the driver",
+        "dit_worker/backends/diffusers/resolve.py",
+        "if variant not in found:",
+        "if False:",
+        (f"{OPTIONS}::test_variant_loads_the_variants_weights",),
+    ),
+    Breakage(
+        "--offload in the fingerprint",
+        "dit_worker/backends/diffusers/resolve.py",
+        "offload: OffloadMode | None = Field(None, exclude=True)",
+        "offload: OffloadMode | None = None",
+        (f"{OPTIONS}::test_offload_is_recorded_and_left_out_of_the_fingerprint",),
+    ),
+    Breakage(
+        "--offload on CPU workers not refused",
+        "dit_worker/driver/config.py",
+        'if not self.worker_device.startswith("cuda"):',
+        "if False:",
+        (f"{OPTIONS}::test_offload_is_refused_on_cpu_workers_and_with_compile",),
+    ),
+    Breakage(
+        "--offload model ignored by the worker (the whole pipeline moved to the device)",
+        "dit_worker/backends/diffusers/run.py",
+        "pipe.enable_model_cpu_offload(device=dev)",
+        "pipe.to(dev)",
+        (f"{OPTIONS}::test_model_offload_runs_through_diffusers_hooks_and_keeps_every_pixel",),
+    ),
+    Breakage(
+        "--offload: the text encoders taken out of the pipeline, so never offloaded",
+        "dit_worker/backends/diffusers/run.py",
+        'if not (settings.offload and text_encoder == "device"):',
+        "if True:",
+        (f"{OPTIONS}::test_model_offload_runs_through_diffusers_hooks_and_keeps_every_pixel",),
+    ),
+    Breakage(
+        "null components (SD3 without T5) not passed as None",
+        "dit_worker/backends/diffusers/run.py",
+        "skip |= {name: None for name, entry in index.items()",
+        "skip |= {name: None for name, entry in {}.items()",
+        (f"{FAMILIES}::test_sd3_without_t5_equals_its_pipeline_and_its_prompts_fit_clip",),
+    ),
+    Breakage(
+        "SD3 without T5: the length check looks for the absent T5 tokenizer",
+        "dit_worker/backends/diffusers/resolve.py",
+        "has = [c for c in self.family.length_checks if",
+        "has = [c for c in self.family.length_checks if True or",
+        (f"{FAMILIES}::test_sd3_without_t5_equals_its_pipeline_and_its_prompts_fit_clip",),
+    ),
+    Breakage(
+        "FLUX schnell: guidance kept although it has no guidance embedding",
+        "dit_worker/backends/diffusers/resolve.py",
+        "            guidance = False  # FLUX schnell",
+        "            pass  # FLUX schnell",
+        (f"{FAMILIES}::test_flux_schnell_runs_without_guidance_and_refuses_cfg_scale",),
     ),
 ]
 # The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.

@@ -337,3 +337,107 @@ def test_batch_dependent_pipeline_is_refused_by_the_batch_check_and_runs_at_batc
     assert_sensitive(images(str(out))[1], reference(model, [{**GENERIC_ROWS[1], "seed": 99}], call)[0])
     check = json.loads((out / "job.json").read_text())["batch_check"]
     assert check["batch_size"] == 1 and check["passed"]
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SD3 saved without its T5 (text_encoder_3 and tokenizer_3 null) and FLUX schnell (guidance_embeds False)."""
+    root = tmp_path_factory.mktemp("variants")
+    return {"sd3-no-t5": save_sd3(root / "sd3-no-t5", with_t5=False),
+            "flux-schnell": save_flux(root / "flux-schnell", guidance_embeds=False)}  # fmt: skip
+
+
+def test_sd3_without_t5_equals_its_pipeline_and_its_prompts_fit_clip(
+    variants: dict[str, Path], reference: Reference, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from diffusers import StableDiffusion3Pipeline
+
+    model = variants["sd3-no-t5"]
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["text_encoder_3"] == [None, None] and index["tokenizer_3"] == [None, None]
+    _, flags, call, rows, _ = FAMILIES["sd3"]
+    # diffusers loads SD3 without its T5 only when told so (its documented text_encoder_3=None, tokenizer_3=None).
+    with pytest.raises(ValueError, match="expected"):
+        StableDiffusion3Pipeline.from_pretrained(model)
+    pipe = StableDiffusion3Pipeline.from_pretrained(model, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    expected = reference(model, rows, call, pipe)
+    for placement, batch in (("device", 3), ("shard-first", 2)):
+        out = tmp_path / placement
+        args = ["--local", "--model", model, "--manifest", manifest, *flags, *CPU, "--shard-size", 3]
+        assert run(*args, "--batch-size", batch, "--text-encoder", placement, "--out", out) == 0
+        assert_matches(images(str(out)), rows, expected)
+    ours = images(str(tmp_path / "device"))
+    assert_sensitive(ours[0], reference(model, [{**rows[0], "prompt": rows[3]["prompt"]}], call, pipe)[0])
+    # Without a T5 the pipeline pads zeros to --max-sequence-length (unmasked): the length still moves the
+    # image, by less than another prompt (measured: 3.4 mean, 34 max levels) but far beyond the tolerance.
+    longer = reference(model, rows[:1], {**call, "max_sequence_length": 32}, pipe)[0]
+    diff = np.abs(ours[0].astype(np.float64) - np.round(longer * 255))
+    assert diff.mean() > 1 and diff.max() > 10 * TOLERANCE, (diff.mean(), diff.max())
+    # Without a T5, CLIP's 77 tokens (special tokens included) are the prompt's limit.
+    long = " ".join(["red"] * 76)  # 78 CLIP tokens with <|startoftext|> and <|endoftext|>
+    manifest = write_manifest(tmp_path / "long.jsonl", [{"prompt": long, "seed": 0}])
+    capsys.readouterr()
+    out = tmp_path / "long"
+    assert run("--local", "--model", model, "--manifest", manifest, *flags, *CPU, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "sample_id 0: prompt 'red red" in err and "is 78 tokens, over tokenizer's model_max_length 77" in err, err
+    assert not out.exists()
+
+
+def test_sd3_with_t5_takes_prompts_past_clips_77_tokens_as_its_pipeline_does(
+    models: dict[str, Path], reference: Reference, tmp_path: Path
+) -> None:
+    """CLIP sees the first 77 tokens (the pipeline truncates them, by design) and the T5 the whole prompt."""
+    from transformers import CLIPTokenizer
+
+    model = models["sd3"]
+    _, flags, call, _, _ = FAMILIES["sd3"]
+    head = ["red"] * 76  # with <|startoftext|> and <|endoftext|>, all CLIP keeps
+    tails = ("a cat near the river under the sky at night over the sea near a green tree",
+             "the blue house over the mountain near a yellow boat under the morning sky of the city")  # fmt: skip
+    rows = [{"sample_id": i, "prompt": " ".join([*head, tail]), "seed": 5} for i, tail in enumerate(tails)]
+    clip = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    assert len(clip(rows[0]["prompt"])["input_ids"]) > 77
+    assert clip(rows[0]["prompt"], truncation=True, max_length=77) == clip(rows[1]["prompt"], truncation=True,
+                                                                           max_length=77)  # fmt: skip
+    long_call = {**call, "max_sequence_length": 128}
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "out"
+    assert run("--local", "--model", model, "--manifest", manifest, *flags, *CPU, "--max-sequence-length", 128,
+               "--out", out) == 0  # fmt: skip
+    ours = images(str(out))
+    assert_matches(ours, rows, reference(model, rows, long_call))
+    # The two prompts differ only past CLIP's 77 tokens: the T5 alone tells them apart, and that moves pixels.
+    tail = np.abs(ours[0].astype(np.float64) - np.round(reference(model, rows[1:], long_call)[0] * 255))
+    print(f"tail only: mean {tail.mean():.2f}, max {tail.max():.0f} levels")
+    assert tail.max() > 4 * TOLERANCE, (tail.mean(), tail.max())
+    assert_sensitive(ours[0], reference(model, [{**rows[0], "seed": 6}], long_call)[0])  # another seed: far
+
+
+def test_flux_schnell_runs_without_guidance_and_refuses_cfg_scale(
+    variants: dict[str, Path], reference: Reference, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = variants["flux-schnell"]
+    assert json.loads((model / "transformer" / "config.json").read_text())["guidance_embeds"] is False
+    flags = ["--steps", 3, "--height", 48, "--width", 64, "--max-sequence-length", 24]
+    call = {"num_inference_steps": 3, "height": 48, "width": 64, "max_sequence_length": 24}
+    rows = NO_NEGATIVE
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "out"
+    assert run("--local", "--model", model, "--manifest", manifest, *flags, *CPU, "--batch-size", 3, "--out", out) == 0
+    ours = images(str(out))
+    assert_matches(ours, rows, reference(model, rows, call))
+    assert_sensitive(ours[0], reference(model, [{**rows[0], "prompt": rows[3]["prompt"]}], call)[0])
+    assert json.loads((out / "job.json").read_text())["fingerprint"]["cfg_scale"] is None
+    # Why --cfg-scale is refused: the pipeline ignores guidance_scale without a guidance embedding.
+    one, six = (reference(model, rows[:1], {**call, "guidance_scale": g})[0] for g in (1.0, 6.0))
+    assert np.array_equal(one, six)
+    capsys.readouterr()
+    bad = tmp_path / "cfg"
+    assert run("--local", "--model", model, "--manifest", manifest, *flags, *CPU, "--cfg-scale", 6.0,
+               "--out", bad) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cfg-scale: FluxPipeline takes no guidance (no guidance embedding)" in err, err
+    assert not bad.exists()

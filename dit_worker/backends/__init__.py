@@ -12,6 +12,8 @@ check). A class diffusers does not have is refused, naming the supported ones.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel
 
 from dit_worker.backends.base import (
@@ -19,6 +21,7 @@ from dit_worker.backends.base import (
     GenerationRequest,
     Generator,
     ModelSpec,
+    OffloadMode,
     RowColumns,
     Rows,
     TextEncoderPlacement,
@@ -35,10 +38,13 @@ from dit_worker.checkpoints.sources import resolve_source
 SUPPORTED = (PIPELINE_CLASS, *FAMILIES)
 
 
-def pipeline_class(model: str) -> str:
+def pipeline_class(model: str, revision: str | None = None, variant: str | None = None) -> str:
     """The `_class_name` of the model's model_index.json; DiTPipeline for an original .pt or a
     directory without one (the DiT layout needs none)."""
-    root = resolve_source(model, "model")
+    return _class_name(resolve_source(model, "model", revision=revision, variant=variant))
+
+
+def _class_name(root: Path) -> str:
     index = root / "model_index.json"
     if root.is_file() or not index.is_file():
         return PIPELINE_CLASS
@@ -51,13 +57,19 @@ def pipeline_class(model: str) -> str:
     return str(name)
 
 
-def inspect_model(model: str, vae: str | None) -> ModelSpec:
-    """The model's spec from its configs (s3:// and hub sources land in this node's cache). `vae`
-    replaces a DiT checkpoint's VAE; a diffusers pipeline has its own (a job refuses --vae for it)."""
-    name = pipeline_class(model)
+def inspect_model(model: str, vae: str | None, revision: str | None = None, variant: str | None = None) -> ModelSpec:
+    """The model's spec from its configs (s3:// and hub sources land in this node's cache; a hub id is
+    read once, at `revision`: a branch that moves meanwhile cannot mix two commits). `vae` replaces
+    a DiT checkpoint's VAE; a diffusers pipeline has its own (a job refuses --vae for it)."""
+    root = resolve_source(model, "model", revision=revision, variant=variant)
+    name = _class_name(root)
     if name == PIPELINE_CLASS:
+        if revision is not None:  # the native workers read a hub id's main revision (docs/backends.md)
+            raise CheckpointError(
+                f"--revision {revision}: {model} is a DiT checkpoint ({PIPELINE_CLASS}), whose native path loads a "
+                "hub id's main revision only; download that revision into a directory and pass it as --model"
+            )
         return inspect_native(model, vae)
-    root = resolve_source(model, "model")
     return inspect_diffusers(root, read_json(root / "model_index.json"))
 
 
@@ -84,6 +96,7 @@ __all__ = [
     "Generator",
     "ModelSpec",
     "NativeGenerator",
+    "OffloadMode",
     "RowColumns",
     "Rows",
     "TextEncoderPlacement",

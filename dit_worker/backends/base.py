@@ -22,6 +22,9 @@ Conditioning = Literal["class", "text", "none"]
 # whole run; on the CPU, its outputs copied to the device; or loaded for each shard, all of the
 # shard's prompts encoded at once, and freed before the denoiser runs.
 TextEncoderPlacement = Literal["device", "cpu", "shard-first"]
+# diffusers' CPU offload of a pipeline's components (docs/backends.md, "Options"): whole models moved to
+# the GPU as each runs (enable_model_cpu_offload), or submodule by submodule (enable_sequential_cpu_offload).
+OffloadMode = Literal["model", "sequential"]
 
 
 class NonFiniteLatents(ValueError):
@@ -48,12 +51,25 @@ class GenerationRequest(BaseModel):
     clean_caption: bool | None = None
     negative_prompt: str | None = None
     # diffusers pipelines (docs/backends.md, "Options"): extra __call__ keywords (JSON values), LoRA
-    # adapters as (path or hub id, scale), weight variant and hub revision, dtypes per component.
+    # adapters as (path or hub id, scale), weight variant and hub revision, dtypes per component, CPU offload.
     pipeline_args: dict[str, Any] = {}
     loras: tuple[tuple[str, float], ...] = ()
     variant: str | None = None
     revision: str | None = None
     component_dtypes: dict[str, str] = {}
+    offload: OffloadMode | None = None
+
+    def diffusers_options(self) -> list[str]:
+        """The diffusers-only options given, as flags (a DiT checkpoint refuses them)."""
+        given = {
+            "--pipeline-arg": self.pipeline_args,
+            "--lora": self.loras,
+            "--variant": self.variant,
+            "--revision": self.revision,
+            "--component-dtype": self.component_dtypes,
+            "--offload": self.offload,
+        }
+        return [flag for flag, value in given.items() if value]
 
     def given(self) -> set[str]:
         """The sampling fields set explicitly (command-line flags), by name."""

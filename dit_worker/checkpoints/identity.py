@@ -72,11 +72,14 @@ def weights_identity(files: Sequence[tuple[str, Path]], revision: str | None) ->
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
 
 
-def checkpoint_identity(model: str, vae: str | None = None) -> WeightsIdentity:
+def checkpoint_identity(
+    model: str, vae: str | None = None, revision: str | None = None, variant: str | None = None
+) -> WeightsIdentity:
     """Every weight file of a checkpoint: an original `.pt` itself, or each weight file below a
     diffusers directory (all components: transformer or UNet, VAE, text encoders), plus those of a
-    separate `--vae`."""
-    root = resolve_source(model, "model")
+    separate `--vae`. A hub id is read at `revision` (pass the commit the settings resolved, so that
+    the identity and the workers read the same snapshot)."""
+    root = resolve_source(model, "model", revision=revision, variant=variant)
     files = _weight_files(root, "")
     if vae is not None:
         files += _weight_files(resolve_source(vae, "vae"), "--vae/")

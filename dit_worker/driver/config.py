@@ -9,8 +9,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dit_worker.backends import GenerationRequest, TextEncoderPlacement
+from dit_worker.backends import GenerationRequest, OffloadMode, TextEncoderPlacement
 from dit_worker.backends.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
+from dit_worker.checkpoints.sources import source_kind
 from dit_worker.manifest.samples import MAX_GLOBAL_SEED
 from dit_worker.metrics.row_scores import score_model
 from dit_worker.output.encoding import LOSSY_FORMATS, ImageEncoding, ImageFormat
@@ -66,6 +67,8 @@ class JobConfig(BaseModel):
     lora: tuple[str, ...] = ()  # PATH_OR_HUB_ID[:SCALE]
     variant: str | None = Field(None, min_length=1)
     component_dtype: tuple[str, ...] = ()  # COMPONENT=DTYPE
+    revision: str | None = Field(None, min_length=1)  # --model's hub branch, tag or commit
+    offload: OffloadMode | None = None  # diffusers' CPU offload on GPU workers; not in the fingerprint
 
     batch_size: int | Literal["auto"] = 32  # auto: the largest that fits, measured by each worker
     shard_size: int = Field(1000, ge=1)  # default per --format: DEFAULT_SHARD_SIZE
@@ -185,7 +188,29 @@ class JobConfig(BaseModel):
                 raise ValueError("--num-gpus-per-worker 0 needs an explicit --num-workers")
             if self.min_workers is not None and self.num_workers is not None and self.min_workers > self.num_workers:
                 raise ValueError(f"--min-workers {self.min_workers} exceeds --num-workers {self.num_workers}")
+        self._check_hub_and_offload()
         return self
+
+    def _check_hub_and_offload(self) -> None:
+        kind = source_kind(self.model)
+        if self.revision is not None and kind != "hub":
+            what = {"s3": "an s3:// prefix", "local": "a local path"}.get(kind, "not a hub id (org/name)")
+            raise ValueError(
+                f"--revision {self.revision}: a revision is a branch, tag or commit of a Hugging Face hub repository, "
+                f"and --model {self.model} is {what}; drop --revision"
+            )
+        if self.offload is not None:
+            if not self.worker_device.startswith("cuda"):
+                raise ValueError(
+                    f"--offload {self.offload}: offloading keeps weights in host memory and moves them to the GPU as "
+                    f"they are used, and the workers run on {self.worker_device}; use --device cuda with --offload "
+                    "model or sequential, or drop --offload"
+                )
+            if self.compile:
+                raise ValueError(
+                    f"--offload {self.offload} with --compile: the offload hooks move weights inside the forward "
+                    "pass, which compiled graphs do not follow; pass --no-compile or drop --offload"
+                )
 
     def _check_encoding(self) -> None:
         if self.quality is not None and self.image_format not in LOSSY_FORMATS:
@@ -224,6 +249,8 @@ class JobConfig(BaseModel):
             loras=tuple(lora_source(item) for item in self.lora),
             variant=self.variant,
             component_dtypes=dict(item.split("=", 1) for item in self.component_dtype),
+            revision=self.revision,
+            offload=self.offload,
         )
 
     @property
@@ -235,7 +262,9 @@ class JobConfig(BaseModel):
 
     @property
     def worker_compile(self) -> bool:
-        return self.worker_device.startswith("cuda") if self.compile is None else self.compile
+        if self.compile is None:  # --offload: off by default (its hooks and compiled graphs do not mix)
+            return self.worker_device.startswith("cuda") and self.offload is None
+        return self.compile
 
     @property
     def worker_dtype(self) -> DTypeName:

@@ -51,7 +51,7 @@ def inspect_model(config: JobConfig) -> ModelInfo:
     would refuse them. Flags for another kind of model are refused first (driver/flags.py); then sizes
     and sequence lengths the model cannot take, or (--local) whose one sample cannot fit the device
     (backends/limits.py)."""
-    spec = inspect_backend(config.model, config.vae)
+    spec = inspect_backend(config.model, config.vae, config.revision, config.variant)
     check_flags(config, spec)
     try:
         settings = spec.resolve(config.request)
@@ -65,4 +65,6 @@ def inspect_model(config: JobConfig) -> ModelInfo:
             f"--text-encoder {config.text_encoder}: {spec.pipeline_class} runs through the generic path, which "
             "passes prompts to the pipeline as text; only --text-encoder device is possible"
         )
-    return ModelInfo(spec, settings, checkpoint_identity(config.model, config.vae))
+    # A --revision is read as the commit the settings resolved it to: the one the workers load.
+    revision = getattr(settings, "revision", None)
+    return ModelInfo(spec, settings, checkpoint_identity(config.model, config.vae, revision, config.variant))

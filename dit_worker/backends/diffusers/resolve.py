@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dit_worker.backends.base import Conditioning, GenerationRequest
+from dit_worker.backends.base import Conditioning, GenerationRequest, OffloadMode
 from dit_worker.backends.diffusers.families import (
     FAMILIES,
     SCHEDULERS,
@@ -34,8 +34,8 @@ from dit_worker.backends.labels import ClassNames
 from dit_worker.backends.settings import DTypeName, SamplerName
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import read_json
-from dit_worker.checkpoints.identity import file_sha256
-from dit_worker.checkpoints.sources import resolve_source
+from dit_worker.checkpoints.identity import file_sha256, hub_revision
+from dit_worker.checkpoints.sources import resolve_source, weight_variant
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,11 @@ class DiffusersSettings(BaseModel):
     pipeline_args: dict[str, Any] = {}  # --pipeline-arg, as __call__ receives them
     loras: tuple[LoraAdapter, ...] = ()
     variant: str | None = None
-    revision: str | None = None
+    revision: str | None = None  # --revision: the hub commit it resolved to, which every worker loads
     component_dtypes: dict[str, DTypeName] = {}  # --component-dtype, over the job's --dtype
+    # --offload: where weights wait between uses, not what is computed (the same kernels on the same
+    # device, weights copied bit for bit): out of the fingerprint, like --text-encoder (docs/backends.md).
+    offload: OffloadMode | None = Field(None, exclude=True)
 
 
 def diffusers_module() -> Any:
@@ -225,9 +228,10 @@ class DiffusersModel:
             complex_human_instruction=instruction,
             pipeline_args=args,
             loras=self._loras(request.loras),
-            variant=request.variant,
-            revision=request.revision,
+            variant=self._variant(request.variant),
+            revision=self._revision(request.revision),
             component_dtypes=self._component_dtypes(request.component_dtypes),
+            offload=self._offload(request.offload),
         )
 
     def _negative_default(self) -> NegativeDefault:
@@ -266,6 +270,44 @@ class DiffusersModel:
             digest = hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
             adapters.append(LoraAdapter(source=str(path), sha256=digest, scale=scale))
         return tuple(adapters)
+
+    def _variant(self, variant: str | None) -> str | None:
+        """--variant: at least one component must have the variant's weight files (diffusers loads those
+        and falls back to the plain files of components without them)."""
+        if variant is None:
+            return None
+        found = {v for p in self.root.glob("*/*") if (v := weight_variant(p.name))}
+        if variant not in found:
+            has = f"its variants: {', '.join(sorted(found))}" if found else "it has no weight variants"
+            raise ValueError(
+                f"--variant {variant}: {self.root} has no {variant} weights (no component folder holds "
+                f"*.{variant}.safetensors or *.{variant}.bin); {has}; drop --variant or name one of them"
+            )
+        return variant
+
+    def _revision(self, revision: str | None) -> str | None:
+        """--revision: the commit the hub id resolved to (its snapshot folder's name)."""
+        if revision is None:
+            return None
+        commit = hub_revision(self.root)
+        if commit is None:  # resolve_source reads revisions of hub ids only
+            raise ValueError(f"--revision {revision}: {self.root} is not a hub snapshot")
+        ref = self.root.parent.parent / "refs" / revision  # huggingface_hub records what a branch or tag resolved to
+        if revision != commit and not (ref.is_file() and ref.read_text().strip() == commit):
+            raise ValueError(
+                f"--revision {revision}: the model was read at commit {commit}, not at {revision} (inspect_model "
+                "takes the same revision)"
+            )
+        return commit
+
+    def _offload(self, offload: OffloadMode | None) -> OffloadMode | None:
+        cls = getattr(diffusers_module(), self.pipeline_class)
+        if offload == "model" and getattr(cls, "model_cpu_offload_seq", None) is None:
+            raise ValueError(
+                f"--offload model: {self.pipeline_class} names no model_cpu_offload_seq, so diffusers cannot offload "
+                "it model by model; use --offload sequential"
+            )
+        return offload
 
     def _component_dtypes(self, given: dict[str, str]) -> dict[str, DTypeName]:
         components = sorted(k for k, v in self.index.items() if isinstance(v, list) and v[0] is not None)

@@ -62,14 +62,21 @@ class DiffusersGenerator:
         )
         self.dtype = getattr(pipe, self.family.denoiser).dtype
         self.job_dtype = job_dtype or self.dtype
-        self.device = torch.device(getattr(pipe, self.family.denoiser).device)
+        # Offloaded weights wait on the CPU (or the meta device); the pipeline runs on its offload device.
+        offloaded = getattr(pipe, "_offload_device", None) if settings.offload else None
+        self.device = torch.device(offloaded or getattr(pipe, self.family.denoiser).device)
+        # --offload with --text-encoder device: the encoders stay in the pipeline, under its offload hooks.
+        self.attached = bool(settings.offload) and text_encoder == "device"
+        # Offload hooks move weights in and out during forward passes: run as diffusers' own __call__ does
+        # (no_grad), not under inference_mode, whose tensors the moved parameters would become.
+        self.grad_mode = torch.no_grad if settings.offload else torch.inference_mode
         self.names: ClassNames | None = None
         self.image_size = (settings.height, settings.width)
         self.columns = RowColumns(settings.sampler or settings.scheduler, settings.steps, settings.cfg_scale, None)
         self.encoders = encoders or {}
         home = self.device if text_encoder == "device" else torch.device("cpu")
         for encoder in self.encoders.values():
-            if encoder is not None:
+            if encoder is not None and not self.attached:
                 encoder.to(home)
         # role -> (text -> row, stacked keywords): the encoded prompts of the current batch or shard.
         self._encoded: dict[Role, tuple[dict[str | None, int], Encoded]] = {}
@@ -87,13 +94,17 @@ class DiffusersGenerator:
         diffusers = diffusers_module()
         if settings.clean_caption:
             require_caption_cleaning()
-        root = resolve_source(model, "model")
+        root = resolve_source(model, "model", revision=settings.revision, variant=settings.variant)
         dev = resolve_device(device)
         job_dtype = resolve_dtype(dtype, dev)
         family = FAMILIES.get(settings.pipeline)
         names = family.encoders if family is not None else ()
         # shard-first never holds the encoders between shards, not even while loading.
         skip = {name: None for name in names} if text_encoder == "shard-first" else {}
+        # Components saved as null (SD3 without its T5: text_encoder_3, tokenizer_3) are passed as None, as
+        # diffusers documents for leaving them out; from_pretrained refuses a directory without them otherwise.
+        index = read_json(root / "model_index.json")
+        skip |= {name: None for name, entry in index.items() if isinstance(entry, list) and entry == [None, None]}
         torch_dtype: Any = job_dtype
         if settings.component_dtypes:  # diffusers takes a dict: per component, "default" for the rest
             torch_dtype = {"default": job_dtype} | {k: DTYPES[v] for k, v in settings.component_dtypes.items()}
@@ -108,10 +119,17 @@ class DiffusersGenerator:
                 pipe.load_lora_weights(lora.source, adapter_name=adapter)
             pipe.set_adapters(adapters, adapter_weights=[lora.scale for lora in settings.loras])
         # The pipeline gets embeddings, so it runs without its encoders: its device is the denoiser's.
+        # With --offload and --text-encoder device they stay in it, offloaded in its chain like the rest.
         encoders = {name: getattr(pipe, name, None) for name in names if name not in skip}
-        for name in names:
-            setattr(pipe, name, None)
-        pipe.to(dev)
+        if not (settings.offload and text_encoder == "device"):
+            for name in names:
+                setattr(pipe, name, None)
+        if settings.offload == "model":
+            pipe.enable_model_cpu_offload(device=dev)
+        elif settings.offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=dev)
+        else:
+            pipe.to(dev)
         return cls(pipe, root, settings, text_encoder, encoders, job_dtype)
 
     # --- text encoding ---------------------------------------------------------------------------
@@ -146,17 +164,18 @@ class DiffusersGenerator:
         """The family's encoder on `texts` (None: a negative given zeros, SDXL's empty negative);
         results on the device."""
         live = [e for e in self.encoders.values() if e is not None]
-        device = next(live[0].parameters()).device if live else self.device
+        device = next(live[0].parameters()).device if live and not self.attached else self.device
         for name, encoder in self.encoders.items():
             setattr(self.pipe, name, encoder)
         try:
-            with torch.inference_mode():
+            with self.grad_mode():
                 assert self.family.encoding is not None
                 encode = ENCODERS[self.family.encoding]
                 out = encode(self.pipe, [t or "" for t in texts], device, self.settings, role == "negative")
         finally:
             for name in self.encoders:
-                setattr(self.pipe, name, None)
+                if not self.attached:
+                    setattr(self.pipe, name, None)
         zero = torch.tensor([t is None for t in texts], device=device)
         result = {}
         for key, value in out.items():
@@ -234,7 +253,7 @@ class DiffusersGenerator:
         return kwargs
 
     def _call(self, kwargs: dict[str, Any]) -> torch.Tensor:
-        with torch.inference_mode():
+        with self.grad_mode():
             images = np.asarray(self.pipe(**kwargs).images)  # float32 [N, H, W, 3] in [0, 1]
         bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
         if bad.any():  # NaN latents decode to NaN pixels (clamp keeps NaN): never write them as black

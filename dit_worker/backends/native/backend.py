@@ -40,6 +40,11 @@ class NativeModel:
                     f"{flag} {value}: {PIPELINE_CLASS} makes {self.side}x{self.side} images only (its transformer's "
                     f"{self.config.input_size} latents x the VAE's scale); drop it"
                 )
+        if extra := request.diffusers_options():
+            raise ValueError(
+                f"{', '.join(extra)}: options of diffusers pipelines; a DiT checkpoint ({PIPELINE_CLASS}) runs on the "
+                "native path, which takes none of them; drop them"
+            )
         if request.sampling.sampler == "euler":
             raise ValueError("sampler 'euler' is for diffusers pipelines; DiT runs ddpm, ddim or dpm-solver")
         configure_sampler(request.sampling, self.config, self.scheduler_config)
