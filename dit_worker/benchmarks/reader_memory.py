@@ -79,15 +79,19 @@ def build_set(url: str, n: int, *, shard_size: int, side: int = 8, seed: int = 0
     store.put(SUCCESS_KEY, json.dumps({"num_samples": n}).encode())
 
 
-def _peaks() -> dict[str, float | None]:
-    vmhwm = None
+def peak_rss_mib() -> float | None:
+    """This process's own peak resident memory (VmHWM in /proc/self/status). Not ru_maxrss: Linux
+    keeps that across fork and exec, so a child would report its parent's peak when larger."""
     try:
         with open("/proc/self/status") as f:
-            vmhwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+            return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024, 1)
     except (OSError, StopIteration):
-        pass
+        return None
+
+
+def _peaks() -> dict[str, float | None]:
     return {
-        "peak_rss_mib": None if vmhwm is None else round(vmhwm, 1),
+        "peak_rss_mib": peak_rss_mib(),
         "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

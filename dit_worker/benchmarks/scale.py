@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dit_worker.backends.labels import ClassNames
+from dit_worker.benchmarks.reader_memory import peak_rss_mib
 from dit_worker.manifest.samples import check_derived
 from dit_worker.manifest.scan import scan_files
 from dit_worker.manifest.sources import DerivedManifest
@@ -158,9 +159,9 @@ def _prompts(numbers: np.ndarray) -> pa.Array:
 def plan_cost(kind: str, rows: int, folder: Path, shard_size: int = 1000) -> dict[str, Any]:
     """Plan and validate `rows` rows as the driver does (every check but the tokenizer, which has
     its own cost per distinct prompt), then list the pending shards of a new output. Run this in a
-    fresh process: the peak RSS reported is the process's."""
+    fresh process: the peak RSS reported is the process's own (VmHWM)."""
     path = build_manifest(kind, rows, folder)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_rss = peak_rss_mib()
     t0 = time.perf_counter()
     if path is None:
         check_derived(rows, 0)
@@ -185,6 +186,6 @@ def plan_cost(kind: str, rows: int, folder: Path, shard_size: int = 1000) -> dic
         "plan_validate_s": round(plan_s, 3),
         "identity_s": round(hash_s, 4),  # files: hashed during the scan (in plan_validate_s); derived: here
         "task_bytes": len(pickle.dumps(first)),
-        "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "python_and_imports_rss_mib": round(base_rss / 1024, 1),
+        "driver_peak_rss_mib": peak_rss_mib(),
+        "python_and_imports_rss_mib": base_rss,
     }
