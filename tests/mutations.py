@@ -135,6 +135,13 @@ BREAKAGES = [
         ("tests/test_job_local.py::test_own_manifest_columns_reach_every_format_and_hf_datasets",),
     ),
     Breakage(
+        "commit index: a storage outage while recording fails the run",
+        "dit_worker/output/commit_index.py",
+        "            except StorageError as err:  # an outage: keep the records, try again a little later\n",
+        "            except ZeroDivisionError as err:\n",
+        (INDEX,),
+    ),
+    Breakage(
         "commit index: a commit never reaches a log",
         "dit_worker/output/commit_index.py",
         "        self._buffer.append(shard)\n",

@@ -18,7 +18,7 @@ from dit_worker.output.commit_index import (
 )
 from dit_worker.output.lease import LeaseHeld, LeaseKeeper, LeaseLost, acquire
 from dit_worker.output.verify import uncommit
-from dit_worker.storage.objects import LocalStorage
+from dit_worker.storage.objects import LocalStorage, StorageError
 
 
 class CountingStorage(LocalStorage):
@@ -43,6 +43,17 @@ class CountingStorage(LocalStorage):
     def delete(self, key: str) -> None:
         self.calls["delete"] += 1
         super().delete(key)
+
+
+class OutageStorage(CountingStorage):
+    """The same real storage, refusing writes while `down` (an S3 outage as the driver sees it)."""
+
+    down = False
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.down:
+            raise StorageError(f"{self.child(key)}: cannot reach storage to write {key} (outage)")
+        super().put(key, data)
 
 
 def record_run(storage: LocalStorage, shards: range, every: int = 64, compact_after: int = 8) -> CommitRecorder:
@@ -148,3 +159,25 @@ def test_benchmark_scale_resume_requests_do_not_grow_with_commits(tmp_path: Path
     small, large = (resume_cost(str(tmp_path), n) for n in (100, 5000))
     assert small["resume_requests"] == large["resume_requests"] == 3  # list (with its stat) and get
     assert large["record_requests_per_shard"] < 0.01  # one log per 256 commits, a snapshot per 32 logs
+
+
+def test_an_outage_while_recording_delays_the_records_without_losing_them(tmp_path: Path) -> None:
+    storage = OutageStorage(tmp_path / "out")
+    index = CommitIndex.empty(300)
+    recorder = CommitRecorder(storage, index, "run-token", lambda: None, every=50, seconds=1e9, compact_after=100)
+    for k in range(100):
+        recorder.record(k)
+    storage.down = True  # shards 100-199 commit while the index cannot be written: no exception
+    for k in range(100, 200):
+        recorder.record(k)
+    assert CommitIndex.read(storage).committed().tolist() == list(range(100))
+    storage.down = False
+    for k in range(200, 300):
+        recorder.record(k)
+    recorder.close()
+    assert np.array_equal(CommitIndex.read(storage).committed(), np.arange(300))
+    # An outage that outlasts close()'s patience is one StorageError (the driver names it).
+    storage.down = True
+    recorder.record(300 - 1)
+    with pytest.raises(StorageError, match="outage"):
+        recorder.close(patience=0)

@@ -103,6 +103,11 @@ class JobConfig(BaseModel):
             return value
         raise ValueError("must be a positive integer or 'auto'")
 
+    @field_validator("manifest", mode="before")
+    @classmethod
+    def _manifest_path(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value  # a path, or an s3:// prefix as text
+
     @model_validator(mode="before")
     @classmethod
     def _default_shard_size(cls, data: Any) -> Any:

@@ -61,6 +61,8 @@ FLAGS: dict[str, Applies] = {
     "pipeline_arg": Applies(DIFFUSERS),
     "lora": Applies(DIFFUSERS, "lora"),
     "variant": Applies(DIFFUSERS),
+    "revision": Applies(DIFFUSERS),  # the native DiT path loads a hub id's main revision only
+    "offload": Applies(DIFFUSERS),
     "component_dtype": Applies(DIFFUSERS),
     "score": Applies(TEXT),
     "score_embeddings": Applies(TEXT),

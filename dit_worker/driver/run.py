@@ -84,7 +84,7 @@ def _run(
             stats, worker_seconds = run_pending(plan, pool, queue, recorder, config.shard_size)
     except BaseException:  # keep what did commit (failed shards, Ctrl-C, lost lease: nothing is recorded)
         try:
-            recorder.close()
+            recorder.close(patience=0)  # stopping: one try, no wait for an outage
         except Exception as err:
             log.warning("could not record the last commits (%s): those shards will be made again", err)
         raise

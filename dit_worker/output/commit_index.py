@@ -17,6 +17,7 @@ Outputs written before the index existed have parts only: their committed set is
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,10 +29,15 @@ from dit_worker.storage.objects import Storage, StorageError
 
 INDEX_PREFIX = "index/"
 SNAPSHOT_KEY = "index/committed.bits"  # 8-byte little-endian shard count, then numpy.packbits of the flags
+log = logging.getLogger(__name__)
 LOG_PREFIX = "index/log-"
 LOG_EVERY = 256  # commits per log object
 LOG_SECONDS = 2.0  # or sooner: a driver killed mid-run loses at most this much of its record
 COMPACT_AFTER = 32  # logs merged into the snapshot once this many exist: a resume reads at most this many
+# A storage outage while recording: records wait in memory and are written on a later try; the run's
+# last write waits this long for storage to come back (its shards' parts are committed either way).
+CLOSE_PATIENCE_S = 120.0
+RETRY_S = 2.0
 
 
 @dataclass
@@ -149,11 +155,18 @@ class CommitRecorder:
         self._buffer: list[int] = []
         self._seq = 0
         self._last = time.monotonic()
+        self._retry_at = 0.0  # after a failed write, none before this
 
     def record(self, shard: int) -> None:
         self._buffer.append(shard)
-        if len(self._buffer) >= self.every or time.monotonic() - self._last >= self.seconds:
-            self.flush()
+        now = time.monotonic()
+        due = len(self._buffer) >= self.every or now - self._last >= self.seconds
+        if due and now >= self._retry_at:
+            try:
+                self.flush()
+            except StorageError as err:  # an outage: keep the records, try again a little later
+                self._retry_at = now + RETRY_S
+                log.warning("could not record %d commit(s) yet, will retry: %s", len(self._buffer), err)
 
     def flush(self) -> None:
         """Write the buffered records as one log object (and compact when enough logs piled up)."""
@@ -172,6 +185,17 @@ class CommitRecorder:
         self.live()
         self.index.write_snapshot(self.storage)
 
-    def close(self) -> None:
-        self.flush()
-        self.compact()
+    def close(self, patience: float = CLOSE_PATIENCE_S) -> None:
+        """Write what is left and merge it into the snapshot, waiting out a storage outage of up to
+        `patience` seconds."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.flush()
+                self.compact()
+                return
+            except StorageError as err:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("could not record the last commits yet, retrying: %s", err)
+                time.sleep(2.0)
