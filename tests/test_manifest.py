@@ -295,3 +295,15 @@ def test_own_columns_are_carried_typed_and_in_the_identity(tmp_path: Path) -> No
     for reserved in ("sha256", "image_key", "clip_score", "image"):
         with pytest.raises(ManifestError, match=rf"column '{reserved}' is one the job writes"):
             scan_files(str(write(tmp_path / "r.parquet", {**rows, reserved: ["a", "b", "c"]})), NAMES, "class")
+
+
+def test_a_task_carries_the_class_names_only_when_it_reads_names(tmp_path: Path) -> None:
+    """A billion rows in a million tasks: 52 KB of ImageNet labels each would be 52 GB sent to workers."""
+    import pickle
+
+    by_id = scan_files(str(write(tmp_path / "ids.parquet", ROWS)), NAMES, "class")
+    by_name = scan_files(str(write(tmp_path / "names.csv", {"class_name": ["umbrella"] * 3, "seed": [1, 2, 3]})),
+                         NAMES, "class")  # fmt: skip
+    assert len(pickle.dumps(by_id.rows(0, 3))) < 2000 < 40_000 < len(pickle.dumps(by_name.rows(0, 3)))
+    assert by_id.rows(0, 3).load().class_id.tolist() == [207, 879, 2]  # still range-checked and read
+    assert by_name.rows(0, 3).load().class_id.tolist() == [879] * 3
