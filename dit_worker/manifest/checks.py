@@ -9,6 +9,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -213,8 +214,8 @@ class PromptCheck:
         self.check, self.remember = check, remember
         self.passed: set[bytes] = set()
 
-    def bad_rows(self, column: TextColumn) -> tuple[np.ndarray, dict[int, str], list[str], np.ndarray] | None:
-        """None, or (rows that fail, reason by distinct index, distinct texts, each row's index)."""
+    def first_bad(self, column: TextColumn) -> BadPrompt | None:
+        """The first row whose prompt fails, with how many rows of `column` fail; None if none does."""
         encoded = column.to_arrow().dictionary_encode()
         texts: list[str] = encoded.dictionary.to_pylist()
         keys = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
@@ -230,4 +231,18 @@ class PromptCheck:
         flags = np.zeros(len(texts), bool)
         flags[list(bad)] = True
         rows = np.flatnonzero((codes >= 0) & flags[np.maximum(codes, 0)])
-        return rows, bad, texts, codes
+        first = int(rows[0])
+        text = texts[int(codes[first])]
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        return BadPrompt(first, shown, bad[int(codes[first])], int(rows.size))
+
+
+@dataclass(frozen=True)
+class BadPrompt:
+    """A chunk's first prompt the pipeline would change: its row in the chunk, the prompt as a
+    message shows it (60 characters at most), why, and how many of the chunk's rows fail."""
+
+    row: int
+    shown: str
+    reason: str
+    rows: int

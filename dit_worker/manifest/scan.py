@@ -73,16 +73,12 @@ _WHAT = {"class": "class ids", "text": "prompts and negative prompts", "none": "
 
 def _check_prompts(check: PromptCheck, samples: Samples, url: str, first_row: int) -> None:
     for name, column in (("prompt", samples.prompt), ("negative_prompt", samples.negative_prompt)):
-        if column is None or (found := check.bad_rows(column)) is None:
+        if column is None or (bad := check.first_bad(column)) is None:
             continue
-        rows, bad, texts, codes = found
-        first = int(rows[0])
-        text = texts[int(codes[first])]
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        more = f" ({rows.size} rows of rows {first_row + 1}-{first_row + len(samples)})" if rows.size > 1 else ""
+        more = f" ({bad.rows} rows of rows {first_row + 1}-{first_row + len(samples)})" if bad.rows > 1 else ""
         raise ManifestError(
-            f"{url}: row {first_row + first + 1}, sample_id {int(samples.sample_id[first])}: {name} {shown!r} "
-            f"{bad[int(codes[first])]}{more}"
+            f"{url}: row {first_row + bad.row + 1}, sample_id {int(samples.sample_id[bad.row])}: {name} "
+            f"{bad.shown!r} {bad.reason}{more}"
         )
 
 
@@ -103,14 +99,9 @@ def scan_prompt_lines(spec: str, check_prompts: TextCheck | None) -> tuple[Locat
         ids = np.arange(chunk.file_row, chunk.file_row + len(column), dtype=np.int64)
         lines = Samples(ids, None, np.zeros_like(ids), column)
         tree.add(lines)
-        if prompts is not None and (found := prompts.bad_rows(column)) is not None:
-            rows, bad, texts, codes = found
-            first = int(rows[0])
-            text = texts[int(codes[first])]
-            shown = text if len(text) <= 60 else text[:57] + "..."
-            raise ManifestError(
-                f"--prompts {spec}: line {chunk.file_row + first + 1}: prompt {shown!r} {bad[int(codes[first])]}"
-            )
+        if prompts is not None and (bad := prompts.first_bad(column)) is not None:
+            line = chunk.file_row + bad.row + 1
+            raise ManifestError(f"--prompts {spec}: line {line}: prompt {bad.shown!r} {bad.reason}")
     if scan.rows == 0:
         raise ManifestError(f"--prompts {spec}: no prompts; write one prompt per line")
     return location, scan, tree.hexdigest()

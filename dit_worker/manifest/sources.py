@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -176,8 +177,9 @@ class FileManifest:
     def num_rows(self) -> int:
         return int(self.starts[-1])
 
-    @property
+    @cached_property  # asked once per shard: not a pass over the files each time
     def starts(self) -> np.ndarray:
+        """The first row of each file in the manifest, and the row count at the end."""
         return np.cumsum([0, *(layout.num_rows for layout in self.layouts)])
 
     def rows(self, start: int, stop: int) -> FileRows:

@@ -40,14 +40,6 @@ class TextColumn:
             valid = ~array.is_null().to_numpy(zero_copy_only=False)
         return cls(offsets - offsets[0], data, valid)
 
-    @classmethod
-    def from_strings(cls, texts: list[str]) -> TextColumn:
-        return cls.from_arrow(pa.array(texts, pa.large_string()))
-
-    def repeat(self, times: int) -> TextColumn:
-        """Each row `times` times in a row (prompt-major: p0, p0, ..., p1, p1, ...)."""
-        return self.take(np.repeat(np.arange(len(self), dtype=np.int64), times))
-
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -71,9 +63,3 @@ class TextColumn:
     def tolist(self) -> list[str | None]:
         return self.to_arrow().to_pylist()
 
-    def digest_into(self, h: object) -> None:
-        """Feed a hashlib object: offsets, bytes and which cells are empty."""
-        h.update(np.ascontiguousarray(self.offsets, "<i8").tobytes())  # type: ignore[attr-defined]
-        h.update(self.data.tobytes())  # type: ignore[attr-defined]
-        if self.valid is not None:
-            h.update(np.packbits(self.valid).tobytes())  # type: ignore[attr-defined]
