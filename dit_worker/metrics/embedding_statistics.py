@@ -15,7 +15,6 @@ take O(d²) (DINOv2) or O(subsample·d) (CLIP) memory, never O(n).
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dit_worker.metrics.statistics import FeatureMoments, MomentSums
+from dit_worker.metrics.statistics import FeatureMoments, MomentSums, read_versioned_npz, versioned_npz
 from dit_worker.metrics.subsample import Reservoir
 
 FORMAT_VERSION = 1
@@ -93,15 +92,13 @@ class EmbeddingStatistics:
         return self.score_summary if self.score_summary is not None else ScoreSummary.of(self.scores)
 
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
         moments = self.moments.to_arrays("features") if self.moments is not None else {}
         if self.num_samples is not None:
             moments["num_samples"] = np.asarray(self.num_samples, np.int64)
         if (summary := self.score_summary) is not None:
             moments["score_summary"] = np.asarray([summary.count, summary.mean, summary.m2], np.float64)
-        np.savez(
-            buf,
-            format_version=np.asarray(FORMAT_VERSION),
+        return versioned_npz(
+            FORMAT_VERSION,
             kind=np.asarray(self.kind),
             model_id=np.asarray(self.model_id),
             source_digest=np.asarray(self.source_digest),
@@ -110,14 +107,10 @@ class EmbeddingStatistics:
             scores=self.scores,
             **moments,
         )
-        return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EmbeddingStatistics:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if int(arrays.get("format_version", -1)) != FORMAT_VERSION:
-            raise ValueError(f"embedding statistics format {arrays.get('format_version')}, expected {FORMAT_VERSION}")
+        arrays = read_versioned_npz(data, FORMAT_VERSION, "embedding statistics")
         return cls(
             kind=str(arrays["kind"]),
             model_id=str(arrays["model_id"]),

@@ -25,7 +25,6 @@ id). The merged statistics hold every sample's moments and the subsample's rows;
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from dit_worker.metrics.inception import LOGITS_DIM, POOL_DIM, SPATIAL_DIM, InceptionFeatures
-from dit_worker.metrics.statistics import FeatureMoments, MomentSums
+from dit_worker.metrics.statistics import FeatureMoments, MomentSums, read_versioned_npz, versioned_npz
 from dit_worker.metrics.subsample import SUBSAMPLE_SIZE, Reservoir, subsample_rows
 
 FORMAT_VERSION = 1
@@ -83,10 +82,8 @@ class ShardStatistics:
         )
 
     def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            format_version=np.asarray(FORMAT_VERSION),
+        return versioned_npz(
+            FORMAT_VERSION,
             weights_id=np.asarray(self.weights_id),
             source_digest=np.asarray(self.source_digest),
             sample_ids=self.sample_ids,
@@ -96,15 +93,10 @@ class ShardStatistics:
             **self.pool_moments.to_arrays("pool"),
             **self.spatial_moments.to_arrays("spatial"),
         )
-        return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ShardStatistics:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        version = int(arrays.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise ValueError(f"shard statistics format {version}, expected {FORMAT_VERSION}")
+        arrays = read_versioned_npz(data, FORMAT_VERSION, "shard statistics")
         return cls(
             weights_id=str(arrays["weights_id"]),
             sample_ids=arrays["sample_ids"].astype(np.int64),

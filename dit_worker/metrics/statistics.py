@@ -8,6 +8,7 @@ as `np.cov` in the ADM evaluator and torch-fidelity.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,3 +98,20 @@ class MomentSums:
     def moments(self) -> FeatureMoments:
         """The sums so far (sharing this accumulator's buffers: add nothing after taking them)."""
         return FeatureMoments(self.count, self.total, self.outer)
+
+
+def versioned_npz(version: int, **arrays: np.ndarray) -> bytes:
+    """One .npz holding `arrays` and `format_version`: how the per-shard statistics files are written."""
+    buf = io.BytesIO()
+    np.savez(buf, format_version=np.asarray(version), **arrays)
+    return buf.getvalue()
+
+
+def read_versioned_npz(data: bytes, version: int, what: str) -> dict[str, np.ndarray]:
+    """The arrays of a `versioned_npz` file, refusing (ValueError) one of another format version."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    found = int(arrays.get("format_version", -1))
+    if found != version:
+        raise ValueError(f"{what} format {found}, expected {version}")
+    return arrays
