@@ -265,6 +265,9 @@ def test_derived_slices_hold_only_their_groups() -> None:
     assert samples.class_id.tolist() == [4, 4, 5, 5, 5]
     assert samples.sample_id.tolist() == list(range(5 * 10**6 - 2, 5 * 10**6 + 3))
     assert manifest.identity != DerivedManifest.of_classes(list(range(1000)), 10**6, 4).identity
+    with pytest.raises(ManifestError, match="exceed the 2\\*\\*32 distinct seeds"):
+        DerivedManifest.of_count(2**32 + 1, 0)  # derived seeds would repeat
+    assert DerivedManifest.of_count(2**32, 0).num_rows == 2**32
 
 
 @pytest.mark.parametrize(

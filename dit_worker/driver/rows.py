@@ -10,7 +10,7 @@ from functools import partial
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.model_info import ModelInfo
 from dit_worker.manifest.files import ManifestError
-from dit_worker.manifest.samples import check_derived, parse_classes
+from dit_worker.manifest.samples import parse_classes
 from dit_worker.manifest.scan import scan_files, scan_prompt_lines
 from dit_worker.manifest.sources import DerivedManifest, Manifest
 
@@ -27,23 +27,12 @@ def job_rows(config: JobConfig, info: ModelInfo) -> Manifest:
     elif config.prompts is not None:
         assert config.per_prompt is not None
         location, scan, identity = scan_prompt_lines(str(config.prompts), check_prompts)
-        check_derived(scan.rows * config.per_prompt, config.seed)
-        manifest = DerivedManifest(
-            scan.rows * config.per_prompt,
-            "text",
-            config.seed,
-            config.per_prompt,
-            prompt_file=(location, scan.layout()),
-            prompt_identity=identity,
-        )
+        manifest = DerivedManifest.of_prompts((location, scan.layout()), identity, config.per_prompt, config.seed)
     elif config.num_samples is not None:
-        check_derived(config.num_samples, config.seed)
         manifest = DerivedManifest.of_count(config.num_samples, config.seed)
     else:
         assert config.per_class is not None and info.names is not None
-        classes = parse_classes(config.classes, info.names)
-        check_derived(len(classes) * config.per_class, config.seed)
-        manifest = DerivedManifest.of_classes(classes, config.per_class, config.seed)
+        manifest = DerivedManifest.of_classes(parse_classes(config.classes, info.names), config.per_class, config.seed)
     check_negative_prompts(manifest, info, config)
     return manifest
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 from dit_worker.backends import Conditioning
 from dit_worker.backends.labels import ClassNames
 from dit_worker.manifest.files import FileLayout, Location, read_rows
-from dit_worker.manifest.samples import Samples, derived_seeds, to_samples
+from dit_worker.manifest.samples import Samples, check_derived, derived_seeds, to_samples
 from dit_worker.manifest.text_column import TextColumn
 
 
@@ -100,6 +100,9 @@ class DerivedManifest:
     prompt_identity: str = ""  # the prompt file's TreeHash (scan.scan_prompt_lines)
     has_negative_prompts: bool = False
 
+    def __post_init__(self) -> None:
+        check_derived(self.num_rows, self.global_seed)  # derived seeds stay distinct (samples module)
+
     @classmethod
     def of_classes(cls, class_ids: list[int], per_class: int, global_seed: int) -> DerivedManifest:
         return cls(len(class_ids) * per_class, "class", global_seed, per_class, np.asarray(class_ids, np.int32))
@@ -107,6 +110,14 @@ class DerivedManifest:
     @classmethod
     def of_count(cls, count: int, global_seed: int) -> DerivedManifest:
         return cls(count, "none", global_seed, max(count, 1))
+
+    @classmethod
+    def of_prompts(
+        cls, file: tuple[Location, FileLayout], identity: str, per_prompt: int, global_seed: int
+    ) -> DerivedManifest:
+        """`--prompts FILE --per-prompt N`: `file` as scan.scan_prompt_lines left it, with its identity."""
+        lines = file[1].num_rows
+        return cls(lines * per_prompt, "text", global_seed, per_prompt, prompt_file=file, prompt_identity=identity)
 
     @property
     def identity(self) -> str:
