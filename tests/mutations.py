@@ -75,6 +75,7 @@ REFUSED = "tests/test_flags_and_limits.py::test_refused_in_one_line_before_loadi
 OUT_OF_MEMORY = "tests/test_flags_and_limits.py::test_out_of_memory_fails_the_shard_once_naming_a_batch_size_that_fits"
 
 MANIFEST = "tests/test_manifest.py"
+TASK_SCAN = "tests/test_manifest_tasks.py"
 OPTIONS = "tests/test_pipeline_options.py"
 
 BREAKAGES = [
@@ -100,11 +101,53 @@ BREAKAGES = [
         (MANIFEST,),
     ),
     Breakage(
-        "manifest: spilled repeats are not looked for",
+        "manifest: repeats found in a partition are dropped",
         "dit_worker/manifest/checks.py",
         "                    found.append(hit)\n",
         "                    pass\n",
         (MANIFEST,),
+    ),
+    Breakage(
+        "manifest: a partition's spilled keys are not read back",
+        "dit_worker/manifest/checks.py",
+        "            parts.append(np.fromfile(path, np.int64).reshape(-1, self.width))\n",
+        "            pass\n",
+        (MANIFEST, f"{TASK_SCAN}::test_repeats_are_found_across_pieces"),
+    ),
+    Breakage(
+        "manifest tasks: keys increasing within each piece pass without comparing the pieces",
+        "dit_worker/manifest/checks.py",
+        "        up = self.increasing and later.increasing and later.first > self.last\n",
+        "        up = self.increasing and later.increasing\n",
+        (f"{TASK_SCAN}::test_repeats_are_found_across_pieces",),
+    ),
+    Breakage(
+        "manifest tasks: a file cut into pieces keeps only its first piece's identity leaves",
+        "dit_worker/manifest/scan.py",
+        "nodes.append(file_digest(rows, [leaf for r in merging for leaf in r.leaves]))",
+        "nodes.append(file_digest(rows, list(merging[0].leaves)))",
+        (f"{TASK_SCAN}::test_pieces_scanned_by_processes_match_one_process",),
+    ),
+    Breakage(
+        "manifest tasks: a Parquet piece reads from its file's first row",
+        "dit_worker/manifest/files.py",
+        "a, b = max(self.start - row, 0), min(stop - row, batch.num_rows)",
+        "a, b = 0, min(stop - row, batch.num_rows)",
+        (f"{TASK_SCAN}::test_pieces_scanned_by_processes_match_one_process",),
+    ),
+    Breakage(
+        "manifest tasks: implicit sample ids in a message counted from the file's first row",
+        "dit_worker/manifest/scan.py",
+        "                if result.implicit_ids:  # name",
+        "                if False:  # name",
+        (f"{TASK_SCAN}::test_the_first_bad_row_in_manifest_order_is_named",),
+    ),
+    Breakage(
+        "tasks: results taken newest first, not in order",
+        "dit_worker/execution/ordered.py",
+        "        if len(waiting) >= ahead:\n            yield get(waiting.popleft())\n",
+        "        if len(waiting) >= ahead:\n            yield get(waiting.pop())\n",
+        (f"{TASK_SCAN}::test_pieces_scanned_by_processes_match_one_process",),
     ),
     Breakage(
         "manifest: the same image twice passes (seed only above bit 32 differs)",

@@ -14,7 +14,7 @@ import pytest
 from checkpoints import id2label
 
 from dit_worker.backends.labels import ClassNames
-from dit_worker.manifest import checks, files
+from dit_worker.manifest import checks, files, scan
 from dit_worker.manifest.files import ManifestError
 from dit_worker.manifest.samples import Samples, check_derived, parse_classes
 from dit_worker.manifest.scan import scan_files
@@ -154,7 +154,9 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(files, "PARQUET_BATCH", 5)
     monkeypatch.setattr(files, "MARK_EVERY", 3)
     monkeypatch.setattr(checks, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(scan, "BLOCK_ROWS", 7)
     monkeypatch.setattr(checks, "IN_MEMORY_ROWS", 8)
+    monkeypatch.setattr(checks, "PARTITION_ROWS", 16)
 
 
 def many_rows(n: int) -> dict[str, list]:
@@ -178,16 +180,23 @@ def test_a_folder_reads_as_one_manifest_across_chunks(tmp_path: Path, suffix: st
         got = manifest.rows(a, b).load()
         assert got.sample_id.tolist() == rows["sample_id"][a:b]
         assert got.class_id.tolist() == rows["class_id"][a:b] and got.seed.tolist() == rows["seed"][a:b]
-    # One identity for the same rows however they are split (chunks, files, formats) ...
-    assert manifest.identity == scan_files(str(tmp_path / f"whole{suffix}"), NAMES, "class").identity
+    # One identity for the same rows in the same files however they are chunked or stored ...
+    small = manifest.identity
+    parquet = tmp_path / "as-parquet"
+    parquet.mkdir()
+    for k, (a, b) in enumerate([(0, 17), (17, 18), (18, 60)]):
+        write(parquet / f"part-{k}.parquet", {c: v[a:b] for c, v in rows.items()})
+    assert scan_files(str(parquet), NAMES, "class").identity == small
+    in_pieces = scan_files(str(parquet), NAMES, "class", piece_rows=14, piece_bytes=0)  # part-2: pieces of 2 blocks
+    assert in_pieces.identity == small and in_pieces.layouts == scan_files(str(parquet), NAMES, "class").layouts
     monkeypatch.undo()
-    assert scan_files(str(folder), NAMES, "class").identity == scan_files(str(tmp_path / "whole.parquet"
-                      if write(tmp_path / "whole.parquet", rows) else ""), NAMES, "class").identity
+    assert scan_files(str(folder), NAMES, "class").identity == scan_files(str(parquet), NAMES, "class").identity
     assert whole.sample_id.tolist() == rows["sample_id"]
-    # ... and another when one seed changes.
+    # ... and another when one seed changes, or when the rows are cut into files otherwise.
     changed = {**rows, "seed": [*rows["seed"][:-1], 10**6]}
     same = scan_files(str(tmp_path / f"whole{suffix}"), NAMES, "class").identity
     assert same != scan_files(str(write(tmp_path / f"changed{suffix}", changed)), NAMES, "class").identity
+    assert same != small
 
 
 def test_csv_rows_with_newlines_inside_quotes(tmp_path: Path, monkeypatch) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import resource
+import threading
 import time
 import uuid
 from collections import Counter
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -139,11 +141,39 @@ def build_manifest(kind: str, rows: int, folder: Path) -> Path | None:
     return path
 
 
-_WORDS = np.array([
-    "red", "blue", "small", "large", "old", "young", "quiet", "bright", "dark", "wooden", "glass", "stone",
-    "cat", "dog", "house", "boat", "tree", "river", "mountain", "city", "garden", "window", "street",
-    "bridge", "market", "forest", "lake", "painting", "photo",
-])
+_WORDS = np.array(
+    [
+        "red",
+        "blue",
+        "small",
+        "large",
+        "old",
+        "young",
+        "quiet",
+        "bright",
+        "dark",
+        "wooden",
+        "glass",
+        "stone",
+        "cat",
+        "dog",
+        "house",
+        "boat",
+        "tree",
+        "river",
+        "mountain",
+        "city",
+        "garden",
+        "window",
+        "street",
+        "bridge",
+        "market",
+        "forest",
+        "lake",
+        "painting",
+        "photo",
+    ]
+)
 
 
 def _prompts(numbers: np.ndarray) -> pa.Array:
@@ -162,11 +192,12 @@ def plan_cost(kind: str, rows: int, folder: Path, shard_size: int = 1000) -> dic
     path = build_manifest(kind, rows, folder)
     base_rss = peak_rss_mib()
     t0 = time.perf_counter()
-    if path is None:
-        manifest: Any = DerivedManifest.of_classes(list(range(1000)), rows // 1000, 0)
-    else:
-        manifest = scan_files(str(path), ClassNames({}, 1000), "class" if kind == "class-parquet" else "text",
-                              (lambda texts: []) if kind == "prompt-parquet" else None)  # fmt: skip
+    with task_processes() as peaks:
+        if path is None:
+            manifest: Any = DerivedManifest.of_classes(list(range(1000)), rows // 1000, 0)
+        else:
+            manifest = scan_files(str(path), ClassNames({}, 1000), "class" if kind == "class-parquet" else "text",
+                                  no_prompt_check if kind == "prompt-parquet" else None)  # fmt: skip
     plan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     identity = manifest.identity
@@ -186,4 +217,36 @@ def plan_cost(kind: str, rows: int, folder: Path, shard_size: int = 1000) -> dic
         "task_bytes": len(pickle.dumps(first)),
         "driver_peak_rss_mib": peak_rss_mib(),
         "python_and_imports_rss_mib": base_rss,
+        "task_processes": len(peaks),  # the scan's tasks (execution/tasks.py: processes of this machine)
+        "task_processes_peak_rss_mib": round(sum(peaks.values()), 1),  # each one's peak, summed
     }
+
+
+def no_prompt_check(texts: list[str]) -> list[tuple[int, str]]:
+    """The tokenizer's place in the scan, at no cost (it has its own cost per distinct prompt)."""
+    return []
+
+
+@contextmanager
+def task_processes(every_s: float = 0.1) -> Iterator[dict[int, float]]:
+    """pid -> peak RSS (VmHWM, MiB) of each process this one starts inside the block, polled."""
+    peaks: dict[int, float] = {}
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(every_s):
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    with open(f"/proc/{child.pid}/status") as f:
+                        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+                except (OSError, StopIteration):
+                    continue
+                peaks[child.pid] = max(peaks.get(child.pid, 0.0), hwm)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        thread.join()

@@ -22,7 +22,12 @@ def job_rows(config: JobConfig, info: ModelInfo) -> Manifest:
     check_prompts = partial(info.spec.check_prompts, settings=info.settings) if info.conditioning == "text" else None
     if config.manifest is not None:
         manifest: Manifest = scan_files(
-            str(config.manifest), info.names, info.conditioning, check_prompts, s3_endpoint=config.s3_endpoint
+            str(config.manifest),
+            info.names,
+            info.conditioning,
+            check_prompts,
+            s3_endpoint=config.s3_endpoint,
+            local=config.local,  # a large manifest is scanned by Ray tasks, or by this machine's processes
         )
     elif config.prompts is not None:
         assert config.per_prompt is not None

@@ -1,6 +1,10 @@
 """The checks a manifest scan runs over its rows as they stream past, each in bounded memory:
 the manifest's identity as a hash tree, values that must be distinct (sample ids; seeds modulo
 2**32), and prompts through the pipeline's own text checks, each distinct prompt once per chunk.
+
+Each check is split in two so that pieces of the manifest can be checked by separate tasks: what a
+task computes over its own rows (TreeHash, KeyOrder, split_keys, PromptCheck), and what the driver
+merges from the tasks' results in manifest order (file_digest, manifest_digest, DistinctKeys).
 """
 
 from __future__ import annotations
@@ -19,20 +23,20 @@ from dit_worker.manifest.samples import SEED_SPACE, Samples
 from dit_worker.manifest.text_column import TextColumn
 
 BLOCK_ROWS = 1 << 16  # rows per leaf of the identity's hash tree
-IN_MEMORY_ROWS = 1 << 19  # a distinct-keys check holds this many (key, id) rows (12 MB) before spilling to disk
-PARTITIONS = 256  # spilled pairs, split by value: one partition is sorted in memory at a time
+IN_MEMORY_ROWS = 1 << 19  # a distinct-keys check holds this many rows in memory before spilling to disk
+PARTITION_ROWS = 1 << 21  # and spills so that a partition holds about this many (sorted alone: 48 MB)
 
 TextCheck = Callable[[list[str]], list[tuple[int, str]]]  # texts -> [(index, reason)] for the bad ones
 
 
 class TreeHash:
-    """The identity of a sequence of rows: sha256 over the digests of blocks of BLOCK_ROWS rows,
-    each block's digest over one running digest per column. The same rows give the same identity
-    however they are split into files, chunks or formats; 32 bytes are kept per block (0.5 MB at
-    a billion rows), and blocks can be hashed where the rows are read."""
+    """The leaves of one file's identity: a sha256 per block of BLOCK_ROWS rows (counted from the
+    file's first row), each over one running digest per column. The same rows give the same leaves
+    however they are chunked or stored (Parquet, CSV, JSONL); a piece of a file that starts on a
+    block boundary yields that file's leaves for its rows, so pieces hashed apart concatenate.
+    32 bytes are kept per block (0.5 MB at a billion rows)."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self) -> None:
         self.rows = 0
         self.leaves: list[bytes] = []
         self._block: dict[str, hashlib._Hash] = {}
@@ -70,13 +74,28 @@ class TreeHash:
         self.leaves.append(leaf.digest())
         self._block = {}
 
-    def hexdigest(self) -> str:
+    def finish(self) -> list[bytes]:
+        """The leaves, the last (partial) block's included."""
         if self._block:
             self._close_block()
-        root = hashlib.sha256(f"rows/{self.kind}/{self.rows}".encode())
-        for leaf in self.leaves:
-            root.update(leaf)
-        return root.hexdigest()
+        return self.leaves
+
+
+def file_digest(rows: int, leaves: list[bytes]) -> bytes:
+    """One file's node of the tree: its row count and its blocks' leaves, in order."""
+    node = hashlib.sha256(f"file/{rows}".encode())
+    for leaf in leaves:
+        node.update(leaf)
+    return node.digest()
+
+
+def manifest_digest(kind: str, rows: int, files: list[bytes]) -> str:
+    """The manifest's identity: the root over its files' nodes, in manifest order. It changes with
+    any row, and with how the rows are split into files (never with chunking, format or pieces)."""
+    root = hashlib.sha256(f"rows/{kind}/{rows}".encode())
+    for node in files:
+        root.update(node)
+    return root.hexdigest()
 
 
 def _text_parts(name: str, text: TextColumn) -> list[tuple[str, bytes]]:
@@ -89,103 +108,139 @@ def _text_parts(name: str, text: TextColumn) -> list[tuple[str, bytes]]:
     ]
 
 
-class DistinctCheck:
-    """Finds keys that occur twice among all rows, in bounded memory. A key is one or two int64
-    columns; (key, sample id) rows are held up to IN_MEMORY_ROWS, then spilled to PARTITIONS files
-    split by key, and each partition is sorted on its own at the end (24 bytes of local disk per
-    row beyond that). A stream of keys that only ever increases (sample ids written in order) is
-    distinct without either."""
+@dataclass(frozen=True)
+class KeyOrder:
+    """Whether a stream of keys only ever increases, with its first and last key: keys that
+    increase across all pieces in manifest order (sample ids written in order) are distinct with
+    no further pass. Keys are tuples of int64 values, compared as tuples."""
 
-    def __init__(self) -> None:
-        self.increasing = True
-        self.last: tuple[int, int] | None = None
-        self.held: list[np.ndarray] = []
+    first: tuple[int, ...] | None = None
+    last: tuple[int, ...] | None = None
+    increasing: bool = True
+
+    def add(self, keys: np.ndarray) -> KeyOrder:
+        """This order followed by `keys` (int64 [n, k])."""
+        if not len(keys):
+            return self
+        first, last = tuple(map(int, keys[0])), tuple(map(int, keys[-1]))
+        return self.then(KeyOrder(first, last, _strictly_increasing(keys)))
+
+    def then(self, later: KeyOrder) -> KeyOrder:
+        """This stream followed by `later`."""
+        if self.last is None or later.first is None:
+            return later if self.last is None else self
+        up = self.increasing and later.increasing and later.first > self.last
+        return KeyOrder(self.first, later.last, up)
+
+    def shifted(self, by: int) -> KeyOrder:
+        """The order of keys `by` higher (a file's implicit sample ids, once its first row's place is known)."""
+        move = lambda key: None if key is None else (key[0] + by, *key[1:])  # noqa: E731
+        return KeyOrder(move(self.first), move(self.last), self.increasing)
+
+
+def _strictly_increasing(keys: np.ndarray) -> bool:
+    later = keys[1:, -1] > keys[:-1, -1]
+    for col in range(keys.shape[1] - 2, -1, -1):  # lexicographic: the first column decides, then the next
+        later = (keys[1:, col] > keys[:-1, col]) | ((keys[1:, col] == keys[:-1, col]) & later)
+    return bool(np.all(later))
+
+
+def split_keys(keys: np.ndarray, ids: np.ndarray | None, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (keys [n, k], then the sample id that names them unless the key is the id) grouped by
+    partition of their key: (rows, bounds) with partition p's rows at rows[bounds[p]:bounds[p + 1]].
+    Computed where the rows are read, so the driver only appends each group to its partition."""
+    rows = keys if ids is None else np.concatenate([keys, ids[:, None]], axis=1)
+    mixed = np.zeros(len(keys), np.uint64)
+    for col in range(keys.shape[1]):
+        mixed ^= keys[:, col].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15 + 2 * col)  # Fibonacci hashing
+    part = ((mixed >> np.uint64(32)) % np.uint64(partitions)).astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    return np.ascontiguousarray(rows[order]), np.searchsorted(part[order], np.arange(partitions + 1))
+
+
+class DistinctKeys:
+    """Finds a key that occurs twice among all rows, in bounded memory. Rows come split into
+    `partitions` by key (split_keys); up to IN_MEMORY_ROWS in all are held in memory, beyond that
+    each partition is appended to its own local file, and at the end one partition at a time is
+    sorted (local disk: 8 bytes per key column and per id, per row)."""
+
+    def __init__(self, partitions: int, key_columns: int, named: bool) -> None:
+        self.partitions, self.key_columns = partitions, key_columns
+        self.width = key_columns + int(named)
+        self.held: list[list[np.ndarray]] = [[] for _ in range(partitions)]
         self.held_rows = 0
         self.spill: Path | None = None
-        self.files: list = []
 
-    def add(self, keys: np.ndarray, ids: np.ndarray) -> None:
-        """keys: int64 [n] or [n, 2]; ids: the rows' sample ids, to name a repeat."""
-        if not keys.size:
-            return
-        keys = keys.reshape(len(ids), -1).astype(np.int64)
-        rows = np.concatenate([keys, np.zeros((len(ids), 2 - keys.shape[1]), np.int64), ids[:, None]], axis=1)
-        if self.increasing:
-            a, b = rows[:, 0], rows[:, 1]
-            later = (a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] > b[:-1]))
-            first = (int(rows[0, 0]), int(rows[0, 1]))
-            self.increasing = bool(np.all(later)) and (self.last is None or first > self.last)
-        self.last = (int(rows[-1, 0]), int(rows[-1, 1]))
-        self.held.append(rows)
+    def add(self, rows: np.ndarray, bounds: np.ndarray) -> None:
+        for p in range(self.partitions):
+            if bounds[p + 1] > bounds[p]:
+                self.held[p].append(rows[bounds[p] : bounds[p + 1]])
         self.held_rows += len(rows)
-        if self.held_rows >= IN_MEMORY_ROWS:
+        if self.held_rows > IN_MEMORY_ROWS:
             self._spill()
 
     def _spill(self) -> None:
         if self.spill is None:
             self.spill = Path(tempfile.mkdtemp(prefix="manifest-distinct-"))
-            self.files = [open(self.spill / f"{p:03d}", "wb") for p in range(PARTITIONS)]  # noqa: SIM115
-        if not self.held:
-            return
-        rows = np.concatenate(self.held)
-        self.held, self.held_rows = [], 0
-        part = _partition(rows[:, 0] ^ rows[:, 1])
-        order = np.argsort(part, kind="stable")
-        rows = rows[order]
-        bounds = np.searchsorted(part[order], np.arange(PARTITIONS + 1))
-        for p in range(PARTITIONS):
-            if bounds[p + 1] > bounds[p]:
-                self.files[p].write(rows[bounds[p] : bounds[p + 1]].tobytes())
+        for p, parts in enumerate(self.held):
+            if parts:
+                with open(self.spill / f"{p:05d}", "ab") as f:
+                    for part in parts:
+                        f.write(part.tobytes())
+        self.held, self.held_rows = [[] for _ in range(self.partitions)], 0
 
-    def first_repeat(self) -> tuple[tuple[int, int], int, int] | None:
-        """(key, first id, second id) of a repeated key (the smallest such key), or None."""
+    def first_repeat(self) -> tuple[tuple[int, ...], int, int] | None:
+        """(key, first id, second id) of a repeated key (the smallest such key), or None; the ids
+        are the key itself when rows carry no id."""
         try:
-            if self.increasing:
-                return None
-            if self.spill is None:
-                return _repeat(np.concatenate(self.held)) if self.held else None
-            self._spill()
             found = []
-            for p, f in enumerate(self.files):
-                f.close()
-                if (hit := _repeat(np.fromfile(self.spill / f"{p:03d}", np.int64).reshape(-1, 3))) is not None:
+            for p in range(self.partitions):
+                rows = self._partition(p)
+                if len(rows) and (hit := _repeat(rows, self.key_columns)) is not None:
                     found.append(hit)
             return min(found) if found else None
         finally:
             self.close()
 
+    def _partition(self, p: int) -> np.ndarray:
+        parts = [part.reshape(-1, self.width) for part in self.held[p]]
+        if self.spill is not None and (path := self.spill / f"{p:05d}").exists():
+            parts.append(np.fromfile(path, np.int64).reshape(-1, self.width))
+        return np.concatenate(parts) if parts else np.zeros((0, self.width), np.int64)
+
     def close(self) -> None:
-        for f in self.files:
-            f.close()
         if self.spill is not None:
-            for p in range(PARTITIONS):
-                (self.spill / f"{p:03d}").unlink(missing_ok=True)
+            for path in self.spill.iterdir():
+                path.unlink()
             os.rmdir(self.spill)
-        self.spill, self.files, self.held = None, [], []
+        self.spill, self.held = None, [[] for _ in range(self.partitions)]
 
 
-def _partition(values: np.ndarray) -> np.ndarray:
-    mixed = (values.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(56)  # Fibonacci hashing
-    return mixed.astype(np.int64)
+def partitions_for(rows: int) -> int:
+    """Partitions for a distinct-keys check over `rows` rows: PARTITION_ROWS each, at least one."""
+    return max(1, -(-rows // PARTITION_ROWS))
 
 
-def _repeat(rows: np.ndarray) -> tuple[tuple[int, int], int, int] | None:
-    rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
-    same = np.flatnonzero((rows[1:, 0] == rows[:-1, 0]) & (rows[1:, 1] == rows[:-1, 1]))
+def _repeat(rows: np.ndarray, key_columns: int) -> tuple[tuple[int, ...], int, int] | None:
+    rows = rows[np.lexsort(rows.T[::-1])]  # by key columns, then id
+    keys = rows[:, :key_columns]
+    same = np.flatnonzero(np.all(keys[1:] == keys[:-1], axis=1))
     if not same.size:
         return None
     k = int(same[0])
-    return (int(rows[k, 0]), int(rows[k, 1])), int(rows[k, 2]), int(rows[k + 1, 2])
+    name = rows[:, -1]
+    return tuple(map(int, keys[k])), int(name[k]), int(name[k + 1])
 
 
 def image_keys(samples: Samples) -> np.ndarray:
-    """int64 [n, 2]: equal for two rows exactly when they make the same image (the seed modulo
-    2**32, which is all torch's generator keeps, and the conditioning: class id, or a 96-bit hash
-    of prompt and negative prompt)."""
+    """int64 [n, k]: equal for two rows exactly when they make the same image (the seed modulo
+    2**32, which is all torch's generator keeps, and the conditioning): one column (seed and
+    class id, 32 bits each) without prompts; two (seed and a 96-bit hash of prompt and negative
+    prompt) with them."""
     seed32 = samples.seed % SEED_SPACE
     if samples.prompt is None:
-        cls = np.zeros(len(samples), np.int64) if samples.class_id is None else samples.class_id.astype(np.int64)
-        return np.stack([seed32, cls], axis=1)
+        cls = np.zeros(len(samples), np.uint64) if samples.class_id is None else samples.class_id.astype(np.uint64)
+        return ((seed32.astype(np.uint64) << np.uint64(32)) | cls).view(np.int64)[:, None]
     hi, lo = _text_hash(samples.prompt)
     if samples.negative_prompt is not None:
         nhi, nlo = _text_hash(samples.negative_prompt)

@@ -136,10 +136,14 @@ class Chunk:
 
 
 class FileScan:
-    """Reads one file front to back in chunks, recording its marks; `layout()` once exhausted."""
+    """Reads one file front to back in chunks, recording its marks; `layout()` once exhausted.
+    A Parquet file can be read as pieces: rows [start, stop) only (its marks are all of the file's
+    row groups either way)."""
 
-    def __init__(self, location: Location, info: ObjectInfo, fmt: str) -> None:
+    def __init__(self, location: Location, info: ObjectInfo, fmt: str, start: int = 0, stop: int | None = None) -> None:
+        assert fmt == "parquet" or (start, stop) == (0, None), "line formats are read whole"
         self.location, self.key, self.size, self.etag, self.format = location, info.key, info.size, info.etag, fmt
+        self.start, self.stop = start, stop
         self.url = f"{location.root.rstrip('/')}/{info.key}"
         self.rows = 0
         self.marks: list[tuple[int, int]] = []
@@ -164,10 +168,16 @@ class FileScan:
         meta = parquet.metadata
         starts = np.concatenate([[0], np.cumsum([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])])
         self.marks = [(int(starts[i]), i) for i in range(meta.num_row_groups)]
+        stop = meta.num_rows if self.stop is None else min(self.stop, meta.num_rows)
+        groups = [g for g in range(meta.num_row_groups) if starts[g] < stop and starts[g + 1] > self.start]
+        row = int(starts[groups[0]]) if groups else 0  # the file row of the batch at hand
         try:
-            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH):
-                yield Chunk(pa.Table.from_batches([batch]), self.rows)
-                self.rows += batch.num_rows
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH, row_groups=groups) if groups else ():
+                a, b = max(self.start - row, 0), min(stop - row, batch.num_rows)
+                if b > a:
+                    yield Chunk(pa.Table.from_batches([batch.slice(a, b - a)]), row + a)
+                    self.rows += b - a
+                row += batch.num_rows
         except (pa.ArrowInvalid, OSError) as err:
             raise ManifestError(f"{self.url}: not a readable parquet manifest ({err})") from None
 
@@ -220,6 +230,11 @@ class FileScan:
                 [pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema]
             )
         return table
+
+
+def parquet_rows(location: Location, info: ObjectInfo) -> int:
+    """A Parquet file's row count, from its footer (to split it into pieces before reading it)."""
+    return _parquet_file(location, info.key, f"{location.root.rstrip('/')}/{info.key}", info.etag).metadata.num_rows
 
 
 def parse_lines(

@@ -1,25 +1,183 @@
-"""The driver's one pass over manifest files, before any model loads: every cell checked, chunk
-by chunk, in bounded memory (dit_worker.manifest.checks), leaving a FileManifest (marks and an
-identity, no rows).
+"""The pass over manifest files before any model loads: every cell checked, in bounded memory
+(dit_worker.manifest.checks), leaving a FileManifest (marks and an identity, no rows).
 
-What the pass holds whatever the number of rows: one chunk (8 MB of a line format, 65,536 Parquet
-rows), the marks (16 bytes per 4,096 rows), the identity's leaves (32 bytes per 65,536 rows), up
-to 4M (value, id) pairs per distinct-values check (64 MB) before they spill to local disk, and up
-to 1M remembered prompt hashes.
+The manifest is cut into pieces (a file; a Parquet file larger than `piece_bytes`: ranges of
+`piece_rows` rows) and each piece is scanned by a task (execution/tasks.py: Ray tasks on a cluster,
+processes of this machine with --local; in this process for a manifest under `parallel_bytes`).
+The driver merges the pieces' results in manifest order: marks, identity leaves, the order of
+their keys, and the first bad row in manifest order. Only when sample ids or image keys do not
+increase across the whole manifest does a second pass split those keys by partition where they
+are read, and the driver finds repeats one partition at a time (checks.DistinctKeys).
+
+What the driver holds whatever the number of rows: a few results in flight, the marks (16 bytes
+per 4,096 rows), the identity's leaves (32 bytes per 65,536 rows), a partition of keys at a time.
 """
 
 from __future__ import annotations
 
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from dit_worker.backends import Conditioning
 from dit_worker.backends.labels import ClassNames
-from dit_worker.manifest.checks import DistinctCheck, PromptCheck, TextCheck, TreeHash, image_keys
-from dit_worker.manifest.files import FORMAT_OF_SUFFIX, FileScan, Location, ManifestError, list_files
+from dit_worker.execution.tasks import Tasks, make_tasks
+from dit_worker.manifest.checks import (
+    BLOCK_ROWS,
+    DistinctKeys,
+    KeyOrder,
+    PromptCheck,
+    TextCheck,
+    TreeHash,
+    file_digest,
+    image_keys,
+    manifest_digest,
+    partitions_for,
+    split_keys,
+)
+from dit_worker.manifest.files import (
+    FORMAT_OF_SUFFIX,
+    Chunk,
+    FileLayout,
+    FileScan,
+    Location,
+    ManifestError,
+    list_files,
+    parquet_rows,
+)
 from dit_worker.manifest.samples import Samples, prompt_line_samples, to_samples
 from dit_worker.manifest.sources import FileManifest
+from dit_worker.storage.objects import ObjectInfo
+
+PIECE_ROWS = 1 << 20  # rows per piece of a large Parquet file (a multiple of BLOCK_ROWS)
+PIECE_BYTES = 32 << 20  # Parquet files this large are cut into pieces; others are one piece each
+PARALLEL_BYTES = 64 << 20  # manifests this large are scanned by tasks; smaller ones in this process
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A part of the manifest one task scans: a whole file, or rows [start, stop) of a Parquet file."""
+
+    file: int  # the file's position in the manifest
+    info: ObjectInfo
+    format: str
+    start: int = 0
+    stop: int | None = None
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """What the tasks of one scan share: where the files are and what the model accepts."""
+
+    location: Location
+    names: ClassNames | None
+    conditioning: Conditioning
+    check_prompts: TextCheck | None
+
+
+@dataclass(frozen=True)
+class PieceTask:
+    """Scan `piece`; `first_id`: the manifest row of its file's first row, once known (rows
+    without a sample_id column are numbered by it; before, from the file's first row)."""
+
+    job: ScanJob
+    piece: Piece
+    first_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PieceScan:
+    """A piece's rows, checked: its file's layout (marks) and its identity leaves, the order of its
+    sample ids and image keys, its columns; or the message for its first bad row."""
+
+    rows: int = 0
+    layout: FileLayout | None = None
+    leaves: tuple[bytes, ...] = ()
+    columns: frozenset[str] = frozenset()
+    negative: bool = False
+    implicit_ids: bool = False  # no sample_id column: ids are rows, counted from first_id
+    ids: KeyOrder = field(default_factory=KeyOrder)
+    images: KeyOrder = field(default_factory=KeyOrder)
+    error: str | None = None
+
+
+def scan_piece(task: PieceTask) -> PieceScan:
+    """One piece through every check that needs only its own rows (a task: returns its first
+    bad row as a message rather than raising it, so the driver can name the first in manifest order)."""
+    job, piece = task.job, task.piece
+    scan = FileScan(job.location, piece.info, piece.format, piece.start, piece.stop)
+    tree, ids, images = TreeHash(), KeyOrder(), KeyOrder()
+    prompts = PromptCheck(job.check_prompts) if job.check_prompts is not None else None
+    columns: set[str] = set()
+    negative = implicit = False
+    try:
+        for chunk in scan.chunks():
+            columns |= set(chunk.table.column_names)
+            implicit = "sample_id" not in chunk.table.column_names
+            samples = _samples(job, scan, chunk, task.first_id)
+            tree.add(samples)
+            ids = ids.add(samples.sample_id[:, None])
+            images = images.add(image_keys(samples))
+            negative |= samples.negative_prompt is not None
+            if prompts is not None:
+                _check_prompts(prompts, samples, scan.url, chunk.file_row)
+    except ManifestError as err:
+        return PieceScan(implicit_ids=implicit, error=str(err))
+    layout = scan.layout()
+    return PieceScan(scan.rows, layout, tuple(tree.finish()), frozenset(columns), negative, implicit, ids, images)
+
+
+def _samples(job: ScanJob, scan: FileScan, chunk: Chunk, first_id: int | None) -> Samples:
+    base = None if first_id is None else first_id + chunk.file_row
+    return to_samples(chunk.table, scan.url, chunk.file_row, job.names, job.conditioning, first_id=base)
+
+
+@dataclass(frozen=True)
+class KeysTask:
+    """The second pass over a piece: its sample ids and/or image keys, split into `partitions`."""
+
+    job: ScanJob
+    piece: Piece
+    first_id: int
+    partitions: int
+    ids: bool
+    images: bool
+
+
+def piece_keys(task: KeysTask) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"ids": (rows, bounds), "images": (rows, bounds)} as asked (checks.split_keys)."""
+    scan = FileScan(task.job.location, task.piece.info, task.piece.format, task.piece.start, task.piece.stop)
+    found: dict[str, list[np.ndarray]] = {"ids": [], "images": []}
+    named: list[np.ndarray] = []
+    for chunk in scan.chunks():
+        samples = _samples(task.job, scan, chunk, task.first_id)
+        if task.ids:
+            found["ids"].append(samples.sample_id[:, None])
+        if task.images:
+            found["images"].append(image_keys(samples))
+            named.append(samples.sample_id)
+    out = {}
+    if task.ids and found["ids"]:
+        out["ids"] = split_keys(np.concatenate(found["ids"]), None, task.partitions)
+    if task.images and found["images"]:
+        out["images"] = split_keys(np.concatenate(found["images"]), np.concatenate(named), task.partitions)
+    return out
+
+
+def plan_pieces(location: Location, files: list[ObjectInfo], piece_rows: int, piece_bytes: int) -> list[Piece]:
+    """The manifest's pieces in manifest order (the footers of Parquet files over `piece_bytes` read
+    to cut them; piece boundaries fall on identity blocks, so leaves do not depend on them)."""
+    step = max(BLOCK_ROWS, piece_rows // BLOCK_ROWS * BLOCK_ROWS)
+    pieces = []
+    for f, info in enumerate(files):
+        fmt = FORMAT_OF_SUFFIX[Path(info.key).suffix]
+        if fmt == "parquet" and info.size >= piece_bytes and (rows := parquet_rows(location, info)) > step:
+            pieces += [Piece(f, info, fmt, a, min(a + step, rows)) for a in range(0, rows, step)]
+        else:
+            pieces.append(Piece(f, info, fmt))
+    return pieces
 
 
 def scan_files(
@@ -28,32 +186,85 @@ def scan_files(
     conditioning: Conditioning,
     check_prompts: TextCheck | None = None,
     s3_endpoint: str | None = None,
+    *,
+    local: bool = True,
+    address: str | None = None,
+    piece_rows: int = PIECE_ROWS,
+    piece_bytes: int = PIECE_BYTES,
+    parallel_bytes: int = PARALLEL_BYTES,
 ) -> FileManifest:
     """Scan `--manifest` (a file, a folder or an s3:// prefix): one clear ManifestError for the
-    first bad cell, repeated sample id, seed collision or prompt the pipeline would change."""
+    first bad cell, repeated sample id, seed collision or prompt the pipeline would change. `local`:
+    tasks are processes of this machine, else Ray tasks (pinned to this node when the files or the
+    prompt checks' tokenizers exist only here)."""
     location, files = list_files(spec, s3_endpoint)
-    tree, ids, images = TreeHash(conditioning), DistinctCheck(), DistinctCheck()
-    prompts = PromptCheck(check_prompts) if check_prompts is not None else None
-    layouts, columns, negative, row = [], set(), False, 0
+    pieces = plan_pieces(location, files, piece_rows, piece_bytes)
+    job = ScanJob(location, names, conditioning, check_prompts)
+    parallel = sum(info.size for info in files) >= parallel_bytes
+    here = not location.portable or check_prompts is not None
+    tasks = make_tasks(local=local, items=len(pieces) if parallel else 1, here=here, address=address)
+    starts = np.zeros(len(files) + 1, np.int64)  # each file's first manifest row, filled in as it is merged
+    layouts: list[FileLayout] = []
+    nodes: list[bytes] = []
+    ids, images = KeyOrder(), KeyOrder()
+    columns: set[str] = set()
+    negative = False
+    merging: list[PieceScan] = []  # the pieces of the file being merged
+    with closing(tasks.map(scan_piece, (PieceTask(job, piece) for piece in pieces))) as results:
+        for k, (piece, result) in enumerate(zip(pieces, results, strict=True)):
+            base = int(starts[piece.file])
+            if result.error is not None:
+                if result.implicit_ids:  # name the sample ids its message names: they are rows from `base`
+                    result = scan_piece(PieceTask(job, piece, base))
+                raise ManifestError(result.error)
+            merging.append(result)
+            ids = ids.then(result.ids.shifted(base) if result.implicit_ids else result.ids)
+            images = images.then(result.images)
+            columns |= result.columns
+            negative |= result.negative
+            if k + 1 == len(pieces) or pieces[k + 1].file != piece.file:
+                rows = sum(r.rows for r in merging)
+                assert merging[0].layout is not None
+                layouts.append(replace(merging[0].layout, num_rows=rows))
+                nodes.append(file_digest(rows, [leaf for r in merging for leaf in r.leaves]))
+                starts[piece.file + 1] = base + rows
+                merging = []
+    total = int(starts[-1])
+    if total == 0:
+        raise ManifestError(f"{spec}: no rows (columns {sorted(columns)}); a manifest needs one row per sample")
+    if not (ids.increasing and images.increasing):
+        _find_repeats(spec, tasks, job, pieces, starts, conditioning, ids.increasing, images.increasing)
+    identity = manifest_digest(conditioning, total, nodes)
+    return FileManifest(location, tuple(layouts), conditioning, names, identity, negative, tuple(sorted(columns)))
+
+
+def _find_repeats(
+    spec: str,
+    tasks: Tasks,
+    job: ScanJob,
+    pieces: list[Piece],
+    starts: np.ndarray,
+    conditioning: Conditioning,
+    ids_increase: bool,
+    images_increase: bool,
+) -> None:
+    """The second pass, for keys that do not increase across the manifest: a repeated sample id,
+    or two rows that would make the same image, named by their sample ids."""
+    partitions = partitions_for(int(starts[-1]))
+    found = {
+        "ids": DistinctKeys(partitions, 1, named=False),
+        "images": DistinctKeys(partitions, 2 if conditioning == "text" else 1, named=True),
+    }
+    job = replace(job, check_prompts=None)  # checked in the first pass
+    asks = (KeysTask(job, p, int(starts[p.file]), partitions, not ids_increase, not images_increase) for p in pieces)
     try:
-        for info in files:
-            scan = FileScan(location, info, FORMAT_OF_SUFFIX[Path(info.key).suffix])
-            for chunk in scan.chunks():
-                columns |= set(chunk.table.column_names)
-                samples = to_samples(chunk.table, scan.url, chunk.file_row, names, conditioning, first_id=row)
-                tree.add(samples)
-                ids.add(samples.sample_id, samples.sample_id)
-                images.add(image_keys(samples), samples.sample_id)
-                negative |= samples.negative_prompt is not None
-                if prompts is not None:
-                    _check_prompts(prompts, samples, scan.url, chunk.file_row)
-                row += len(samples)
-            layouts.append(scan.layout())
-        if row == 0:
-            raise ManifestError(f"{spec}: no rows (columns {sorted(columns)}); a manifest needs one row per sample")
-        if (repeat := ids.first_repeat()) is not None:
+        with closing(tasks.map(piece_keys, asks)) as results:
+            for split in results:
+                for name, (rows, bounds) in split.items():
+                    found[name].add(rows, bounds)
+        if (repeat := found["ids"].first_repeat()) is not None:
             raise ManifestError(f"{spec}: duplicate sample_id [{repeat[0][0]}]; each sample_id must appear once")
-        if (repeat := images.first_repeat()) is not None:
+        if (repeat := found["images"].first_repeat()) is not None:
             _, a, b = repeat
             raise ManifestError(
                 f"{spec}: sample_id {a} and sample_id {b} would be the same image: their {_WHAT[conditioning]} and "
@@ -61,11 +272,8 @@ def scan_files(
                 "of them a seed that differs in its low 32 bits"
             )
     finally:
-        ids.close()
-        images.close()
-    return FileManifest(
-        location, tuple(layouts), conditioning, names, tree.hexdigest(), negative, tuple(sorted(columns))
-    )
+        for check in found.values():
+            check.close()
 
 
 _WHAT = {"class": "class ids", "text": "prompts and negative prompts", "none": "conditioning (none)"}
@@ -92,7 +300,7 @@ def scan_prompt_lines(spec: str, check_prompts: TextCheck | None) -> tuple[Locat
     info = location.storage().stat(path.name)
     assert info is not None
     scan = FileScan(location, info, "lines")
-    tree = TreeHash("prompt-lines")
+    tree = TreeHash()
     prompts = PromptCheck(check_prompts) if check_prompts is not None else None
     for chunk in scan.chunks():
         column = prompt_line_samples(chunk.table, spec, chunk.file_row)
@@ -104,4 +312,4 @@ def scan_prompt_lines(spec: str, check_prompts: TextCheck | None) -> tuple[Locat
             raise ManifestError(f"--prompts {spec}: line {line}: prompt {bad.shown!r} {bad.reason}")
     if scan.rows == 0:
         raise ManifestError(f"--prompts {spec}: no prompts; write one prompt per line")
-    return location, scan, tree.hexdigest()
+    return location, scan, manifest_digest("prompt-lines", scan.rows, [file_digest(scan.rows, tree.finish())])

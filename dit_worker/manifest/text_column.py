@@ -62,4 +62,3 @@ class TextColumn:
 
     def tolist(self) -> list[str | None]:
         return self.to_arrow().to_pylist()
-

@@ -1,0 +1,22 @@
+"""Results of work submitted ahead, taken in submission order (Ray tasks and local processes alike)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+
+def in_order(
+    submit: Callable[[Any], Any], items: Iterable[Any], ahead: int, get: Callable[[Any], R]
+) -> Generator[R, None, None]:
+    """Results of submitted items in order, `ahead` submitted before the first is awaited."""
+    waiting: deque[Any] = deque()
+    for item in items:
+        waiting.append(submit(item))
+        if len(waiting) >= ahead:
+            yield get(waiting.popleft())
+    while waiting:
+        yield get(waiting.popleft())

@@ -1,0 +1,67 @@
+"""One way to run stateless CPU tasks beside the pool: a function over a sequence of items, results
+yielded in the items' order, a bounded number in flight (so the caller's memory does not grow with
+the number of items). On a Ray cluster they are Ray tasks; without one, processes of this machine.
+
+    tasks = make_tasks(local=True, items=len(pieces))
+    for result in tasks.map(scan_piece, pieces):  # in order; stops submitting when the caller stops
+        ...
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Protocol, TypeVar
+
+from dit_worker.execution.ordered import in_order
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Tasks(Protocol):
+    """Runs `fn` over items elsewhere; `map` yields the results in the items' order."""
+
+    workers: int
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Generator[R, None, None]: ...
+
+
+class InlineTasks:
+    """In this process, one item at a time (one item, or a machine with one core)."""
+
+    workers = 1
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Generator[R, None, None]:
+        for item in items:
+            yield fn(item)
+
+
+class ProcessTasks:
+    """Processes of this machine, started fresh (spawn: the caller may hold threads a fork would
+    copy mid-lock), `workers` at a time, at most twice that many results waiting."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Generator[R, None, None]:
+        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield from in_order((lambda item: pool.submit(fn, item)), items, 2 * self.workers, Future.result)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_tasks(*, local: bool, items: int, here: bool = True, address: str | None = None) -> Tasks:
+    """The tasks for `items` items: inline for one; on Ray unless `local`, pinned to this node when
+    `here` (what the tasks read exists on this node only); else processes of this machine."""
+    if items <= 1:
+        return InlineTasks()
+    if local:
+        workers = min(os.cpu_count() or 1, items)
+        return InlineTasks() if workers == 1 else ProcessTasks(workers)
+    from dit_worker.execution.ray_tasks import RayTasks  # Ray only when asked for (as the pool's actors)
+
+    return RayTasks(here=here, address=address)
