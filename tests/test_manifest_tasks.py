@@ -136,3 +136,28 @@ def test_ray_tasks_scan_like_one_process(ray_cluster, s3_server, s3_bucket: str,
     assert got["s3"]["rows"] == 150_010 and got["s3"]["first"] == list(range(65_530, 65_540))
     assert got["dup"]["error"].endswith("duplicate sample_id [70000]; each sample_id must appear once")
     assert got["tasks"]["scan_piece"] >= 3 * 3 and got["tasks"]["piece_keys"] >= 3  # they ran as Ray tasks
+
+
+def test_the_pipelines_own_prompt_check_runs_in_the_tasks(tmp_path: Path, pixart_ckpt: Path) -> None:
+    from functools import partial
+
+    from dit_worker.driver.config import JobConfig
+    from dit_worker.driver.model_info import inspect_model
+
+    config = JobConfig.model_validate({
+        "model": str(pixart_ckpt), "manifest": str(tmp_path), "out": str(tmp_path / "o"), "local": True,
+        "device": "cpu", "dtype": "float32", "max_sequence_length": 16,
+    })  # fmt: skip
+    info = inspect_model(config)
+    check = partial(info.spec.check_prompts, settings=info.settings)  # pickled into each task
+    parts = [{"prompt": [f"cat {i}" for i in range(n)], "seed": list(range(s, s + n))} for s, n in ((0, 30), (30, 20))]
+    folder = write_folder(tmp_path / "m", parts)
+    assert scan_files(str(folder), None, "text", check, **TASKS).num_rows == 50
+    parts[1]["prompt"][4] = " ".join(["word"] * 40)  # over the 16 tokens the pipeline would keep
+    folder = write_folder(tmp_path / "long", parts)
+    expected = (
+        r"part-01.parquet: row 5, sample_id 34: prompt 'word word .*' is \d+ tokens, over --max-sequence-length 16"
+    )
+    for how in (TASKS, ONE_PROCESS):
+        with pytest.raises(ManifestError, match=expected):
+            scan_files(str(folder), None, "text", check, **how)
