@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from dit_worker.benchmarks.scale import PLAN_KINDS, build_manifest, plan_cost, resume_cost
@@ -54,12 +55,13 @@ def plan(spec: str, work: Path) -> int:
     if bad := [k for k, _ in cases if k not in PLAN_KINDS]:
         print(f"error: --plan: unknown kind {bad[0]!r}; use one of {', '.join(PLAN_KINDS)}", file=sys.stderr)
         return 2
-    spawn = multiprocessing.get_context("spawn")  # each measurement in a fresh process: its own peak RSS
+    # Each measurement in a fresh process (its own peak RSS), not a daemon: the scan starts its tasks' processes.
+    spawn = multiprocessing.get_context("spawn")
     for kind, rows in cases:
-        with spawn.Pool(1) as pool:
-            pool.apply(build_manifest, (kind, rows, work))
-        with spawn.Pool(1) as pool:
-            line = pool.apply(plan_cost, (kind, rows, work))
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            pool.submit(build_manifest, kind, rows, work).result()
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            line = pool.submit(plan_cost, kind, rows, work).result()
         print(json.dumps(line | {"cores": os.cpu_count(), "load_average": os.getloadavg()}), flush=True)
     return 0
 

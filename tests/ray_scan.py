@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import Counter
 
 
@@ -44,8 +45,17 @@ def main(scans_json: str, out_json: str) -> None:
             out[name] = {"identity": manifest.identity, "rows": manifest.num_rows, "first": first}
         except ManifestError as err:
             out[name] = {"error": str(err)}
-    ran = Counter(t.name for t in list_tasks(filters=[("type", "=", "NORMAL_TASK")], limit=10_000))
-    out["tasks"] = dict(ran)
+
+    def ran() -> dict[str, int]:
+        return dict(Counter(t.name for t in list_tasks(filters=[("type", "=", "NORMAL_TASK")], limit=10_000)))
+
+    seen, deadline = ran(), time.monotonic() + 30
+    while time.monotonic() < deadline:  # task events reach the state API a little later: wait until they settle
+        time.sleep(2)
+        if (now := ran()) == seen:
+            break
+        seen = now
+    out["tasks"] = seen
     with open(out_json, "w") as f:
         json.dump(out, f)
     ray.shutdown()

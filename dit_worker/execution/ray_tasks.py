@@ -36,7 +36,10 @@ class RayTasks:
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Generator[R, None, None]:
         remote = ray.remote(max_retries=3)(fn).options(**self.options)
-        return in_order(remote.remote, items, 2 * self.workers, _get)
+        return in_order(remote.remote, items, 2 * self.workers, _get, ray.cancel)
+
+    def close(self) -> None:
+        pass  # nothing kept between maps
 
 
 def _get(ref: Any) -> Any:

@@ -22,11 +22,14 @@ R = TypeVar("R")
 
 
 class Tasks(Protocol):
-    """Runs `fn` over items elsewhere; `map` yields the results in the items' order."""
+    """Runs `fn` over items elsewhere; `map` yields the results in the items' order. `close()`
+    when done (processes are kept between maps)."""
 
     workers: int
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Generator[R, None, None]: ...
+
+    def close(self) -> None: ...
 
 
 class InlineTasks:
@@ -38,20 +41,29 @@ class InlineTasks:
         for item in items:
             yield fn(item)
 
+    def close(self) -> None:
+        pass
+
 
 class ProcessTasks:
     """Processes of this machine, started fresh (spawn: the caller may hold threads a fork would
-    copy mid-lock), `workers` at a time, at most twice that many results waiting."""
+    copy mid-lock), `workers` at a time, at most twice that many results waiting; started on the
+    first map and kept for the next until `close()`."""
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Generator[R, None, None]:
-        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            yield from in_order((lambda item: pool.submit(fn, item)), items, 2 * self.workers, Future.result)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = self._pool
+        yield from in_order(lambda item: pool.submit(fn, item), items, 2 * self.workers, Future.result, Future.cancel)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def make_tasks(*, local: bool, items: int, here: bool = True, address: str | None = None) -> Tasks:

@@ -48,12 +48,13 @@ from dit_worker.manifest.files import (
     parquet_rows,
 )
 from dit_worker.manifest.samples import Samples, prompt_line_samples, to_samples
-from dit_worker.manifest.sources import FileManifest
+from dit_worker.manifest.sources import FileManifest, FileRows
 from dit_worker.storage.objects import ObjectInfo
 
 PIECE_ROWS = 1 << 20  # rows per piece of a large Parquet file (a multiple of BLOCK_ROWS)
 PIECE_BYTES = 32 << 20  # Parquet files this large are cut into pieces; others are one piece each
 PARALLEL_BYTES = 64 << 20  # manifests this large are scanned by tasks; smaller ones in this process
+KEY_ROWS = 1 << 19  # rows per task of the second pass (24 bytes a row of keys at most: 12 MB)
 
 
 @dataclass(frozen=True)
@@ -136,33 +137,23 @@ def _samples(job: ScanJob, scan: FileScan, chunk: Chunk, first_id: int | None) -
 
 @dataclass(frozen=True)
 class KeysTask:
-    """The second pass over a piece: its sample ids and/or image keys, split into `partitions`."""
+    """The second pass over KEY_ROWS rows of the scanned manifest, read as a shard reads its rows:
+    their sample ids and/or image keys, split into `partitions`."""
 
-    job: ScanJob
-    piece: Piece
-    first_id: int
+    rows: FileRows
     partitions: int
     ids: bool
     images: bool
 
 
-def piece_keys(task: KeysTask) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def range_keys(task: KeysTask) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"ids": (rows, bounds), "images": (rows, bounds)} as asked (checks.split_keys)."""
-    scan = FileScan(task.job.location, task.piece.info, task.piece.format, task.piece.start, task.piece.stop)
-    found: dict[str, list[np.ndarray]] = {"ids": [], "images": []}
-    named: list[np.ndarray] = []
-    for chunk in scan.chunks():
-        samples = _samples(task.job, scan, chunk, task.first_id)
-        if task.ids:
-            found["ids"].append(samples.sample_id[:, None])
-        if task.images:
-            found["images"].append(image_keys(samples))
-            named.append(samples.sample_id)
+    samples = task.rows.load()
     out = {}
-    if task.ids and found["ids"]:
-        out["ids"] = split_keys(np.concatenate(found["ids"]), None, task.partitions)
-    if task.images and found["images"]:
-        out["images"] = split_keys(np.concatenate(found["images"]), np.concatenate(named), task.partitions)
+    if task.ids:
+        out["ids"] = split_keys(samples.sample_id[:, None], None, task.partitions)
+    if task.images:
+        out["images"] = split_keys(image_keys(samples), samples.sample_id, task.partitions)
     return out
 
 
@@ -202,8 +193,17 @@ def scan_files(
     job = ScanJob(location, names, conditioning, check_prompts)
     parallel = sum(info.size for info in files) >= parallel_bytes
     here = not location.portable or check_prompts is not None
-    tasks = make_tasks(local=local, items=len(pieces) if parallel else 1, here=here, address=address)
-    starts = np.zeros(len(files) + 1, np.int64)  # each file's first manifest row, filled in as it is merged
+    with closing(make_tasks(local=local, items=len(pieces) if parallel else 1, here=here, address=address)) as tasks:
+        manifest, ids, images = _merge(spec, tasks, job, pieces, len(files))
+        if not (ids and images):
+            _find_repeats(spec, tasks, manifest, ids, images)
+    return manifest
+
+
+def _merge(spec: str, tasks: Tasks, job: ScanJob, pieces: list[Piece], files: int) -> tuple[FileManifest, bool, bool]:
+    """The first pass: every piece scanned, merged in manifest order; the manifest, and whether its
+    sample ids and its image keys increase from its first row to its last."""
+    starts = np.zeros(files + 1, np.int64)  # each file's first manifest row, filled in as it is merged
     layouts: list[FileLayout] = []
     nodes: list[bytes] = []
     ids, images = KeyOrder(), KeyOrder()
@@ -232,33 +232,28 @@ def scan_files(
     total = int(starts[-1])
     if total == 0:
         raise ManifestError(f"{spec}: no rows (columns {sorted(columns)}); a manifest needs one row per sample")
-    if not (ids.increasing and images.increasing):
-        _find_repeats(spec, tasks, job, pieces, starts, conditioning, ids.increasing, images.increasing)
-    identity = manifest_digest(conditioning, total, nodes)
-    return FileManifest(location, tuple(layouts), conditioning, names, identity, negative, tuple(sorted(columns)))
+    identity = manifest_digest(job.conditioning, total, nodes)
+    manifest = FileManifest(
+        job.location, tuple(layouts), job.conditioning, job.names, identity, negative, tuple(sorted(columns))
+    )
+    return manifest, ids.increasing, images.increasing
 
 
-def _find_repeats(
-    spec: str,
-    tasks: Tasks,
-    job: ScanJob,
-    pieces: list[Piece],
-    starts: np.ndarray,
-    conditioning: Conditioning,
-    ids_increase: bool,
-    images_increase: bool,
-) -> None:
+def _find_repeats(spec: str, tasks: Tasks, manifest: FileManifest, ids_increase: bool, images_increase: bool) -> None:
     """The second pass, for keys that do not increase across the manifest: a repeated sample id,
     or two rows that would make the same image, named by their sample ids."""
-    partitions = partitions_for(int(starts[-1]))
+    total, conditioning = manifest.num_rows, manifest.conditioning
+    partitions = partitions_for(total)
     found = {
         "ids": DistinctKeys(partitions, 1, named=False),
         "images": DistinctKeys(partitions, 2 if conditioning == "text" else 1, named=True),
     }
-    job = replace(job, check_prompts=None)  # checked in the first pass
-    asks = (KeysTask(job, p, int(starts[p.file]), partitions, not ids_increase, not images_increase) for p in pieces)
+    asks = (
+        KeysTask(manifest.rows(a, min(a + KEY_ROWS, total)), partitions, not ids_increase, not images_increase)
+        for a in range(0, total, KEY_ROWS)
+    )
     try:
-        with closing(tasks.map(piece_keys, asks)) as results:
+        with closing(tasks.map(range_keys, asks)) as results:
             for split in results:
                 for name, (rows, bounds) in split.items():
                     found[name].add(rows, bounds)
