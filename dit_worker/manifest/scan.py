@@ -54,7 +54,7 @@ from dit_worker.storage.objects import ObjectInfo
 PIECE_ROWS = 1 << 20  # rows per piece of a large Parquet file (a multiple of BLOCK_ROWS)
 PIECE_BYTES = 32 << 20  # Parquet files this large are cut into pieces; others are one piece each
 PARALLEL_BYTES = 64 << 20  # manifests this large are scanned by tasks; smaller ones in this process
-KEY_ROWS = 1 << 19  # rows per task of the second pass (24 bytes a row of keys at most: 12 MB)
+KEY_ROWS = 1 << 17  # rows per task of the second pass (24 bytes a row of keys at most: 3 MB)
 
 
 @dataclass(frozen=True)
