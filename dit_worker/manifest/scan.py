@@ -58,14 +58,18 @@ KEY_ROWS = 1 << 17  # rows per task of the second pass (24 bytes a row of keys a
 
 
 @dataclass(frozen=True)
-class Piece:
-    """A part of the manifest one task scans: a whole file, or rows [start, stop) of a Parquet file."""
+class Part:
+    """A file, or rows [start, stop) of a Parquet file: what one pass of FileScan reads."""
 
     file: int  # the file's position in the manifest
     info: ObjectInfo
     format: str
     start: int = 0
     stop: int | None = None
+    last: bool = True  # the file's last part: the file's layout and identity node are complete after it
+
+
+Piece = tuple[Part, ...]  # what one task scans: a run of small files, or one large file or range
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,8 @@ class ScanJob:
 
 @dataclass(frozen=True)
 class PieceTask:
-    """Scan `piece`; `first_id`: the manifest row of its file's first row, once known (rows
-    without a sample_id column are numbered by it; before, from the file's first row)."""
+    """Scan `piece`; `first_id`: for a piece of one part, the manifest row of its file's first row,
+    once known (rows without a sample_id column are numbered by it; before, from the file's first row)."""
 
     job: ScanJob
     piece: Piece
@@ -89,8 +93,8 @@ class PieceTask:
 
 
 @dataclass(frozen=True)
-class PieceScan:
-    """A piece's rows, checked: its file's layout (marks) and its identity leaves, the order of its
+class PartScan:
+    """A part's rows, checked: its file's layout (marks) and its identity leaves, the order of its
     sample ids and image keys, its columns; or the message for its first bad row."""
 
     rows: int = 0
@@ -104,11 +108,20 @@ class PieceScan:
     error: str | None = None
 
 
-def scan_piece(task: PieceTask) -> PieceScan:
-    """One piece through every check that needs only its own rows (a task: returns its first
-    bad row as a message rather than raising it, so the driver can name the first in manifest order)."""
-    job, piece = task.job, task.piece
-    scan = FileScan(job.location, piece.info, piece.format, piece.start, piece.stop)
+def scan_piece(task: PieceTask) -> tuple[PartScan, ...]:
+    """A piece's parts through every check that needs only their own rows, up to the first bad one
+    (a task: its first bad row comes back as a message rather than raised, so that the driver can
+    name the first in manifest order)."""
+    scans = []
+    for part in task.piece:
+        scans.append(scan_part(task.job, part, task.first_id))
+        if scans[-1].error is not None:
+            break
+    return tuple(scans)
+
+
+def scan_part(job: ScanJob, part: Part, first_id: int | None) -> PartScan:
+    scan = FileScan(job.location, part.info, part.format, part.start, part.stop)
     tree, ids, images = TreeHash(), KeyOrder(), KeyOrder()
     prompts = PromptCheck(job.check_prompts) if job.check_prompts is not None else None
     columns: set[str] = set()
@@ -117,7 +130,7 @@ def scan_piece(task: PieceTask) -> PieceScan:
         for chunk in scan.chunks():
             columns |= set(chunk.table.column_names)
             implicit = "sample_id" not in chunk.table.column_names
-            samples = _samples(job, scan, chunk, task.first_id)
+            samples = _samples(job, scan, chunk, first_id)
             tree.add(samples)
             ids = ids.add(samples.sample_id[:, None])
             images = images.add(image_keys(samples))
@@ -125,9 +138,9 @@ def scan_piece(task: PieceTask) -> PieceScan:
             if prompts is not None:
                 _check_prompts(prompts, samples, scan.url, chunk.file_row)
     except ManifestError as err:
-        return PieceScan(implicit_ids=implicit, error=str(err))
+        return PartScan(implicit_ids=implicit, error=str(err))
     layout = scan.layout()
-    return PieceScan(scan.rows, layout, tuple(tree.finish()), frozenset(columns), negative, implicit, ids, images)
+    return PartScan(scan.rows, layout, tuple(tree.finish()), frozenset(columns), negative, implicit, ids, images)
 
 
 def _samples(job: ScanJob, scan: FileScan, chunk: Chunk, first_id: int | None) -> Samples:
@@ -158,17 +171,30 @@ def range_keys(task: KeysTask) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def plan_pieces(location: Location, files: list[ObjectInfo], piece_rows: int, piece_bytes: int) -> list[Piece]:
-    """The manifest's pieces in manifest order (the footers of Parquet files over `piece_bytes` read
-    to cut them; piece boundaries fall on identity blocks, so leaves do not depend on them)."""
+    """The manifest's pieces in manifest order: runs of consecutive files of `piece_bytes` together
+    (a task per file would cost more than a small file's scan), and ranges of `piece_rows` rows of
+    each Parquet file over `piece_bytes` (its footer read to cut it; ranges start on identity blocks,
+    so leaves do not depend on them)."""
     step = max(BLOCK_ROWS, piece_rows // BLOCK_ROWS * BLOCK_ROWS)
-    pieces = []
+    pieces: list[Piece] = []
+    run: list[Part] = []
+    run_bytes = 0
     for f, info in enumerate(files):
         fmt = FORMAT_OF_SUFFIX[Path(info.key).suffix]
         if fmt == "parquet" and info.size >= piece_bytes and (rows := parquet_rows(location, info)) > step:
-            pieces += [Piece(f, info, fmt, a, min(a + step, rows)) for a in range(0, rows, step)]
-        else:
-            pieces.append(Piece(f, info, fmt))
+            pieces += [(Part(f, info, fmt, a, min(a + step, rows), a + step >= rows),) for a in range(0, rows, step)]
+            continue
+        run.append(Part(f, info, fmt))
+        run_bytes += info.size
+        if run_bytes >= piece_bytes or f + 1 == len(files) or _cut(files[f + 1], piece_bytes):
+            pieces.append(tuple(run))
+            run, run_bytes = [], 0
     return pieces
+
+
+def _cut(info: ObjectInfo, piece_bytes: int) -> bool:
+    """Whether a run of small files ends before this file (a Parquet file cut into ranges of its own)."""
+    return info.key.endswith(".parquet") and info.size >= piece_bytes
 
 
 def scan_files(
@@ -209,25 +235,28 @@ def _merge(spec: str, tasks: Tasks, job: ScanJob, pieces: list[Piece], files: in
     ids, images = KeyOrder(), KeyOrder()
     columns: set[str] = set()
     negative = False
-    merging: list[PieceScan] = []  # the pieces of the file being merged
+    merging: list[PartScan] = []  # the parts of the file being merged
     with closing(tasks.map(scan_piece, (PieceTask(job, piece) for piece in pieces))) as results:
-        for k, (piece, result) in enumerate(zip(pieces, results, strict=True)):
-            base = int(starts[piece.file])
+        # a piece's scans stop at its first bad part: zip to the shorter
+        scanned = zip(pieces, results, strict=True)
+        parts = ((part, scan) for piece, scans in scanned for part, scan in zip(piece, scans, strict=False))
+        for part, result in parts:
+            base = int(starts[part.file])
             if result.error is not None:
                 if result.implicit_ids:  # name the sample ids its message names: they are rows from `base`
-                    result = scan_piece(PieceTask(job, piece, base))
+                    result = scan_part(job, part, base)
                 raise ManifestError(result.error)
             merging.append(result)
             ids = ids.then(result.ids.shifted(base) if result.implicit_ids else result.ids)
             images = images.then(result.images)
             columns |= result.columns
             negative |= result.negative
-            if k + 1 == len(pieces) or pieces[k + 1].file != piece.file:
+            if part.last:
                 rows = sum(r.rows for r in merging)
                 assert merging[0].layout is not None
                 layouts.append(replace(merging[0].layout, num_rows=rows))
                 nodes.append(file_digest(rows, [leaf for r in merging for leaf in r.leaves]))
-                starts[piece.file + 1] = base + rows
+                starts[part.file + 1] = base + rows
                 merging = []
     total = int(starts[-1])
     if total == 0:
