@@ -115,6 +115,13 @@ BREAKAGES = [
         (MANIFEST, f"{TASK_SCAN}::test_repeats_are_found_across_pieces"),
     ),
     Breakage(
+        "manifest: the seed pass compares whole seeds (a repeat modulo 2**32 is missed)",
+        "dit_worker/manifest/scan.py",
+        "    return (samples.seed % SEED_SPACE)[:, None]\n",
+        "    return samples.seed[:, None]\n",
+        (MANIFEST,),
+    ),
+    Breakage(
         "manifest tasks: keys increasing within each piece pass without comparing the pieces",
         "dit_worker/manifest/checks.py",
         "        up = self.increasing and later.increasing and later.first > self.last\n",
@@ -127,6 +134,13 @@ BREAKAGES = [
         "nodes.append(file_digest(rows, [leaf for r in merging for leaf in r.leaves]))",
         "nodes.append(file_digest(rows, list(merging[0].leaves)))",
         (f"{TASK_SCAN}::test_pieces_scanned_by_processes_match_one_process",),
+    ),
+    Breakage(
+        "manifest: a run of small files scans only its first file",
+        "dit_worker/manifest/scan.py",
+        "    for part in task.piece:\n",
+        "    for part in task.piece[:1]:\n",
+        (MANIFEST,),
     ),
     Breakage(
         "manifest tasks: a Parquet piece reads from its file's first row",

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 NAMES = ClassNames(id2label(), 1000)
 TASKS = {"parallel_bytes": 0, "piece_rows": 1 << 16, "piece_bytes": 0}  # every file a task; big ones in pieces
 ONE_PROCESS = {"parallel_bytes": 1 << 60}
+RUNS = {"parallel_bytes": 0, "piece_bytes": 2500}  # small files scanned in runs: two of these files a task
 
 
 def class_rows(n: int, first: int = 0, seed: int = 3) -> dict[str, np.ndarray]:
@@ -80,7 +81,8 @@ def test_the_first_bad_row_in_manifest_order_is_named(tmp_path: Path) -> None:
     assert f"process {os.getpid()}" not in message  # checked by a task in another process
     # Without a sample_id column a row's id is its place in the manifest: counted across files.
     implicit = write_folder(tmp_path / "implicit", [prompts(40, None), prompts(30, 17), prompts(20, 3)])
-    for how in (TASKS, ONE_PROCESS):
+    assert 1000 < (implicit / "part-00.parquet").stat().st_size < 2500  # RUNS: parts 00-01 one task, 02 another
+    for how in (TASKS, RUNS, ONE_PROCESS):
         with pytest.raises(ManifestError, match=r"part-01.parquet: row 18, sample_id 57: prompt 'a mark here'"):
             scan_files(str(implicit), None, "text", flag_marked, **how)
     parts = [prompts(40, None), prompts(30, None), prompts(20, None)]

@@ -112,8 +112,8 @@ WRITE_ROWS = 1 << 20  # rows per write while building a manifest (and per row gr
 def build_manifest(kind: str, rows: int, folder: Path) -> Path | None:
     """The benchmark's manifest of `rows` rows (reused when present): None for derived --classes;
     a class Parquet (sequential ids, seeds scattered over 2**32, random classes); or a prompt
-    Parquet with prompts of 60-160 characters, one distinct prompt per 10 rows, rows in scattered
-    prompt order."""
+    Parquet with prompts of 60-160 characters, one distinct prompt per 10 consecutive rows (a
+    distinct seed each)."""
     if kind == "classes":
         return None
     path = folder / f"{kind}-{rows}.parquet"
@@ -129,9 +129,10 @@ def build_manifest(kind: str, rows: int, folder: Path) -> Path | None:
         if kind == "class-parquet":
             classes = rng.integers(0, 1000, ids.size, dtype=np.int32)
             table = pa.table({"sample_id": ids, "class_id": classes, "seed": seed})
-        else:
-            distinct = max(rows // 10, 1)
-            table = pa.table({"sample_id": ids, "prompt": _prompts((ids * 7919) % distinct), "seed": seed})
+        else:  # prompt-major, as --prompts --per-prompt 10 lays rows out: each prompt's 10 rows in a row
+            first = int(ids[0]) // 10
+            prompts = _prompts(np.arange(first, int(ids[-1]) // 10 + 1)).take(pa.array(ids // 10 - first))
+            table = pa.table({"sample_id": ids, "prompt": prompts, "seed": seed})
         if writer is None:
             writer = pq.ParquetWriter(tmp, table.schema)
         writer.write_table(table, row_group_size=1 << 16)

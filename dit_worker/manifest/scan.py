@@ -15,6 +15,7 @@ per 4,096 rows), the identity's leaves (32 bytes per 65,536 rows), a partition o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,7 +48,7 @@ from dit_worker.manifest.files import (
     list_files,
     parquet_rows,
 )
-from dit_worker.manifest.samples import Samples, prompt_line_samples, to_samples
+from dit_worker.manifest.samples import SEED_SPACE, Samples, prompt_line_samples, to_samples
 from dit_worker.manifest.sources import FileManifest, FileRows
 from dit_worker.storage.objects import ObjectInfo
 
@@ -150,24 +151,43 @@ def _samples(job: ScanJob, scan: FileScan, chunk: Chunk, first_id: int | None) -
 
 @dataclass(frozen=True)
 class KeysTask:
-    """The second pass over KEY_ROWS rows of the scanned manifest, read as a shard reads its rows:
-    their sample ids and/or image keys, split into `partitions`."""
+    """A later pass over KEY_ROWS rows of the scanned manifest, read as a shard reads its rows:
+    the keys of the checks named in `checks`, split into `partitions`."""
 
     rows: FileRows
     partitions: int
-    ids: bool
-    images: bool
+    checks: tuple[str, ...]  # of KEYS
 
 
 def range_keys(task: KeysTask) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"ids": (rows, bounds), "images": (rows, bounds)} as asked (checks.split_keys)."""
+    """{check: (rows, bounds)} for each check asked (checks.split_keys)."""
     samples = task.rows.load()
-    out = {}
-    if task.ids:
-        out["ids"] = split_keys(samples.sample_id[:, None], None, task.partitions)
-    if task.images:
-        out["images"] = split_keys(image_keys(samples), samples.sample_id, task.partitions)
-    return out
+    return {name: KEYS[name].split(samples, task.partitions) for name in task.checks}
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """Keys that must be distinct: how a range's rows give them, and whether a sample id names them."""
+
+    key_columns: int
+    named: bool
+    keys: Callable[[Samples], np.ndarray]
+
+    def split(self, samples: Samples, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+        return split_keys(self.keys(samples), samples.sample_id if self.named else None, partitions)
+
+
+def _seeds(samples: Samples) -> np.ndarray:
+    return (samples.seed % SEED_SPACE)[:, None]
+
+
+KEYS = {
+    "ids": KeyCheck(1, False, lambda samples: samples.sample_id[:, None]),
+    # Seeds distinct modulo 2**32 make every image key distinct: 8 bytes a row instead of 16-24.
+    "seeds": KeyCheck(1, False, _seeds),
+    "class images": KeyCheck(1, True, image_keys),
+    "text images": KeyCheck(2, True, image_keys),
+}
 
 
 def plan_pieces(location: Location, files: list[ObjectInfo], piece_rows: int, piece_bytes: int) -> list[Piece]:
@@ -269,16 +289,32 @@ def _merge(spec: str, tasks: Tasks, job: ScanJob, pieces: list[Piece], files: in
 
 
 def _find_repeats(spec: str, tasks: Tasks, manifest: FileManifest, ids_increase: bool, images_increase: bool) -> None:
-    """The second pass, for keys that do not increase across the manifest: a repeated sample id,
-    or two rows that would make the same image, named by their sample ids."""
-    total, conditioning = manifest.num_rows, manifest.conditioning
+    """The later passes, for keys that do not increase across the manifest: a repeated sample id;
+    two rows that would make the same image, looked for only if two rows share a seed modulo
+    2**32 (a pass of their own), named by their sample ids."""
+    first = [name for name, needed in (("ids", not ids_increase), ("seeds", not images_increase)) if needed]
+    repeats = _repeats(tasks, manifest, first)
+    if (repeat := repeats.get("ids")) is not None:
+        raise ManifestError(f"{spec}: duplicate sample_id [{repeat[0][0]}]; each sample_id must appear once")
+    if repeats.get("seeds") is None:
+        return
+    images = "text images" if manifest.conditioning == "text" else "class images"
+    if (repeat := _repeats(tasks, manifest, [images]).get(images)) is not None:
+        _, a, b = repeat
+        raise ManifestError(
+            f"{spec}: sample_id {a} and sample_id {b} would be the same image: their {_WHAT[manifest.conditioning]} "
+            "and their seeds modulo 2**32 are equal (torch's generator keeps only a seed's low 32 bits); give one "
+            "of them a seed that differs in its low 32 bits"
+        )
+
+
+def _repeats(tasks: Tasks, manifest: FileManifest, checks: list[str]) -> dict[str, tuple[tuple[int, ...], int, int]]:
+    """One pass over the manifest in ranges: {check: its smallest repeated key and the two ids naming it}."""
+    total = manifest.num_rows
     partitions = partitions_for(total)
-    found = {
-        "ids": DistinctKeys(partitions, 1, named=False),
-        "images": DistinctKeys(partitions, 2 if conditioning == "text" else 1, named=True),
-    }
+    found = {name: DistinctKeys(partitions, KEYS[name].key_columns, KEYS[name].named) for name in checks}
     asks = (
-        KeysTask(manifest.rows(a, min(a + KEY_ROWS, total)), partitions, not ids_increase, not images_increase)
+        KeysTask(manifest.rows(a, min(a + KEY_ROWS, total)), partitions, tuple(checks))
         for a in range(0, total, KEY_ROWS)
     )
     try:
@@ -286,15 +322,7 @@ def _find_repeats(spec: str, tasks: Tasks, manifest: FileManifest, ids_increase:
             for split in results:
                 for name, (rows, bounds) in split.items():
                     found[name].add(rows, bounds)
-        if (repeat := found["ids"].first_repeat()) is not None:
-            raise ManifestError(f"{spec}: duplicate sample_id [{repeat[0][0]}]; each sample_id must appear once")
-        if (repeat := found["images"].first_repeat()) is not None:
-            _, a, b = repeat
-            raise ManifestError(
-                f"{spec}: sample_id {a} and sample_id {b} would be the same image: their {_WHAT[conditioning]} and "
-                "their seeds modulo 2**32 are equal (torch's generator keeps only a seed's low 32 bits); give one "
-                "of them a seed that differs in its low 32 bits"
-            )
+        return {name: repeat for name, check in found.items() if (repeat := check.first_repeat()) is not None}
     finally:
         for check in found.values():
             check.close()
