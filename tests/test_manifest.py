@@ -225,6 +225,7 @@ def test_repeats_found_across_chunks_and_files(tmp_path: Path, spill: bool, monk
     write(folder / "b.parquet", {c: v[30:] for c, v in dup.items()})
     with pytest.raises(ManifestError, match=rf"duplicate sample_id \[{rows['sample_id'][5]}\]"):
         scan_files(str(folder), NAMES, "class")
+
     # Seeds 2**32 apart and the same class: torch's generator sees one seed, so one image twice.
     def with_row_55(seed: int, class_id: int) -> None:
         changed = {**rows, "seed": [*rows["seed"][:55], seed, *rows["seed"][56:]]}

@@ -53,11 +53,18 @@ def counted(storage: Storage) -> Iterator[Counter[str]]:
         return
     assert isinstance(storage, LocalStorage)
     originals = {name: getattr(storage, name) for name in ("put", "get", "list", "delete", "stat")}
+    inside = [0]  # a call made by another (a listing stats each file it lists) is part of that request
 
     def wrap(name: str) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
-            calls[name] += 1
-            return originals[name](*args, **kwargs)
+            if not inside[0]:
+                calls[name] += 1
+            inside[0] += 1
+            try:
+                result = originals[name](*args, **kwargs)
+                return list(result) if name == "list" else result  # listed (and stat-ed) inside this request
+            finally:
+                inside[0] -= 1
 
         return call
 
