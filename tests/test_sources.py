@@ -53,3 +53,19 @@ def test_s3_model_source(s3_server, s3_bucket: str, tiny_ckpt: Path, tmp_path: P
     local = load_pipeline(tiny_ckpt, device="cpu", dtype="float32")
     kw = dict(sampler="ddim", steps=3)
     assert np.array_equal(remote.generate([1], [2], **kw), local.generate([1], [2], **kw))
+
+
+def test_a_metric_model_not_in_the_hub_cache_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """A metric's model (--clip-model and the like) fetched through the same hub client call, offline."""
+    import pytest
+
+    from dit_worker.metrics.errors import MetricsInputError
+    from dit_worker.metrics.hf_models import resolve_hf_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(MetricsInputError) as caught:
+        resolve_hf_model("openai/clip-vit-base-patch32", flag="--clip-model", model_type="clip")
+    message = str(caught.value)
+    assert message.startswith("--clip-model openai/clip-vit-base-patch32: not a local directory, and fetching it")
+    assert "\n" not in message and "save_pretrained" in message

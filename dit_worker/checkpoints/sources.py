@@ -52,19 +52,31 @@ def resolve_source(spec: str, what: str = "model", revision: str | None = None, 
     raise CheckpointError(f"{what} {spec!r}: no such file or directory (nor a hub id org/name or an s3:// prefix)")
 
 
-def _hub_snapshot(repo_id: str, what: str, revision: str | None, variant: str | None) -> Path:
+class HubFetchFailed(Exception):
+    """Fetching from the Hugging Face hub failed; the message is one line (the error's type and first line)."""
+
+
+def hub_download(repo_id: str, patterns: list[str], revision: str | None = None) -> Path:
+    """The files of `repo_id` matching `patterns`, fetched once into the hub cache (the one place
+    the package calls the hub client: checkpoints here, metric models in metrics.hf_models)."""
     from huggingface_hub import snapshot_download
 
-    at = f" at revision {revision!r}" if revision is not None else ""
     try:
-        patterns = CONFIG_PATTERNS + _listed_weight_patterns(repo_id, revision, variant)
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as err:  # the hub client raises its own, httpx's and OS errors alike: one line for all
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise HubFetchFailed(f"{type(err).__name__}: {first}") from None
+
+
+def _hub_snapshot(repo_id: str, what: str, revision: str | None, variant: str | None) -> Path:
+    at = f" at revision {revision!r}" if revision is not None else ""
+    try:
+        return hub_download(repo_id, CONFIG_PATTERNS + _listed_weight_patterns(repo_id, revision, variant), revision)
+    except HubFetchFailed as err:
         check = "the network and the revision (a branch, tag or commit of the repository)" if at else "the network"
         raise CheckpointError(
             f"{what} {repo_id!r}{at}: not a local path, and fetching it from the Hugging Face hub failed "
-            f"({type(err).__name__}: {first}); check {check}, or pass a local directory"
+            f"({err}); check {check}, or pass a local directory"
         ) from None
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dit_worker.checkpoints.identity import checkpoint_identity
-from dit_worker.checkpoints.sources import HUB_ID
+from dit_worker.checkpoints.sources import HUB_ID, HubFetchFailed, hub_download
 from dit_worker.metrics.errors import MetricsInputError
 
 # What a transformers model directory needs to be loaded by `from_pretrained` (weights, config,
@@ -31,15 +31,12 @@ class HfModel:
 
 
 def _hub_snapshot(spec: str, flag: str) -> Path:
-    from huggingface_hub import snapshot_download
-
     try:
-        return Path(snapshot_download(spec, allow_patterns=HUB_PATTERNS))
-    except Exception as err:  # the hub client raises its own, httpx's and OS errors alike: one line for all
-        first = (str(err).strip().splitlines() or [""])[0]
+        return hub_download(spec, HUB_PATTERNS)
+    except HubFetchFailed as err:
         raise MetricsInputError(
             f"{flag} {spec}: not a local directory, and fetching it from the Hugging Face hub failed "
-            f"({type(err).__name__}: {first}); pass a local directory saved with save_pretrained"
+            f"({err}); pass a local directory saved with save_pretrained"
         ) from None
 
 
