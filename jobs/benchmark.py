@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from dit_worker.benchmarks import encoding
-from dit_worker.benchmarks.sampling import run
+from dit_worker.benchmarks.encoding import EncodingBenchmark
+from dit_worker.benchmarks.sampling import SamplingBenchmark, run
 from dit_worker.checkpoints.errors import CheckpointError
+from dit_worker.driver.config import describe_config_error
+
+COMMA_LISTS = ("batch_sizes", "encode_sizes", "encodings", "encode_threads")  # flags that take A,B,...
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,8 +63,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.encode_only and not (args.model or args.random):
         p.error("one of the arguments --model --random is required (or --encode-only)")
-    if args.psnr_samples < 0:
-        p.error(f"--psnr-samples must be >= 0, got {args.psnr_samples}")
     return args
 
 
@@ -82,10 +87,32 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--text-encoder", default="device", choices=("device", "cpu", "shard-first"))
 
 
+def benchmark_config(args: argparse.Namespace) -> EncodingBenchmark | SamplingBenchmark:
+    """The parsed flags as the harness's configuration, validated here once: `--encode-only`'s, else the model
+    benchmark's (the other harness's flags are not used, as before)."""
+    if args.encode_only:
+        return EncodingBenchmark.model_validate(config_fields(args, EncodingBenchmark))
+    return SamplingBenchmark.model_validate(config_fields(args, SamplingBenchmark))
+
+
+def config_fields(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The flags `model` has, comma-separated ones as lists; absent ones (None) keep the model's defaults."""
+    fields: dict[str, Any] = {}
+    for name, value in vars(args).items():
+        if name in model.model_fields and value is not None:
+            fields[name] = value.split(",") if name in COMMA_LISTS and value != "auto" else value
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        encoding.run(args) if args.encode_only else run(args)
+        config = benchmark_config(args)
+    except ValidationError as err:
+        print(f"error: {describe_config_error(err)}", file=sys.stderr)
+        return 2
+    try:
+        encoding.run(config) if isinstance(config, EncodingBenchmark) else run(config)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

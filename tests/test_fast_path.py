@@ -97,6 +97,33 @@ def test_benchmark_reports_both_implementations(
     assert ratio["decode_ratio"] == pytest.approx(theirs["decode_s"] / ours["decode_s"])
 
 
+def test_benchmark_flags_are_validated_at_the_edge(capsys: pytest.CaptureFixture[str]) -> None:
+    """jobs.benchmark builds the harness's configuration once: bad values end as one line, exit 2, nothing run."""
+    from jobs.benchmark import main
+
+    encode = ["--encode-only", "--encode-sizes", "16", "--encode-images", "2", "--encode-threads", "1",
+              "--encode-repeats", "1"]  # fmt: skip
+    assert main([*encode, "--encodings", "png,jpeg:90"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["encoding"], x["image_size"], x["images"], x["source"]) for x in lines] == [
+        ("png", 16, 2, "synthetic 1/f"),
+        ("jpeg q90", 16, 2, "synthetic 1/f"),
+    ]
+    refused = {
+        "--encodings: unknown format 'gif'; use png, jpeg[:Q] or webp[:Q] (got 'gif')": [*encode, "--encodings", "gif"],
+        "--encode-sizes: Input should be a valid integer, unable to parse string as an integer (got 'x')": [
+            "--encode-only", "--encode-sizes", "16,x"],
+        "--batch-sizes: must be comma-separated positive integers or 'auto' (got ['2', '0'])": [
+            "--random", "DiT-S/8", "--batch-sizes", "2,0"],
+        "--psnr-samples: Input should be greater than or equal to 0 (got -1)": ["--random", "DiT-S/8",
+                                                                               "--psnr-samples", "-1"],
+    }  # fmt: skip
+    for message, argv in refused.items():
+        assert main(argv) == 2
+        out = capsys.readouterr()
+        assert (out.err, out.out) == (f"error: {message}\n", "")
+
+
 @pytest.mark.parametrize(("dtype", "compile_"), [("float32", True), ("bfloat16", False)])
 def test_benchmark_psnr_against_float32(
     tiny_ckpt: Path, tmp_path: Path, dtype: str, compile_: bool, capsys: pytest.CaptureFixture[str]

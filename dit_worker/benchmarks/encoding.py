@@ -15,26 +15,55 @@ depend on content; rerun on a folder of your own samples for the figures of your
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PositiveInt, model_validator
 
 from dit_worker.output.encoding import FORMAT_OF_SUFFIX, LOSSY_FORMATS, ImageEncoding
 
 
-def parse_encoding(text: str) -> ImageEncoding:
+def parse_encoding(text: Any) -> Any:
+    """FORMAT[:QUALITY] (`png`, `jpeg:95`, `webp`) as an ImageEncoding; other values are left to pydantic."""
+    if not isinstance(text, str):
+        return text
     fmt, _, quality = text.partition(":")
     if fmt not in ("png", *LOSSY_FORMATS):
-        raise ValueError(f"--encodings: unknown format {fmt!r}; use png, jpeg[:Q] or webp[:Q]")
+        raise ValueError(f"unknown format {fmt!r}; use png, jpeg[:Q] or webp[:Q]")
+    if quality and not quality.strip().isdecimal():
+        raise ValueError(f"the quality after ':' must be an integer, got {quality!r}")
     return ImageEncoding.of(fmt, int(quality) if quality else None)  # type: ignore[arg-type]
+
+
+class EncodingBenchmark(BaseModel):
+    """`jobs.benchmark --encode-only`: which images to encode, in which encodings, on how many threads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    encode_sizes: tuple[PositiveInt, ...] = (256, 512)  # image sides
+    encodings: tuple[Annotated[ImageEncoding, BeforeValidator(parse_encoding)], ...] = (
+        ImageEncoding.of("png"),
+        ImageEncoding.of("jpeg"),
+        ImageEncoding.of("webp"),
+    )
+    encode_images: PositiveInt = 32  # per size
+    encode_threads: tuple[PositiveInt, ...] = (1, 2)  # thread counts to measure
+    encode_repeats: PositiveInt = 5  # passes over the images; the best is reported
+    encode_source: Path | None = None  # a folder of real images (resized to each size); None: synthetic
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> EncodingBenchmark:
+        for field in ("encode_sizes", "encodings", "encode_threads"):
+            if not getattr(self, field):
+                raise ValueError(f"--{field.replace('_', '-')} needs at least one value")
+        return self
 
 
 def natural_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -107,23 +136,22 @@ def python_thread_share(encoding: ImageEncoding, images: np.ndarray, seconds: fl
     return rates[1] / rates[0]
 
 
-def measure(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    encodings = [parse_encoding(e) for e in args.encodings.split(",")]
-    threads = [int(t) for t in args.encode_threads.split(",")]
-    for size in (int(s) for s in args.encode_sizes.split(",")):
-        if args.encode_source:
-            images = folder_images(Path(args.encode_source), args.encode_images, size)
+def measure(config: EncodingBenchmark) -> Iterator[dict[str, Any]]:
+    threads = config.encode_threads
+    for size in config.encode_sizes:
+        if config.encode_source:
+            images = folder_images(config.encode_source, config.encode_images, size)
         else:
-            images = natural_images(args.encode_images, size)
-        for encoding in encodings:
+            images = natural_images(config.encode_images, size)
+        for encoding in config.encodings:
             line: dict[str, Any] = {
                 "encoding": encoding.describe(),
                 "image_size": size,
                 "images": len(images),
-                "source": args.encode_source or "synthetic 1/f",
+                "source": str(config.encode_source) if config.encode_source else "synthetic 1/f",
             }
             for t in threads:
-                rate, mean_bytes = encode_rate(encoding, images, t, args.encode_repeats)
+                rate, mean_bytes = encode_rate(encoding, images, t, config.encode_repeats)
                 line[f"images_per_s_{t}_threads"] = round(rate, 1)
                 line["bytes_per_image"] = mean_bytes
             line["threads_per_gpu_image_per_s"] = round(1 / line[f"images_per_s_{threads[0]}_threads"] * threads[0], 4)
@@ -131,9 +159,9 @@ def measure(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             yield line
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(config: EncodingBenchmark) -> list[dict[str, Any]]:
     lines = []
-    for line in measure(args):
+    for line in measure(config):
         print(json.dumps(line), flush=True)
         lines.append(line)
     return lines

@@ -9,18 +9,18 @@ are left out of it as the DiT benchmark leaves them out.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dit_worker.backends import GenerationRequest, Rows, inspect_model, load_generator
+from dit_worker.backends import GenerationRequest, Rows, TextEncoderPlacement, inspect_model, load_generator
 from dit_worker.backends.diffusers.run import DiffusersGenerator
-from dit_worker.backends.settings import DTYPES, SamplingSettings, resolve_device, resolve_dtype
+from dit_worker.backends.settings import DTYPES, DTypeName, SamplerName, SamplingSettings, resolve_device, resolve_dtype
 from dit_worker.benchmarks.conditions import machine_conditions
 
 PROMPTS = (
@@ -31,40 +31,84 @@ PROMPTS = (
 )
 
 
-def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+class ModelBenchmarkOptions(BaseModel):
+    """The timing, sampling and diffusers-pipeline options both model benchmarks (this one and `sampling`) take."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sampler: SamplerName | None = None  # None: ddim for DiT, a diffusers pipeline's own scheduler
+    steps: int = Field(50, ge=1)
+    cfg_scale: float | None = Field(None, ge=0.0, allow_inf_nan=False)  # None: 1.5 for DiT, a pipeline's own
+    batch_sizes: tuple[int, ...] | Literal["auto"] = (32,)  # auto: the largest batch that fits
+    device: str | None = None  # None: cuda if present
+    dtype: DTypeName | None = None  # None: bfloat16 on GPU, float32 on CPU
+    compile: bool | None = None  # torch.compile + CUDA graphs; None: on for CUDA, off for CPU
+    repeats: int = Field(3, ge=1)
+    warmup: int = Field(1, ge=0)
+    compare: Literal["diffusers"] | None = None
+    # diffusers pipelines (PixArt, Stable Diffusion, DDPM, DDIM) only.
+    height: int | None = Field(None, ge=8)  # None: the model's
+    width: int | None = Field(None, ge=8)
+    max_sequence_length: int | None = Field(None, ge=1)  # PixArt: T5 tokens per prompt
+    text_encoder: TextEncoderPlacement = "device"
+
+    @field_validator("batch_sizes", mode="before")
+    @classmethod
+    def _batch_sizes(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if not isinstance(value, (list, tuple)) or not value or not all(_positive_int(v) for v in value):
+            raise ValueError("must be comma-separated positive integers or 'auto'")
+        return tuple(int(v) for v in value)
+
+
+class PipelineBenchmark(ModelBenchmarkOptions):
+    """`jobs.benchmark --model M` for a checkpoint that runs through diffusers: the model and how to time it."""
+
+    model: str = Field(min_length=1)  # diffusers pipeline directory, hub id or s3:// prefix
+
+
+def _positive_int(value: Any) -> bool:
+    """An int >= 1, or its decimal text (the CLI's comma-separated items)."""
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def run_pipeline_benchmark(config: PipelineBenchmark) -> list[dict[str, Any]]:
     import json
 
-    spec = inspect_model(args.model, None)
-    fields: dict[str, Any] = {"steps": args.steps}
-    if args.sampler is not None:
-        fields["sampler"] = args.sampler
-    if args.cfg_scale is not None and spec.conditioning == "text":
-        fields["cfg_scale"] = args.cfg_scale
+    spec = inspect_model(config.model, None)
+    fields: dict[str, Any] = {"steps": config.steps}
+    if config.sampler is not None:
+        fields["sampler"] = config.sampler
+    if config.cfg_scale is not None and spec.conditioning == "text":
+        fields["cfg_scale"] = config.cfg_scale
     request = GenerationRequest(
         sampling=SamplingSettings(**fields),
-        height=args.height,
-        width=args.width,
-        max_sequence_length=args.max_sequence_length,
+        height=config.height,
+        width=config.width,
+        max_sequence_length=config.max_sequence_length,
     )
     settings = spec.resolve(request)
-    device = resolve_device(args.device)
-    dtype = next(k for k, v in DTYPES.items() if v == resolve_dtype(args.dtype, device))
-    gen = load_generator(args.model, None, str(device), dtype, settings, args.text_encoder)
+    device = resolve_device(config.device)
+    dtype = next(k for k, v in DTYPES.items() if v == resolve_dtype(config.dtype, device))
+    gen = load_generator(config.model, None, str(device), dtype, settings, config.text_encoder)
     assert isinstance(gen, DiffusersGenerator)
-    compile_ = device.type == "cuda" if args.compile is None else args.compile
+    compile_ = device.type == "cuda" if config.compile is None else config.compile
     if compile_:
         gen.compile()
-    sizes = [gen.max_batch_size()] if args.batch_sizes == "auto" else [int(b) for b in args.batch_sizes.split(",")]
+    sizes = [gen.max_batch_size()] if config.batch_sizes == "auto" else list(config.batch_sizes)
     lines = []
     for batch in sizes:
         rows = Rows(
             seeds=list(range(batch)),
             prompts=[PROMPTS[i % len(PROMPTS)] for i in range(batch)] if spec.conditioning == "text" else None,
         )
-        for _ in range(args.warmup):
+        for _ in range(config.warmup):
             _timed(gen, rows, settings.steps)
         full, one, peaks, resident = [], [], [], []
-        for _ in range(args.repeats):
+        for _ in range(config.repeats):
             t, peak, rss = _timed(gen, rows, settings.steps)
             full.append(t)
             peaks.append(peak)
@@ -73,8 +117,8 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         total = statistics.median(full)
         per_step = (total - statistics.median(one)) / (settings.steps - 1) if settings.steps > 1 else total
         per_step = per_step if per_step > 0 else None  # the slope drowned in timing noise: not resolved
-        if getattr(args, "compare", None) == "diffusers":
-            _compare_with_pipeline(args.model, gen, rows, settings, total, args)
+        if config.compare == "diffusers":
+            _compare_with_pipeline(gen, rows, settings, total, config)
         line = {
             "impl": "diffusers",
             "pipeline": settings.pipeline,
@@ -86,7 +130,7 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
             "cfg_scale": settings.cfg_scale,
             "height": settings.height,
             "width": settings.width,
-            "text_encoder": args.text_encoder,
+            "text_encoder": config.text_encoder,
             "images_per_s": batch / total,
             "s_per_step": per_step,
             "peak_mem_gib": max(peaks) / 2**30 if device.type == "cuda" else None,
@@ -94,7 +138,7 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_while_denoising_mib": max(resident) / 2**20 if any(resident) else None,
             "compiled": compile_,
-            "repeats": args.repeats,
+            "repeats": config.repeats,
         }
         lines.append(line)
         print(json.dumps(line | machine_conditions(device)), flush=True)
@@ -102,7 +146,7 @@ def run_pipeline_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _compare_with_pipeline(
-    model: str, gen: DiffusersGenerator, rows: Rows, settings: Any, ours_s: float, args: argparse.Namespace
+    gen: DiffusersGenerator, rows: Rows, settings: Any, ours_s: float, config: PipelineBenchmark
 ) -> None:
     """The same batch through the plain diffusers pipeline (prompts as text, one call), loaded on its
     own in the worker's dtype: a line with its images/s and ours over it (`ratio`)."""
@@ -122,16 +166,16 @@ def _compare_with_pipeline(
     else:
         kwargs["batch_size"] = len(rows)
     times = []
-    for i in range(args.warmup + args.repeats):
+    for i in range(config.warmup + config.repeats):
         kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed) for seed in rows.seeds]
         t0 = time.perf_counter()
         with torch.inference_mode():
             pipe(**kwargs)
-        if i >= args.warmup:
+        if i >= config.warmup:
             times.append(time.perf_counter() - t0)
     ref = statistics.median(times)
     line = {"impl": "diffusers-pipeline-alone", "pipeline": settings.pipeline, "batch_size": len(rows),
-            "images_per_s": len(rows) / ref, "ratio": ref / ours_s, "repeats": args.repeats}  # fmt: skip
+            "images_per_s": len(rows) / ref, "ratio": ref / ours_s, "repeats": config.repeats}  # fmt: skip
     print(json.dumps(line), flush=True)
 
 

@@ -9,7 +9,6 @@ inside that same call, so the sampling and decoding parts of both sides add up t
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -18,15 +17,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from dit_worker.backends import pipeline_class
 from dit_worker.backends.native.pipeline import DiTPipeline, load_pipeline
-from dit_worker.backends.settings import SamplingSettings
+from dit_worker.backends.settings import SamplerName, SamplingSettings
 from dit_worker.benchmarks.conditions import machine_conditions
-from dit_worker.benchmarks.pipelines import run_pipeline_benchmark
+from dit_worker.benchmarks.pipelines import ModelBenchmarkOptions, PipelineBenchmark, run_pipeline_benchmark
 from dit_worker.checkpoints.convert import random_checkpoint_dir
 from dit_worker.execution.tries import TaskQueue
 from dit_worker.manifest.sources import DerivedManifest
@@ -46,6 +46,32 @@ PEAK_TFLOPS = {
     ("A100", "float16"): 312.0,
     ("A100", "float32"): 156.0,
 }
+
+
+class SamplingBenchmark(ModelBenchmarkOptions):
+    """`jobs.benchmark --model M | --random NAME`: the DiT checkpoint to time and how (a diffusers one is handed on)."""
+
+    model: str | None = Field(None, min_length=1)  # diffusers dir, original .pt (with vae), hub id or s3://
+    random: str | None = Field(None, min_length=1)  # registry size with random weights, e.g. DiT-XL/2
+    vae: str | None = None  # VAE for an original .pt checkpoint
+    image_size: Literal[256, 512] = 256  # with random
+    cfg_channels: Literal[3, 4] = 4
+    guidance_interval: tuple[float, float] | None = None
+    peak_tflops: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: datasheet value by GPU name
+    e2e_out: str | None = Field(None, min_length=1)  # local folder or s3:// prefix for the job's shard loop
+    e2e_shards: int = Field(4, ge=1)
+    psnr_samples: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SamplingBenchmark:
+        if (self.model is None) == (self.random is None):
+            raise ValueError("give one of --model and --random")
+        return self
+
+    def pipeline_benchmark(self) -> PipelineBenchmark:
+        """The options for `run_pipeline_benchmark` (a --model that runs through diffusers)."""
+        shared = self.model_dump(include=set(ModelBenchmarkOptions.model_fields))
+        return PipelineBenchmark(model=self.model, **shared)
 
 
 def sync(device: torch.device) -> None:
@@ -126,12 +152,12 @@ def measure_ours(pipe: DiTPipeline, settings: SamplingSettings, batch: int, time
     return {"sample_s": total - sum(decode), "decode_s": sum(decode), "total_s": total, "peak_bytes": timer.peak}
 
 
-def reference_pipeline(path: Path, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+def reference_pipeline(path: Path, sampler: SamplerName, device: torch.device, dtype: torch.dtype):
     from diffusers import DDIMScheduler, DDPMScheduler, DiTPipeline, DPMSolverMultistepScheduler
 
     ref = DiTPipeline.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=False).to(device)
     schedulers = {"ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
-    ref.scheduler = schedulers[args.sampler].from_config(ref.scheduler.config)
+    ref.scheduler = schedulers[sampler].from_config(ref.scheduler.config)
     ref.set_progress_bar_config(disable=True)
     return ref
 
@@ -255,40 +281,37 @@ def summarise(
     }
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if args.model and pipeline_class(args.model) != "DiTPipeline":  # PixArt, Stable Diffusion, DDPM, DDIM
-        return run_pipeline_benchmark(args)
-    args.sampler = args.sampler or "ddim"
-    args.cfg_scale = 1.5 if args.cfg_scale is None else args.cfg_scale
+def run(config: SamplingBenchmark) -> list[dict[str, Any]]:
+    if config.model and pipeline_class(config.model) != "DiTPipeline":  # PixArt, Stable Diffusion, DDPM, DDIM
+        return run_pipeline_benchmark(config.pipeline_benchmark())
     settings = SamplingSettings(
-        sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, cfg_channels=args.cfg_channels
+        sampler=config.sampler or "ddim",
+        steps=config.steps,
+        cfg_scale=1.5 if config.cfg_scale is None else config.cfg_scale,
+        cfg_channels=config.cfg_channels,
     )
     with tempfile.TemporaryDirectory(prefix="dit-bench-") as tmp:
-        model = args.model
-        if args.random:
-            model = str(random_checkpoint_dir(args.random, Path(tmp) / "random", image_size=args.image_size))
-        pipe = load_pipeline(model, args.vae, device=args.device, dtype=args.dtype)
-        compile_ = pipe.device.type == "cuda" if args.compile is None else args.compile
+        model = config.model
+        if config.random:
+            model = str(random_checkpoint_dir(config.random, Path(tmp) / "random", image_size=config.image_size))
+        pipe = load_pipeline(model, config.vae, device=config.device, dtype=config.dtype)
+        compile_ = pipe.device.type == "cuda" if config.compile is None else config.compile
         if compile_:
             pipe.compile()
-        if args.guidance_interval:
-            settings = settings.model_copy(update={"guidance_interval": tuple(args.guidance_interval)})
-        ref = reference_pipeline(Path(model), args, pipe.device, pipe.dtype) if args.compare else None
+        if config.guidance_interval:
+            settings = settings.model_copy(update={"guidance_interval": config.guidance_interval})
+        ref = reference_pipeline(Path(model), settings.sampler, pipe.device, pipe.dtype) if config.compare else None
         timer = Timer(pipe.device)
-        peak = peak_tflops(pipe.device, pipe.dtype, args.peak_tflops)
-        sizes = (
-            [pipe.max_batch_size(settings)]
-            if args.batch_sizes == "auto"
-            else [int(b) for b in args.batch_sizes.split(",")]
-        )
+        peak = peak_tflops(pipe.device, pipe.dtype, config.peak_tflops)
+        sizes = [pipe.max_batch_size(settings)] if config.batch_sizes == "auto" else list(config.batch_sizes)
         lines = []
         for batch in sizes:
-            for _ in range(args.warmup):
+            for _ in range(config.warmup):
                 measure_ours(pipe, settings, batch, timer)
                 if ref is not None:
                     measure_reference(ref, settings, batch, timer)
             ours, theirs = [], []
-            for _ in range(args.repeats):  # alternate, so drift in clocks or load hits both alike
+            for _ in range(config.repeats):  # alternate, so drift in clocks or load hits both alike
                 ours.append(measure_ours(pipe, settings, batch, timer))
                 if ref is not None:
                     theirs.append(measure_reference(ref, settings, batch, timer))
@@ -313,12 +336,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
             for entry in lines[-3 if ref is not None else -1 :]:
                 print(json.dumps(entry | machine_conditions(pipe.device)), flush=True)
-            if args.e2e_out:
-                lines.append(measure_end_to_end(pipe, settings, batch, args.e2e_out, args.e2e_shards, timer))
+            if config.e2e_out:
+                lines.append(measure_end_to_end(pipe, settings, batch, config.e2e_out, config.e2e_shards, timer))
                 print(json.dumps(lines[-1] | machine_conditions(pipe.device)), flush=True)
-        if args.psnr_samples:
-            reference = load_pipeline(model, args.vae, device=pipe.device, dtype="float32")
-            line = measure_psnr(pipe, reference, settings, args.psnr_samples, min(args.psnr_samples, max(sizes)))
+        if config.psnr_samples:
+            reference = load_pipeline(model, config.vae, device=pipe.device, dtype="float32")
+            samples = config.psnr_samples
+            line = measure_psnr(pipe, reference, settings, samples, min(samples, max(sizes)))
             lines.append(line | {"impl": "dit_worker", "compiled": compile_, "sampler": settings.sampler})
             print(json.dumps(lines[-1] | machine_conditions(pipe.device)), flush=True)
         return lines

@@ -315,5 +315,6 @@ def describe_config_error(err: ValidationError) -> str:
             parts.append(msg)
             continue
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-        parts.append(f"{flag(str(e['loc'][-1]))}: {msg}{got}")
+        field = next(str(part) for part in reversed(e["loc"]) if isinstance(part, str))  # not a list item's index
+        parts.append(f"{flag(field)}: {msg}{got}")
     return "; ".join(parts)
