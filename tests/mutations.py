@@ -102,14 +102,14 @@ BREAKAGES = [
     ),
     Breakage(
         "manifest: repeats found in a partition are dropped",
-        "dit_worker/manifest/checks.py",
+        "dit_worker/distinct.py",
         "                    found.append(hit)\n",
         "                    pass\n",
         (MANIFEST,),
     ),
     Breakage(
         "manifest: a partition's spilled keys are not read back",
-        "dit_worker/manifest/checks.py",
+        "dit_worker/distinct.py",
         "            parts.append(np.fromfile(path, np.int64).reshape(-1, self.width))\n",
         "            pass\n",
         (MANIFEST, f"{TASK_SCAN}::test_repeats_are_found_across_pieces"),

@@ -23,6 +23,7 @@ FLOORS = {
     "dit_worker.checkpoints": 2,
     "dit_worker.storage": 1,
     "dit_worker.execution": 1,
+    "dit_worker.distinct": 1,  # distinct keys in bounded memory (manifest checks, output sets)
     "dit_worker.models": 1,
     "dit_worker.sampling": 1,
 }

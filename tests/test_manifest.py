@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from checkpoints import id2label
 
+from dit_worker import distinct
 from dit_worker.backends.labels import ClassNames
 from dit_worker.manifest import checks, files, scan
 from dit_worker.manifest.files import ManifestError
@@ -155,8 +156,8 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(files, "MARK_EVERY", 3)
     monkeypatch.setattr(checks, "BLOCK_ROWS", 7)
     monkeypatch.setattr(scan, "BLOCK_ROWS", 7)
-    monkeypatch.setattr(checks, "IN_MEMORY_ROWS", 8)
-    monkeypatch.setattr(checks, "PARTITION_ROWS", 16)
+    monkeypatch.setattr(distinct, "IN_MEMORY_ROWS", 8)
+    monkeypatch.setattr(distinct, "PARTITION_ROWS", 16)
 
 
 def many_rows(n: int) -> dict[str, list]:

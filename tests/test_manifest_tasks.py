@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from checkpoints import id2label
 
+from dit_worker import distinct
 from dit_worker.backends.labels import ClassNames
-from dit_worker.manifest import checks
 from dit_worker.manifest.files import ManifestError
 from dit_worker.manifest.scan import scan_files
 
@@ -94,8 +94,8 @@ def test_the_first_bad_row_in_manifest_order_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spill", [False, True])
 def test_repeats_are_found_across_pieces(tmp_path: Path, spill: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if spill:  # the driver's side of the second pass: several partitions, spilled to disk
-        monkeypatch.setattr(checks, "IN_MEMORY_ROWS", 1000)
-        monkeypatch.setattr(checks, "PARTITION_ROWS", 30_000)
+        monkeypatch.setattr(distinct, "IN_MEMORY_ROWS", 1000)
+        monkeypatch.setattr(distinct, "PARTITION_ROWS", 30_000)
     # Each file's ids increase, but the second starts inside the first: only a pass over both finds 70,000.
     overlap = write_folder(tmp_path / "overlap", [class_rows(100_000), class_rows(50_000, 70_000, seed=4)])
     with pytest.raises(ManifestError, match=r"duplicate sample_id \[70000\]"):

@@ -7,7 +7,7 @@ processes of this machine with --local; in this process for a manifest under `pa
 The driver merges the pieces' results in manifest order: marks, identity leaves, the order of
 their keys, and the first bad row in manifest order. Only when sample ids or image keys do not
 increase across the whole manifest does a second pass split those keys by partition where they
-are read, and the driver finds repeats one partition at a time (checks.DistinctKeys).
+are read, and the driver finds repeats one partition at a time (dit_worker.distinct).
 
 What the driver holds whatever the number of rows: a few results in flight, the marks (16 bytes
 per 4,096 rows), the identity's leaves (32 bytes per 65,536 rows), a partition of keys at a time.
@@ -24,10 +24,10 @@ import numpy as np
 
 from dit_worker.backends import Conditioning
 from dit_worker.backends.labels import ClassNames
+from dit_worker.distinct import DistinctKeys, partitions_for, split_keys
 from dit_worker.execution.tasks import Tasks, make_tasks
 from dit_worker.manifest.checks import (
     BLOCK_ROWS,
-    DistinctKeys,
     KeyOrder,
     PromptCheck,
     TextCheck,
@@ -35,8 +35,6 @@ from dit_worker.manifest.checks import (
     file_digest,
     image_keys,
     manifest_digest,
-    partitions_for,
-    split_keys,
 )
 from dit_worker.manifest.files import (
     FORMAT_OF_SUFFIX,
@@ -160,7 +158,7 @@ class KeysTask:
 
 
 def range_keys(task: KeysTask) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{check: (rows, bounds)} for each check asked (checks.split_keys)."""
+    """{check: (rows, bounds)} for each check asked (distinct.split_keys)."""
     samples = task.rows.load()
     return {name: KEYS[name].split(samples, task.partitions) for name in task.checks}
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from dit_worker.distinct import DistinctKeys, partitions_for, split_keys
 from dit_worker.output.commit_index import committed_shards
 from dit_worker.output.encoding import FORMAT_OF_SUFFIX, ImageFormat, format_of_key
 from dit_worker.output.layout import SUCCESS_KEY, part_key
@@ -383,13 +384,17 @@ class OutputSet:
 
     def check_unique_ids(self) -> None:
         """No sample id committed twice: within each shard from the summary, across shards only where
-        their id ranges overlap (never, for what jobs.generate writes), so memory stays O(shards)."""
+        their id ranges overlap (never, for what jobs.generate writes): such a group's ids go through
+        a distinct-keys check (dit_worker.distinct), so memory stays O(shards) whatever its size."""
         summary = self.summary()
         dup = list(summary.repeated)
         for run in summary.runs():
             if run.size > 1:
-                ids = np.sort(np.concatenate([self.shard(i).sample_ids for i in summary.indices[run]]))
-                dup.extend(ids[1:][ids[1:] == ids[:-1]][:5].tolist())
+                check = DistinctKeys(partitions_for(int(summary.counts[run].sum())), 1, named=False)
+                for i in summary.indices[run]:
+                    check.add(*split_keys(self.shard(i).sample_ids[:, None], None, check.partitions))
+                if (repeat := check.first_repeat()) is not None:
+                    dup.append(repeat[0][0])
         if dup:
             raise OutputSetError(f"{self.url}: sample ids committed more than once: {sorted(dup)[:5]}")
 
