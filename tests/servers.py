@@ -107,6 +107,10 @@ def seaweedfs(data_dir: Path, access_key: str = "test-access", secret_key: str =
         f"-s3.port={s3}", f"-master.port={master}", f"-filer.port={filer}", f"-volume.port={volume}",
         f"-admin.port={admin}", f"-s3.port.grpc={grpc[0]}", f"-master.port.grpc={grpc[1]}",
         f"-filer.port.grpc={grpc[2]}", f"-volume.port.grpc={grpc[3]}", f"-admin.port.grpc={grpc[4]}",
+        # Each bucket is a collection holding at least one volume, and by default mini allows only
+        # free disk / 128 MB volumes: on a machine with a few GB free, PutObject into the Nth bucket
+        # fails with InternalError. Volumes are sparse files, so a high cap costs no disk.
+        "-volume.max=4096",
     ]  # fmt: skip
     env = os.environ | {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 - closed below
