@@ -72,7 +72,12 @@ class MultiNode:
 @pytest.fixture(scope="module")
 def multinode() -> Iterator[MultiNode]:
     before = listeners()
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
+    # Cluster() records its address in RAY_TMPDIR/ray/ray_current_cluster without creating the folder
+    # (/tmp/ray on a fresh machine): point it inside this cluster's own folder.
+    (temp_dir / "ray").mkdir()
     env = {
+        "RAY_TMPDIR": str(temp_dir),
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -84,7 +89,6 @@ def multinode() -> Iterator[MultiNode]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     os.environ.pop("RAY_ADDRESS", None)
-    temp_dir = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
     cluster = MultiNode(temp_dir)
     try:
         new = listeners() - before

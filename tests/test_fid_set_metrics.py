@@ -172,5 +172,8 @@ def test_ray_actors_match_local(
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads((copy / "metrics.json").read_text())
     assert len(list((copy / "features").glob("clip-part-*.npz"))) == 3
-    for key in ("fd_dinov2", "cmmd", "clip_score"):  # same batches, same process kind: measured equal
-        assert got[key] == pytest.approx(metrics[key], rel=1e-9), key
+    # Same batches, but an actor runs torch on its one CPU: float32 sums in another order moved CMMD by
+    # 1.1e-7 relative once (CI). The tolerances of the direct comparison, which a perturbed set misses by far.
+    assert got["fd_dinov2"] == pytest.approx(metrics["fd_dinov2"], rel=FD_TOL)
+    assert got["cmmd"] == pytest.approx(metrics["cmmd"], rel=1e-5)
+    assert got["clip_score"] == pytest.approx(metrics["clip_score"], abs=CLIP_TOL)
