@@ -167,7 +167,10 @@ def recorded(s3_server, bucket: str, prefix: str) -> list[str]:
 
 def test_driver_sigkill_then_resubmit(multinode: MultiNode, s3_server, s3_bucket: str, tiny_ckpt: Path) -> None:
     out = f"s3://{s3_bucket}/driver"
-    args = ["--model", tiny_ckpt, *JOB, "--num-workers", 2, "--lease-ttl", 6, "--out", out]
+    # The dead driver's lease must outlive the next submission's start (imports, planning: tens of
+    # seconds on a loaded 2-core machine), and then expire within the test.
+    ttl = 30
+    args = ["--model", tiny_ckpt, *JOB, "--num-workers", 2, "--lease-ttl", ttl, "--out", out]
     sid = submit(multinode, s3_server, *args)
     # A commit counts for the next run once the driver has recorded it in the commit index (a log
     # object, written at most 2 s after the commit): a shard committed but not yet recorded when the
@@ -176,12 +179,14 @@ def test_driver_sigkill_then_resubmit(multinode: MultiNode, s3_server, s3_bucket
     pids = wait_for(lambda: driver_pids(out), 30, "the driver process")
     for pid in pids:
         os.kill(pid, signal.SIGKILL)  # no cleanup at all: the lease is left to expire
+    killed = time.monotonic()
     assert finish(multinode.head, sid) in ("FAILED", "STOPPED")
     assert "_SUCCESS" not in [k.rpartition("/")[2] for k in committed(s3_server, s3_bucket, "driver")]
     early = submit(multinode, s3_server, *args)  # the dead driver's lease still holds
     assert finish(multinode.head, early) == "FAILED"
     assert "is being written by another run" in multinode.head.job_logs(early)
-    time.sleep(6.5)
+    assert time.monotonic() - killed < ttl - 2, "the refused run started too late to prove the lease held"
+    time.sleep(max(0.0, killed + ttl + 0.5 - time.monotonic()))
     again = submit(multinode, s3_server, *args)
     assert finish(multinode.head, again, timeout=480) == "SUCCEEDED", multinode.head.job_logs(again)[-3000:]
     check_complete(s3_server, s3_bucket, "driver", SAMPLES)

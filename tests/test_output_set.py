@@ -139,3 +139,28 @@ def test_a_set_from_an_unsorted_manifest_is_read_shard_by_shard(tmp_path: Path, 
     monkeypatch.setattr(reader, "MERGE_SHARDS", 3)
     by_shard = [sorted(ids[k : k + 8]) for k in range(0, 32, 8)]
     assert [s.sample_id for s in output.iter_samples()] == [i for shard in by_shard for i in shard]
+
+
+def test_a_reader_left_unfinished_closes_without_waiting_for_its_reads() -> None:
+    """A prefetch stopped early (a bad image) is closed by whoever drops it, the garbage collector in
+    any thread included: closing must not join its read threads, or it can deadlock inside
+    threading's own lock (jobs.verify --full once hung so)."""
+    import threading
+
+    release = threading.Event()
+
+    def read(i: int) -> int:
+        if i == 2:
+            release.wait(30)  # a read still running when the reader is dropped
+        return i
+
+    reads = reader.prefetch(read, iter(range(5)), window=3)  # reads 0, 1 and 2 start before 0 is taken
+    assert next(reads) == 0
+    closer = threading.Thread(target=reads.close)
+    closer.start()
+    closer.join(10)
+    try:
+        assert not closer.is_alive(), "closing the reader waited for a running read"
+    finally:
+        release.set()
+        closer.join()

@@ -91,7 +91,8 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
 
 def prefetch(fn: Callable, items: Iterable, window: int = READ_WINDOW) -> Iterator:
     """`map(fn, items)` in order, with at most `window` calls in flight (threads: I/O and zlib release the GIL)."""
-    with ThreadPoolExecutor(max_workers=window) as pool:
+    pool = ThreadPoolExecutor(max_workers=window)
+    try:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
@@ -99,6 +100,11 @@ def prefetch(fn: Callable, items: Iterable, window: int = READ_WINDOW) -> Iterat
                 yield pending.popleft().result()
         for fut in pending:
             yield fut.result()
+    finally:
+        # Never join here: a generator left unfinished (a reader stopped at a bad image) is closed by
+        # the garbage collector in whichever thread it runs, possibly one starting up inside
+        # threading's own lock, where joining threads deadlocks (seen in jobs.verify --full).
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _split_container_key(image_key: str) -> tuple[str, str] | None:
