@@ -508,6 +508,13 @@ BREAKAGES = [
         ("tests/test_fid_streaming.py::test_reservoir_keeps_the_subsample_of_everything_offered_in_any_order",),
     ),
     Breakage(
+        "OutputSet: iterating shards reads every part first",
+        "dit_worker/output/reader.py",
+        "        return prefetch(self.shard, self.indices if indices is None else indices, PARTS_AHEAD)\n",
+        "        return iter(list(prefetch(self.shard, self.indices if indices is None else indices, PARTS_AHEAD)))\n",
+        ("tests/test_output_set.py::test_iteration_holds_a_bounded_number_of_parts",),
+    ),
+    Breakage(
         "OutputSet: a reader dropped early joins its read threads",
         "dit_worker/output/reader.py",
         "        pool.shutdown(wait=False, cancel_futures=True)\n",
