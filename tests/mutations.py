@@ -159,8 +159,8 @@ BREAKAGES = [
     Breakage(
         "tasks: results taken newest first, not in order",
         "dit_worker/execution/ordered.py",
-        "        if len(waiting) >= ahead:\n            yield get(waiting.popleft())\n",
-        "        if len(waiting) >= ahead:\n            yield get(waiting.pop())\n",
+        "            if len(waiting) >= ahead:\n                yield get(waiting.popleft())\n",
+        "            if len(waiting) >= ahead:\n                yield get(waiting.pop())\n",
         (f"{TASK_SCAN}::test_pieces_scanned_by_processes_match_one_process",),
     ),
     Breakage(
