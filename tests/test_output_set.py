@@ -149,7 +149,6 @@ def test_a_reader_left_unfinished_closes_without_waiting_for_its_reads() -> None
     """A prefetch stopped early (a bad image) is closed by whoever drops it, the garbage collector in
     any thread included: closing must not join its read threads, or it can deadlock inside
     threading's own lock (jobs.verify --full once hung so)."""
-
     release = threading.Event()
 
     def read(i: int) -> int:
