@@ -94,7 +94,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def pixart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random PixArt-Σ pipeline in the diffusers layout (T5 encoder, trained sentencepiece tokenizer)."""
-    from pipelines import save_pixart_sigma
+    from dit_worker.checkpoints.tiny_pipelines import save_pixart_sigma
 
     return save_pixart_sigma(tmp_path_factory.mktemp("pixart") / "pixart-sigma")
 
@@ -102,7 +102,7 @@ def pixart_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sd_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Stable Diffusion pipeline (CLIP text model, trained BPE tokenizer)."""
-    from pipelines import save_stable_diffusion
+    from dit_worker.checkpoints.tiny_pipelines import save_stable_diffusion
 
     return save_stable_diffusion(tmp_path_factory.mktemp("sd") / "stable-diffusion")
 
@@ -110,7 +110,7 @@ def sd_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ddim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random unconditional DDIM pipeline (UNet2DModel, 16x16 RGB)."""
-    from pipelines import save_ddim
+    from dit_worker.checkpoints.tiny_pipelines import save_ddim
 
     return save_ddim(tmp_path_factory.mktemp("ddim") / "ddim")
 
@@ -118,6 +118,6 @@ def ddim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def flux_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random FLUX.1-dev-like pipeline (CLIP + T5, guidance embedding; tests/family_pipelines.py)."""
-    from family_pipelines import save_flux
+    from dit_worker.checkpoints.tiny_pipelines import save_flux
 
     return save_flux(tmp_path_factory.mktemp("flux") / "flux")

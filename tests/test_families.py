@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from family_pipelines import save_cogview4, save_flux, save_sana, save_sd3, save_sd_pag, save_sdxl
-from pipelines import save_stable_diffusion
+from family_pipelines import save_cogview4, save_sd_pag
 from test_job_t2i import assert_matches, assert_sensitive, images, write_manifest
 
+from dit_worker.checkpoints.tiny_pipelines import save_flux, save_sana, save_sd3, save_sdxl, save_stable_diffusion
 from jobs.generate import main
 
 CPU = ["--device", "cpu", "--dtype", "float32"]

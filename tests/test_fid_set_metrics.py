@@ -17,9 +17,9 @@ from hf_models import save_tiny_clip, save_tiny_dinov2
 from inception_weights import random_inception_weights
 from metric_references import blocky, direct_cmmd, direct_dinov2_features, scipy_frechet, torchmetrics_clip_scores
 from output_sets import png_bytes, write_output_set
-from pipelines import WORDS
 from test_set_metrics import CLIP_TOL, CMMD_TOL, FD_TOL
 
+from dit_worker.checkpoints.tiny_tokenizers import WORDS
 from dit_worker.storage.objects import open_storage
 from jobs.fid import main as fid_main
 

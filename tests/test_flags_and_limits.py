@@ -35,7 +35,7 @@ def run(*args: object) -> int:
 
 @pytest.fixture(scope="module")
 def sd3_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from family_pipelines import save_sd3
+    from dit_worker.checkpoints.tiny_pipelines import save_sd3
 
     return save_sd3(tmp_path_factory.mktemp("sd3") / "sd3")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pipelines import save_stable_diffusion
 from test_job_t2i import assert_matches, assert_sensitive, images, write_manifest
 
+from dit_worker.checkpoints.tiny_pipelines import save_stable_diffusion
 from jobs.generate import main
 
 CPU = ["--device", "cpu", "--dtype", "float32"]

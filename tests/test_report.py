@@ -16,9 +16,9 @@ import pyarrow.dataset as ds
 import pytest
 from metric_references import blocky
 from output_sets import write_output_set
-from pipelines import WORDS
 from synthetic_sets import write_synthetic_set
 
+from dit_worker.checkpoints.tiny_tokenizers import WORDS
 from dit_worker.storage.objects import open_storage
 from jobs.report import main as report_main
 

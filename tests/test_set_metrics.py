@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from hf_models import save_tiny_clip, save_tiny_dinov2
 from metric_references import blocky, direct_cmmd, direct_dinov2_features, scipy_frechet, torchmetrics_clip_scores
-from pipelines import WORDS
 
+from dit_worker.checkpoints.tiny_tokenizers import WORDS
 from dit_worker.metrics.clip_score import ClipEmbedder, clip_scores
 from dit_worker.metrics.cmmd import BLOCK, cmmd, subsample
 from dit_worker.metrics.dinov2 import Dinov2Features
