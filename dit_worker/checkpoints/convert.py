@@ -1,5 +1,5 @@
 """Writing checkpoints in the diffusers layout (safetensors): conversion of original DiT files,
-and random-weight checkpoints for benchmarks."""
+and random-weight checkpoints for benchmarks and the self-check."""
 
 from __future__ import annotations
 
@@ -46,14 +46,35 @@ def convert_original(src: str, vae: str, out: Path, *, id2label: dict[int, str] 
     return write_diffusers_layout(out, config, state, *vae_files, id2label=id2label)
 
 
+# The self-check's DiT: 32-px images (16x16 latents, patch 2: 64 tokens), head dim 32, a 2-level VAE decoder.
+TINY_DIT = DiTConfig(input_size=16, patch_size=2, hidden_size=64, depth=2, num_heads=2)
+TINY_VAE = VAEDecoderConfig(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16)
+
+
 def random_checkpoint_dir(name: str, out: Path, *, image_size: int = 256, seed: int = 0) -> Path:
     """A registry-size DiT (e.g. "DiT-XL/2") and a full SD VAE decoder with random weights.
 
     Weights are N(0, 0.02) so activations keep realistic magnitudes; only the VAE decoder half is
     written (diffusers initialises the unused encoder itself).
     """
-    config = dit_config(name, input_size=image_size // 8)
-    vae = VAEDecoderConfig()
+    return random_dit_dir(dit_config(name, input_size=image_size // 8), VAEDecoderConfig(), out, seed=seed)
+
+
+def tiny_checkpoint_dir(out: Path, *, seed: int = 0) -> Path:
+    """TINY_DIT and TINY_VAE with random weights that steer: class and timestep shape every image
+    (`random_dit_dir`'s `steer`), so a check that drops a setting on the way misses by far."""
+    return random_dit_dir(TINY_DIT, TINY_VAE, out, seed=seed, steer=True)
+
+
+def random_dit_dir(config: DiTConfig, vae: VAEDecoderConfig, out: Path, *, seed: int = 0, steer: bool = False) -> Path:
+    """Random weights N(0, 0.02) (biases 0.01, GroupNorm gains about 1) in the diffusers layout.
+
+    With `steer`, a small DiT's output depends on its class and timestep as a trained one does: at
+    N(0, 0.02) everywhere it predicts eps ~ 0.1 whatever the class, sampling mostly rescales the initial
+    noise and the VAE's first GroupNorm hides the scale. A unit-scale label table, adaLN gains of
+    1.1/sqrt(hidden) and a final layer giving eps ~ 6 (learned variance ~ 1, inside the [-1, 1] that
+    learned-range interpolation expects) make the conditioning count in every block.
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {**DiT(config).state_dict(), **{f"vae.{k}": v for k, v in VAEDecoder(vae).state_dict().items()}}
@@ -61,6 +82,19 @@ def random_checkpoint_dir(name: str, out: Path, *, image_size: int = 256, seed: 
     for key, value in state.items():
         if key.endswith(("norm1.weight", "norm2.weight", "norm_out.weight", "group_norm.weight")):
             value.add_(1.0)  # GroupNorm gains around 1, as trained
+    if steer:
+        hidden = config.hidden_size
+        for key, value in state.items():
+            if key.endswith("y_embedder.embedding_table.weight"):
+                value.normal_(0, 1.0, generator=g)
+            elif key.endswith("adaLN_modulation.weight"):
+                value.normal_(0, 1.1 / hidden**0.5, generator=g)
+        # Row r of the final linear layer writes channel r % out_channels (patches are [p, p, C], channel
+        # last); channels >= in_channels are the learned variance.
+        final = state["final_layer.linear.weight"]
+        channel = torch.arange(final.shape[0]) % config.out_channels
+        row_std = torch.where(channel < config.in_channels, 5.7, 0.85) / hidden**0.5
+        final.normal_(0, 1.0, generator=g).mul_(row_std[:, None])
     vae_state = {k.removeprefix("vae."): state.pop(k) for k in list(state) if k.startswith("vae.")}
     return write_diffusers_layout(out, config, state, vae_config_json(vae), vae_state)
 
