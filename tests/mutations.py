@@ -71,6 +71,7 @@ POOL_BREAKAGES = [
     ),
 ]
 FAMILIES = "tests/test_families.py"
+SELFCHECK = "tests/test_selfcheck.py"
 REFUSED = "tests/test_flags_and_limits.py::test_refused_in_one_line_before_loading_and_nothing_written"
 OUT_OF_MEMORY = "tests/test_flags_and_limits.py::test_out_of_memory_fails_the_shard_once_naming_a_batch_size_that_fits"
 
@@ -786,6 +787,42 @@ BREAKAGES = [
         "            guidance = False  # FLUX schnell",
         "            pass  # FLUX schnell",
         (f"{FAMILIES}::test_flux_schnell_runs_without_guidance_and_refuses_cfg_scale",),
+    ),
+    # jobs.selfcheck: each check must notice the product broken under it (one --quick run per breakage).
+    Breakage(
+        "selfcheck fast-path: attention without its 1/sqrt(head_dim) scale",
+        "dit_worker/models/dit.py",
+        "x = F.scaled_dot_product_attention(q, k, v)",
+        "x = F.scaled_dot_product_attention(q, k, v, scale=1.0)",
+        (f"{SELFCHECK}::test_fast_path_lines",),
+    ),
+    Breakage(
+        "selfcheck rows: a row's noise seeded by its place in the batch",
+        "dit_worker/sampling/noise.py",
+        'self.generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]',
+        'self.generators = [torch.Generator("cpu").manual_seed(int(s) + i) for i, s in enumerate(seeds)]',
+        (f"{SELFCHECK}::test_rows_lines",),
+    ),
+    Breakage(
+        "selfcheck job: a sample's seed depends on the process (a resumed run makes other images)",
+        "dit_worker/manifest/samples.py",
+        "return (sample_id + global_seed * SEED_SHIFT) % SEED_SPACE",
+        'return (sample_id + (global_seed + __import__("os").getpid()) * SEED_SHIFT) % SEED_SPACE',
+        (f"{SELFCHECK}::test_job_lines_and_the_kept_outputs",),
+    ),
+    Breakage(
+        "selfcheck speed: the FLOP count forgets guidance's second row",
+        "dit_worker/benchmarks/sampling.py",
+        "rows = batch * (2 if settings.guided else 1)",
+        "rows = batch",
+        (f"{SELFCHECK}::test_speed_lines",),
+    ),
+    Breakage(
+        "selfcheck families: a diffusers pipeline runs without the job's guidance scale",
+        "dit_worker/backends/diffusers/run.py",
+        '                kwargs["guidance_scale"] = s.cfg_scale',
+        "                pass",
+        (f"{SELFCHECK}::test_families_lines",),
     ),
 ]
 # The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.

@@ -294,7 +294,9 @@ def test_a_set_larger_than_the_subsample(
     precision, recall = precision_recall(f["real_pool"][rows], f["generated_pool"][rows])
     print("subsample rows", rows.tolist(), {k: got[k] for k in COMPARED}, "expected", is_mean, precision, recall)
     assert got["inception_score_mean"] == pytest.approx(is_mean, rel=IS_TOL)
-    assert got["inception_score_std"] == pytest.approx(is_std, rel=IS_TOL)
+    # The std over splits is a difference of nearly equal scores: its float32-logit noise scales with the
+    # score, not with the std (measured 6e-8 absolute on a std of 0.03, here in float64 logits).
+    assert got["inception_score_std"] == pytest.approx(is_std, abs=IS_TOL * is_mean)
     assert got["precision"] == pytest.approx(precision, abs=1e-6)
     assert got["recall"] == pytest.approx(recall, abs=1e-6)
     # The same comparison for another rule (the first 12 samples) misses by far more than the tolerance.

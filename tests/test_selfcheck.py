@@ -50,8 +50,8 @@ def test_fast_path_lines(run: tuple[int, list[dict], Path]) -> None:
     assert fast["value"] == "identical" and "float32 eager" in fast["name"]  # CPU's default is eager float32
     assert wrong["value"] < 25 and wrong["holds"]  # the same measure on other classes misses by far
     # diffusers' own timestep frequencies (/127) really differ, by far less than a wrong class does.
-    assert 40 <= diffusers["value"] < 80 and diffusers["holds"]
-    assert frequencies["value"] <= 1 and frequencies["holds"]
+    assert 48 <= diffusers["value"] < 80 and diffusers["holds"]
+    assert (frequencies["value"] == "identical" or frequencies["value"] >= 60) and frequencies["holds"]
 
 
 def test_rows_lines(run: tuple[int, list[dict], Path]) -> None:

@@ -73,7 +73,9 @@ def random_dit_dir(config: DiTConfig, vae: VAEDecoderConfig, out: Path, *, seed:
     N(0, 0.02) everywhere it predicts eps ~ 0.1 whatever the class, sampling mostly rescales the initial
     noise and the VAE's first GroupNorm hides the scale. A unit-scale label table, adaLN gains of
     1.1/sqrt(hidden) and a final layer giving eps ~ 6 (learned variance ~ 1, inside the [-1, 1] that
-    learned-range interpolation expects) make the conditioning count in every block.
+    learned-range interpolation expects) make the conditioning count in every block; QKV gains of
+    1.7/sqrt(hidden) give attention logits of O(1), so attention mixes tokens unevenly (at 0.02 its
+    softmax is uniform, and a wrong attention scale would go unseen).
     """
     g = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
@@ -89,6 +91,8 @@ def random_dit_dir(config: DiTConfig, vae: VAEDecoderConfig, out: Path, *, seed:
                 value.normal_(0, 1.0, generator=g)
             elif key.endswith("adaLN_modulation.weight"):
                 value.normal_(0, 1.1 / hidden**0.5, generator=g)
+            elif key.endswith("attn.qkv.weight"):
+                value.normal_(0, 1.7 / hidden**0.5, generator=g)  # attention logits O(1): softmax far from uniform
         # Row r of the final linear layer writes channel r % out_channels (patches are [p, p, C], channel
         # last); channels >= in_channels are the learned variance.
         final = state["final_layer.linear.weight"]

@@ -26,7 +26,7 @@ ROWS = [
 ]
 # Non-default guidance and size per family, so a setting dropped on the way shows.
 CALLS: dict[str, dict[str, Any]] = {
-    "PixArtSigmaPipeline": {"guidance_scale": 4.5, "height": 32, "width": 48, "max_sequence_length": 16},
+    "PixArtSigmaPipeline": {"guidance_scale": 6.0, "height": 32, "width": 48, "max_sequence_length": 16},
     "StableDiffusion3Pipeline": {"guidance_scale": 5.0, "height": 48, "width": 64, "max_sequence_length": 24},
     "FluxPipeline": {"guidance_scale": 6.0, "height": 48, "width": 64, "max_sequence_length": 24},
     "SanaPipeline": {"guidance_scale": 3.0, "height": 64, "width": 32, "max_sequence_length": 20},

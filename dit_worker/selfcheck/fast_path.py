@@ -17,9 +17,12 @@ NAME = "fast-path"
 SETTINGS = SamplingSettings(sampler="ddim", steps=25, cfg_scale=1.5, cfg_channels=4)
 CLASSES, SEEDS = [2, 879, 207, 5, 11, 42, 999], list(range(10, 17))
 # Image PSNR each dtype must reach against eager float32. Measured on CPU (tiny DiT, 25 DDIM steps):
-# float32 identical, bfloat16 54 dB; another class set 18 dB.
+# float32 identical, bfloat16 55 dB, float16 64 dB; another class set 18 dB.
 PSNR_BOUND_DB = {"float32": 45.0, "bfloat16": 35.0, "float16": 40.0}
-DIFFUSERS_BOUND_DB = 40.0  # float32 eager vs diffusers' own numerics (timestep frequencies /127): 56 dB on CPU
+# float32 eager vs diffusers' DiTPipeline: with its own timestep frequencies (/127) 56 dB on CPU, with DiT's
+# (/128) 91 dB (one pixel 1 level off); an attention without its 1/sqrt(d) scale gives 42 dB on both.
+DIFFUSERS_BOUND_DB = 48.0
+PATCHED_BOUND_DB = 60.0
 WRONG_INPUT_BOUND_DB = 25.0  # the same measure on other classes must fall below this
 
 
@@ -80,13 +83,13 @@ def check_fast_path(ctx: Context) -> list[CheckLine]:
         block.norm1.emb.time_proj.downscale_freq_shift = 0
     theirs = diffusers_images(reference, CLASSES)
     lines.append(
-        at_most(
+        at_least(
             NAME,
             "float32 eager vs diffusers with DiT's timestep frequencies",
-            max_diff(expected, theirs),
-            1,
-            "levels",
-            note="docs/numerics.md",
+            psnr(expected, theirs),
+            PATCHED_BOUND_DB,
+            "dB PSNR",
+            note=f"max {max_diff(expected, theirs)} levels; docs/numerics.md",
         )
     )
     return lines
