@@ -66,7 +66,7 @@ def table(lines: list[CheckLine]) -> str:
     rows = [("check", "measured", "figure", "bound", "holds")]
     for line in lines:
         status = "-" if line.holds is None else "ok" if line.holds else "FAIL" if line.must else "no"
-        figure = f"{line.value} {line.unit}".strip() if line.value is not None else ""
+        figure = "" if line.value is None else "identical" if line.value == "identical" else f"{line.value} {line.unit}"
         rows.append(
             (line.check, line.name + (f" ({line.note})" if line.note else ""), figure, line.bound or "", status)
         )
