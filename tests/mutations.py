@@ -72,6 +72,7 @@ POOL_BREAKAGES = [
 ]
 FAMILIES = "tests/test_families.py"
 SELFCHECK = "tests/test_selfcheck.py"
+SELECT = "tests/test_select.py"
 REFUSED = "tests/test_flags_and_limits.py::test_refused_in_one_line_before_loading_and_nothing_written"
 OUT_OF_MEMORY = "tests/test_flags_and_limits.py::test_out_of_memory_fails_the_shard_once_naming_a_batch_size_that_fits"
 
@@ -823,6 +824,34 @@ BREAKAGES = [
         '                kwargs["guidance_scale"] = s.cfg_scale',
         "                pass",
         (f"{SELFCHECK}::test_families_lines",),
+    ),
+    Breakage(
+        "jobs.select: `not` dropped from a filter",
+        "dit_worker/curation/where.py",
+        "        return ~again(node.operand)",
+        "        return again(node.operand)",
+        (f"{SELECT}::test_the_selection_is_the_filter_applied_to_the_whole_metadata",),
+    ),
+    Breakage(
+        "jobs.select: a chained comparison keeps only its last pair",
+        "dit_worker/curation/where.py",
+        "            out = part if out is None else out & part",
+        "            out = part",
+        (f"{SELECT}::test_the_selection_is_the_filter_applied_to_the_whole_metadata",),
+    ),
+    Breakage(
+        "jobs.select: a rerun selects every shard again instead of the missing ones",
+        "dit_worker/curation/select.py",
+        "    pending = [int(k) for k in source.indices if int(k) not in done]",
+        "    pending = [int(k) for k in source.indices]",
+        (f"{SELECT}::test_a_partial_selection_resumes_and_a_changed_filter_is_refused",),
+    ),
+    Breakage(
+        "jobs.select: the rows taken are not the rows the filter kept (sorted order lost)",
+        "dit_worker/curation/select.py",
+        '    table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))',
+        '    table = table.take(pc.sort_indices(table, [("sample_id", "descending")]))',
+        (f"{SELECT}::test_the_selection_is_the_filter_applied_to_the_whole_metadata",),
     ),
 ]
 # The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.

@@ -12,6 +12,7 @@ FLOORS = {
     "jobs": 9,
     "dit_worker": 8,  # the package's public API (dit_worker/__init__.py)
     "dit_worker.selfcheck": 8,  # proves a machine: drives the job, the benchmarks and the backends
+    "dit_worker.curation": 7,  # reads a finished set and writes a new one on the pool
     "dit_worker.driver": 7,
     "dit_worker.benchmarks": 7,  # harnesses that drive the pool and the workers as the job does
     "dit_worker.worker": 6,

@@ -107,7 +107,7 @@ def prefetch(fn: Callable, items: Iterable, window: int = READ_WINDOW) -> Iterat
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _split_container_key(image_key: str) -> tuple[str, str] | None:
+def split_container_key(image_key: str) -> tuple[str, str] | None:
     """`shards/00003.tar#00000042.png` or `data/part-00003.parquet#00000042.png` (or `/`, `:`
     separators, or the container alone) -> (container key, member); None for an image object."""
     for suffix in CONTAINER_SUFFIXES:
@@ -251,12 +251,20 @@ class OutputSet:
 
     @staticmethod
     def read_part(storage: Storage, index: int) -> Shard:
+        return OutputSet.shard_of(index, OutputSet.read_part_table(storage, index), storage.child(part_key(index)))
+
+    @staticmethod
+    def read_part_table(storage: Storage, index: int) -> pa.Table:
+        """Shard `index`'s metadata part with every column, rows as stored."""
         key = part_key(index)
-        where = storage.child(key)
         try:
-            table = pq.read_table(pa.BufferReader(storage.get(key)))
+            return pq.read_table(pa.BufferReader(storage.get(key)))
         except (pa.ArrowException, OSError) as err:
-            raise OutputSetError(f"{where}: not a readable Parquet file ({err})") from None
+            raise OutputSetError(f"{storage.child(key)}: not a readable Parquet file ({err})") from None
+
+    @staticmethod
+    def shard_of(index: int, table: pa.Table, where: str) -> Shard:
+        """A metadata part's table as a Shard: its rows sorted by sample_id (stable)."""
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise OutputSetError(
@@ -441,11 +449,31 @@ class OutputSet:
             yield from self._read_run(shards[si], [ri for _, _, ri in run])
 
     def _read_run(self, shard: Shard, rows: list[int]) -> Iterator[Sample]:
+        load = self._loader(shard, rows)
+
+        def decode(ri: int) -> Sample:
+            data = load(ri)
+            where = self.storage.child(shard.image_keys[ri])
+            image = decode_image(data, where)
+            expected = (int(shard.heights[ri]), int(shard.widths[ri]), 3)
+            if image.shape != expected:
+                raise OutputSetError(f"{where}: image is {image.shape}, metadata says {expected}")
+            return Sample(int(shard.sample_ids[ri]), int(shard.class_ids[ri]), image)
+
+        yield from prefetch(decode, rows)  # decoded in the read-ahead threads too
+
+    def image_bytes(self, shard: Shard, rows: list[int]) -> Iterator[bytes]:
+        """The stored (encoded) bytes of `shard`'s rows `rows`, in that order, each checked against its
+        metadata sha256; a webdataset tar or parquet data part is fetched once for all of them."""
+        yield from prefetch(self._loader(shard, rows), rows)
+
+    def _loader(self, shard: Shard, rows: list[int]) -> Callable[[int], bytes]:
+        """A row's sha256-checked bytes; the containers `rows` need are fetched here, once."""
         containers: dict[str, _TarMembers | _ParquetMembers] = {}
 
-        def load(ri: int) -> Sample:
+        def load(ri: int) -> bytes:
             key, sample_id = shard.image_keys[ri], int(shard.sample_ids[ri])
-            split = _split_container_key(key)
+            split = split_container_key(key)
             if split is None:
                 where, data = self.storage.child(key), self.storage.get(key)
             else:
@@ -456,16 +484,12 @@ class OutputSet:
                 raise OutputSetError(
                     f"{where}: sha256 differs from metadata part-{shard.index:05d}; the image is corrupt"
                 )
-            image = decode_image(data, where)
-            expected = (int(shard.heights[ri]), int(shard.widths[ri]), 3)
-            if image.shape != expected:
-                raise OutputSetError(f"{where}: image is {image.shape}, metadata says {expected}")
-            return Sample(sample_id, int(shard.class_ids[ri]), image)
+            return data
 
-        for key in dict.fromkeys(s[0] for r in rows if (s := _split_container_key(shard.image_keys[r]))):
+        for key in dict.fromkeys(s[0] for r in rows if (s := split_container_key(shard.image_keys[r]))):
             kind = _ParquetMembers if key.endswith(".parquet") else _TarMembers
             containers[key] = kind(self.storage.get(key), self.storage.child(key))
-        yield from prefetch(load, rows)
+        return load
 
 
 def batched(samples: Iterable[Sample], size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import json
-import tarfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +18,7 @@ from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.layout import OutputFormat, data_key, image_key, member_name, part_key, tar_key
 from dit_worker.output.metadata import RowSettings, parquet_bytes, shard_table
 from dit_worker.output.parquet_images import image_parquet_bytes
+from dit_worker.output.webdataset import webdataset_tar
 from dit_worker.storage.objects import Storage
 
 T = TypeVar("T")
@@ -167,16 +165,3 @@ class ShardWriter:
         if self.negative_prompt is None:
             return None
         return pa.array([self.negative_prompt] * len(samples), pa.large_string())
-
-
-def webdataset_tar(table: pa.Table, images: list[bytes], extension: str = "png") -> bytes:
-    """`<sample_id>.<extension>` + `<sample_id>.json` per sample, with fixed owner and times so a
-    retried shard writes the same bytes."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for row, image in zip(table.drop_columns(["image_key"]).to_pylist(), images, strict=True):
-            for ext, data in ((extension, image), ("json", json.dumps(row, sort_keys=True).encode())):
-                info = tarfile.TarInfo(member_name(row["sample_id"], ext))
-                info.size, info.mode, info.mtime = len(data), 0o644, 0
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()

@@ -1,0 +1,170 @@
+"""`jobs.select`: a filtered copy of a finished set, written as a set of its own (images copied byte for
+byte, or re-packed into another --format), shard for shard, so a killed run resumes where it stopped.
+
+    summary = run_select(SelectConfig(source="s3://b/run", where="clip_score > 28", to="s3://b/kept"))
+
+Source shard k becomes destination shard k holding the rows of k the filter keeps (possibly none), its
+metadata part written last, as generation commits. The driver holds the shard indices only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+from dit_worker.curation.where import parse_where
+from dit_worker.execution.tasks import make_tasks
+from dit_worker.output.commit_index import listed_parts
+from dit_worker.output.layout import (
+    JOB_KEY,
+    SUCCESS_KEY,
+    OutputFormat,
+    data_key,
+    image_key,
+    member_name,
+    part_key,
+    tar_key,
+)
+from dit_worker.output.metadata import parquet_bytes
+from dit_worker.output.parquet_images import image_parquet_bytes
+from dit_worker.output.reader import OutputSet, OutputSetError, split_container_key
+from dit_worker.output.webdataset import webdataset_tar
+from dit_worker.storage.objects import Storage, open_storage
+
+ROW = "__row"  # the row number carried through the filter
+
+
+class SelectConfig(BaseModel):
+    """`python -m jobs.select`'s options, validated at the edge (the expression against the set's columns
+    in `run_select`, before anything is written)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(min_length=1)  # --out: the set to select from
+    where: str = Field(min_length=1)
+    to: str = Field(min_length=1)
+    format: OutputFormat | None = None  # None: the source's
+    s3_endpoint: str | None = None
+    ray: bool = False  # shards on Ray tasks (RAY_ADDRESS) instead of this machine's processes
+
+
+@dataclass(frozen=True)
+class ShardSelection:
+    """One shard's work, as it travels to a task (plain values: picklable)."""
+
+    shard: int
+    source: str
+    to: str
+    where: str
+    format: OutputFormat
+    s3_endpoint: str | None
+
+
+def source_format(table: pa.Table) -> OutputFormat:
+    keys = table.column("image_key").to_pylist()
+    split = split_container_key(keys[0]) if keys else None
+    if split is None:
+        return "png"
+    return "parquet" if split[0].endswith(".parquet") else "webdataset"
+
+
+def select_shard(task: ShardSelection) -> tuple[int, int, int]:
+    """Copy shard `task.shard`'s kept rows; (shard, rows kept, rows in the source shard)."""
+    src = open_storage(task.source, s3_endpoint=task.s3_endpoint)
+    dest = open_storage(task.to, s3_endpoint=task.s3_endpoint)
+    table = OutputSet.read_part_table(src, task.shard)
+    table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))  # stable: Shard's row order
+    shard = OutputSet.shard_of(task.shard, table, src.child(part_key(task.shard)))
+    numbered = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
+    rows = numbered.filter(parse_where(task.where, table.schema)).column(ROW).to_pylist()
+    images = list(OutputSet(src).image_bytes(shard, rows))
+    kept = table.take(pa.array(rows, pa.int64()))
+    ids = kept.column("sample_id").to_pylist()
+    exts = [key.rsplit(".", 1)[-1] for key in kept.column("image_key").to_pylist()]
+    if task.format == "png":
+        keys = [image_key(task.shard, i, ext) for i, ext in zip(ids, exts, strict=True)]
+        for key, data in zip(keys, images, strict=True):
+            dest.put(key, data)
+    else:
+        container = tar_key(task.shard) if task.format == "webdataset" else data_key(task.shard)
+        keys = [f"{container}#{member_name(i, ext)}" for i, ext in zip(ids, exts, strict=True)]
+    kept = kept.set_column(kept.schema.get_field_index("image_key"), "image_key", pa.array(keys, pa.string()))
+    if images and task.format == "webdataset":
+        dest.put(tar_key(task.shard), webdataset_tar(kept, images, exts[0]))  # a set has one image format
+    elif images and task.format == "parquet":
+        members = [member_name(i, ext) for i, ext in zip(ids, exts, strict=True)]
+        dest.put(data_key(task.shard), image_parquet_bytes(kept, images, members))
+    dest.put(part_key(task.shard), parquet_bytes(kept))  # last: the shard counts once this exists
+    return task.shard, len(rows), table.num_rows
+
+
+def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
+    return json.loads(storage.get(key)) if storage.exists(key) else None
+
+
+def run_select(config: SelectConfig) -> dict[str, Any]:
+    """Validate (the expression against the set's columns, the destination), then copy every source shard
+    not yet in the destination; `_SUCCESS` last. Raises ValueError (WhereError) and OutputSetError for a
+    user's mistake, before anything is written."""
+    t0 = time.perf_counter()
+    source = OutputSet.open(config.source, s3_endpoint=config.s3_endpoint)
+    if source.indices.size == 0:
+        raise OutputSetError(f"{source.url}: no committed shard to select from")
+    first = OutputSet.read_part_table(source.storage, int(source.indices[0]))
+    parse_where(config.where, first.schema)
+    fmt = config.format or source_format(first)
+    dest = open_storage(config.to, s3_endpoint=config.s3_endpoint)
+    if dest.url.rstrip("/") == source.url.rstrip("/"):
+        raise ValueError(f"--to {config.to}: the destination is the source set; pick another folder or prefix")
+    generated = _read_json(source.storage, JOB_KEY) or {}
+    record = {
+        "selected_from": source.url,
+        "where": config.where,
+        "format": fmt,
+        "source_fingerprint_sha256": generated.get("fingerprint_sha256"),
+        "source_shards": int(source.indices.size),
+        "source_complete": source.complete,
+    }
+    stored = _read_json(dest, JOB_KEY)
+    if stored is None and any(True for _ in dest.list("")):
+        raise ValueError(f"--to {dest.url}: not empty and not a jobs.select output; pick an empty folder or prefix")
+    if stored is not None:
+        differs = [k for k in record if stored.get(k) != record[k]]
+        if differs:
+            was = "; ".join(f"{k}: {stored.get(k)!r} there, {record[k]!r} now" for k in differs)
+            raise ValueError(
+                f"--to {dest.url} holds another selection ({was}); rerun the same command or pick another --to"
+            )
+    else:
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        body = record | {"source_job": generated, "created_at": created}
+        dest.put(JOB_KEY, json.dumps(body, indent=2).encode())
+    done = listed_parts(dest)
+    pending = [int(k) for k in source.indices if int(k) not in done]
+    tasks = make_tasks(local=not config.ray, items=len(pending))
+    kept = rows = 0
+    try:
+        items = (ShardSelection(k, source.url, dest.url, config.where, fmt, config.s3_endpoint) for k in pending)
+        for _, n_kept, n_rows in tasks.map(select_shard, items):
+            kept, rows = kept + n_kept, rows + n_rows
+    finally:
+        tasks.close()
+    summary = {
+        "selected_from": source.url,
+        "where": config.where,
+        "shards": int(source.indices.size),
+        "shards_selected": len(pending),
+        "shards_skipped": len(done),
+        "rows_read": rows,  # in the shards this run selected
+        "rows_kept": kept,
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
+    dest.put(SUCCESS_KEY, json.dumps(summary, indent=2).encode())
+    return summary
