@@ -25,25 +25,25 @@ from jobs.verify import main as verify_main
 
 # Non-default everything: a `not`, a chained comparison, a string column, `in`, arithmetic.
 WHERE = (
-    "not (seed < 3) and 2 <= class_id <= 5 and class_id != 4 or class_name in ('synthetic class 6',) and seed * 2 > 10"
+    "not (seed < 3) and 3 <= class_id <= 5 and class_id != 4 or class_name in ('synthetic class 6',) and seed * 2 > 10"
 )
 
 
 def keep(row: dict) -> bool:
     """WHERE in plain Python (None compares as a missing value: not kept)."""
     c, s = row["class_id"], row["seed"]
-    return (not s < 3 and 2 <= c <= 5 and c != 4) or (row["class_name"] == "synthetic class 6" and s * 2 > 10)
+    return (not s < 3 and 3 <= c <= 5 and c != 4) or (row["class_name"] == "synthetic class 6" and s * 2 > 10)
 
 
 @pytest.fixture(scope="module")
 def source(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 shards of one sample, SIGKILLed after its first commit and resumed with the same job."""
+    """6 shards of two samples, SIGKILLed after its first commit and resumed with the same job."""
     root = tmp_path_factory.mktemp("select")
     config = JobConfig(model=str(tiny_ckpt), out=str(root / "set"), local=True, device="cpu", dtype="float32",
-                       classes=tuple(map(str, range(1, 7))), per_class=2, shard_size=1, batch_size=1,
+                       classes=tuple(map(str, range(1, 7))), per_class=2, shard_size=2, batch_size=1,
                        sampling=SamplingSettings(sampler="ddim", steps=30, cfg_scale=3.0), lease_ttl=2.0)  # fmt: skip
     (killed_at,) = kill_after_first_commit([config], [root / "killed.log"])
-    assert 0 < killed_at < 12, killed_at
+    assert 0 < killed_at < 6, killed_at
     time.sleep(2.0)  # the killed run's lease expires
     run_job(config)
     return root / "set"
@@ -98,12 +98,12 @@ def test_a_partial_selection_resumes_and_a_changed_filter_is_refused(source: Pat
     assert select_main(args) == 0
     expected = stored_sha256(to)
     # What a run killed before its last three shards leaves: their images maybe, no metadata part, no _SUCCESS.
-    for k in (9, 10, 11):
+    for k in (3, 4, 5):
         (to / "metadata" / f"part-{k:05d}.parquet").unlink()
     (to / "_SUCCESS").unlink()
     assert select_main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (summary["shards_selected"], summary["shards_skipped"]) == (3, 9)
+    assert (summary["shards_selected"], summary["shards_skipped"]) == (3, 3)
     assert stored_sha256(to) == expected
     before = sorted(p.relative_to(to) for p in to.rglob("*"))
     assert select_main(["--out", str(source), "--where", "seed > 1", "--to", str(to)]) == 2
