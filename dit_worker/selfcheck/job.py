@@ -23,6 +23,8 @@ NAME = "job"
 CLASSES, PER_CLASS, SHARD_SIZE, BATCH = (1, 2, 3, 4, 5, 6), 4, 2, 2  # 12 shards: the kill lands mid-run
 SAMPLING = SamplingSettings(sampler="ddim", steps=12, cfg_scale=2.5, cfg_channels=3)
 LEASE_TTL = 2.0  # the killed run's lease: taken over this long after its last renewal
+# Eager: every run here is a fresh worker, and compiling each (CUDA graphs) would cost more than the check;
+# the compiled path's images are the fast-path check's.
 KILL_WITHIN_S = 300.0  # the killed run must commit its first shard within this
 
 
@@ -41,6 +43,7 @@ def job_config(
         batch_size=batch_size,
         sampling=SAMPLING,
         lease_ttl=LEASE_TTL,
+        compile=False,
     )
 
 
@@ -54,7 +57,14 @@ def command(config: JobConfig) -> list[str]:
         "--steps": s.steps, "--cfg-scale": s.cfg_scale, "--cfg-channels": s.cfg_channels,
         "--lease-ttl": config.lease_ttl,
     }  # fmt: skip
-    return [sys.executable, "-m", "jobs.generate", "--local", *(str(x) for pair in flags.items() for x in pair)]
+    return [
+        sys.executable,
+        "-m",
+        "jobs.generate",
+        "--local",
+        "--no-compile",
+        *(str(x) for pair in flags.items() for x in pair),
+    ]
 
 
 def digests(out: Path) -> list[tuple[int, str]]:
