@@ -22,6 +22,11 @@ from typing import BinaryIO, Literal
 from urllib.parse import urlparse
 
 RetryMode = Literal["standard", "adaptive"]
+# check_writable's client: 2 tries of at most 3 s to connect and 5 s per read, at most 1 s apart (standard
+# mode's first backoff), so each of its requests ends within 2 x (3 + 5) + 1 s whatever is at the endpoint;
+# an endpoint that is unreachable, silent or not S3 fails the first request.
+PROBE_CONNECT_S, PROBE_READ_S, PROBE_ATTEMPTS = 3.0, 5.0, 2
+PROBE_BOUND_S = PROBE_ATTEMPTS * (PROBE_CONNECT_S + PROBE_READ_S) + 1.0
 
 
 class StorageError(RuntimeError):
@@ -283,7 +288,16 @@ class S3Storage(Storage):
         # Its own session: credentials are resolved now, not from boto3's process-wide cached default.
         # The client is thread-safe and retries throttling and transient errors itself.
         config = Config(retries={"mode": retry_mode, "max_attempts": 10}, max_pool_connections=32)
-        self.client = boto3.session.Session().client("s3", endpoint_url=self.endpoint, config=config)
+        session = boto3.session.Session()
+        self.client = session.client("s3", endpoint_url=self.endpoint, config=config)
+        # The first touch (check_writable) is impatient: a closed port, a black hole or a server that is not
+        # S3 is one line within PROBE_BOUND_S, not minutes of the patient client's retries.
+        probe = Config(
+            connect_timeout=PROBE_CONNECT_S,
+            read_timeout=PROBE_READ_S,
+            retries={"mode": "standard", "total_max_attempts": PROBE_ATTEMPTS},
+        )
+        self.probe_client = session.client("s3", endpoint_url=self.endpoint, config=probe)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -293,14 +307,19 @@ class S3Storage(Storage):
         return f"{self.url} (endpoint {self.endpoint or 'AWS default'})"
 
     @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """botocore's errors as one StorageError line naming the location and what to fix."""
+    def _errors(self, what: str, *, probing: bool = False) -> Iterator[None]:
+        """botocore's errors as one StorageError line naming the location and what to fix; `probing` (the
+        first touch) also names an endpoint whose errors are not S3's."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             yield
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code"))
+            answer = err.response.get("ResponseMetadata", {})
+            if probing and not answer.get("RequestId"):  # every S3 answer carries one (x-amz-request-id)
+                why = f"it answered HTTP {answer.get('HTTPStatusCode', code)} without an S3 request id to {what}"
+                raise StorageError(self._not_s3(why)) from None
             if code in ("404", "NoSuchBucket"):
                 raise StorageError(f"{self._where}: bucket {self.bucket!r} does not exist; create it first") from None
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -408,12 +427,25 @@ class S3Storage(Storage):
             self.client.download_file(self.bucket, self._key(key), str(tmp))
         os.replace(tmp, path)
 
+    def _not_s3(self, why: str) -> str:
+        return f"{self._where}: not an S3 endpoint ({why}); check --s3-endpoint / AWS_ENDPOINT_URL"
+
     def check_writable(self) -> None:
-        with self._errors("reach the bucket"):
-            self.client.head_bucket(Bucket=self.bucket)
-        probe = f".write-probe-{os.getpid()}-{os.urandom(4).hex()}"
-        self.put(probe, b"")
-        self.delete(probe)
+        """Reach the bucket, write a probe object, read it back and delete it, through the impatient
+        probe client: within PROBE_BOUND_S whatever is at the endpoint."""
+        client = self.probe_client
+        with self._errors("reach the bucket", probing=True):
+            client.head_bucket(Bucket=self.bucket)
+        probe = self._key(f".write-probe-{os.getpid()}-{os.urandom(4).hex()}")
+        data = b"dit-worker write probe"
+        with self._errors("write a probe object", probing=True):
+            client.put_object(Bucket=self.bucket, Key=probe, Body=data)
+            try:  # a web server may answer 200 to anything: what was written must read back
+                back = client.get_object(Bucket=self.bucket, Key=probe)["Body"].read()
+            finally:
+                client.delete_object(Bucket=self.bucket, Key=probe)
+        if back != data:
+            raise StorageError(self._not_s3("it accepted a probe object but returned other bytes for it"))
 
 
 def open_storage(url: str, *, s3_endpoint: str | None = None, retry_mode: RetryMode = "standard") -> Storage:

@@ -1,0 +1,198 @@
+"""Hostile input, each case a test that can fail: markup in the report, a checkpoint that runs code when
+unpickled, S3 endpoints that are closed, silent, not S3 or refuse us, own-column names and values that look
+like paths, and a disk that fills mid-run. The product rule: bad input is one line (exit 2) before any
+model work, naming the value and what would do, earlier output untouched, never a traceback.
+"""
+
+from __future__ import annotations
+
+import builtins
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from servers import free_ports
+
+from dit_worker.storage.objects import PROBE_BOUND_S
+from jobs.convert import main as convert_main
+from jobs.generate import main as generate_main
+
+FAST = ["--sampler", "ddim", "--steps", "2", "--device", "cpu", "--dtype", "float32"]
+
+
+def generate(*args: object) -> int:
+    return generate_main([str(a) for a in args])
+
+
+def one_line(err: str) -> str:
+    """The refusal: stderr's only non-log line, which must start with `error:`."""
+    lines = [line for line in err.strip().splitlines() if " INFO " not in line and " WARNING " not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+def record(what: str, capsys: pytest.CaptureFixture) -> None:
+    """A measured case, shown with -s (outside capsys, which the next refusal's check reads)."""
+    with capsys.disabled():
+        print(f"\n  {what}")
+
+
+# --- 2. a checkpoint whose unpickling would run code ---------------------------------------------------------
+
+
+class _Exploit:
+    """What a malicious checkpoint holds: unpickling it opens (creates) the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-pickle"])
+def test_checkpoint_that_runs_code_is_refused_and_the_code_never_runs(
+    legacy: bool, tmp_path: Path, tiny_vae_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    payload = {"model": {"x_embedder.proj.weight": torch.zeros(2, 4, 2, 2)}, "payload": _Exploit(marker)}
+    torch.save(payload, evil, _use_new_zipfile_serialization=not legacy)
+    expected = "evil.pt: refusing to load, the file needs arbitrary unpickling"
+
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    assert generate("--local", "--model", evil, "--vae", tiny_vae_dir, "--classes", "1", "--per-class", "1",
+                    *FAST, "--out", out) == 2  # fmt: skip
+    line = one_line(capsys.readouterr().err)
+    record(f"generate: exit 2 in {time.perf_counter() - started:.2f} s: {line}", capsys)
+    assert expected in line and "(it names io.open, which weights_only loading refuses)" in line
+    assert not marker.exists() and not out.exists()
+
+    converted = tmp_path / "converted"
+    started = time.perf_counter()
+    assert convert_main([str(evil), "--vae", str(tiny_vae_dir), "--out", str(converted)]) == 2
+    line = one_line(capsys.readouterr().err)
+    record(f"convert: exit 2 in {time.perf_counter() - started:.2f} s: {line}", capsys)
+    assert expected in line
+    assert not marker.exists() and not converted.exists()
+
+
+# --- 3. S3 endpoints that cannot be used ---------------------------------------------------------------------
+
+
+class _NotS3(BaseHTTPRequestHandler):
+    """A web server that is not S3: a 404 page for everything, or (status 200) an HTML page for everything."""
+
+    status = 404
+
+    def _answer(self, body: bool) -> None:
+        page = b"<html><body><h1>Not here</h1></body></html>"
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        if body:
+            self.wfile.write(page)
+
+    def do_GET(self) -> None:
+        self._answer(True)
+
+    def do_PUT(self) -> None:
+        self._answer(True)
+
+    def do_DELETE(self) -> None:
+        self._answer(True)
+
+    def do_HEAD(self) -> None:
+        self._answer(False)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Ok(_NotS3):
+    status = 200
+
+
+@contextmanager
+def web_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def black_hole() -> Iterator[str]:
+    """A port that accepts connections (the kernel's backlog) and never answers a byte."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@contextmanager
+def endpoint_for(case: str, s3_server) -> Iterator[str]:
+    if case == "closed port":
+        yield f"http://127.0.0.1:{free_ports(1)[0]}"
+    elif case == "silent port":
+        with black_hole() as url:
+            yield url
+    elif case in ("web server 404", "web server 200"):
+        with web_server(_NotS3 if case == "web server 404" else _Ok) as url:
+            yield url
+    else:
+        yield s3_server.endpoint
+
+
+S3_CASES = {
+    "closed port": "cannot reach S3 to reach the bucket (Could not connect to the endpoint URL",
+    "silent port": "cannot reach S3 to reach the bucket (Read timeout on endpoint URL",
+    "web server 404": "not an S3 endpoint (it answered HTTP 404 without an S3 request id to reach the bucket)",
+    "web server 200": "not an S3 endpoint (it accepted a probe object but returned other bytes for it)",
+    "wrong credentials": "access denied (",
+    "missing bucket": "does not exist; create it first",
+}
+
+
+@pytest.mark.parametrize("case", list(S3_CASES))
+def test_unusable_s3_output_is_one_line_within_the_bound(
+    case: str, tiny_ckpt: Path, s3_server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    env = s3_server.env()
+    if case == "wrong credentials":
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"{s3_bucket}-missing" if case == "missing bucket" else s3_bucket
+    with endpoint_for(case, s3_server) as endpoint:
+        started = time.perf_counter()
+        rc = generate("--local", "--model", tiny_ckpt, "--classes", "1", "--per-class", "1", *FAST,
+                      "--s3-endpoint", endpoint, "--out", f"s3://{bucket}/run")  # fmt: skip
+        took = time.perf_counter() - started
+    line = one_line(capsys.readouterr().err)
+    record(f"{case}: exit {rc} in {took:.2f} s: {line}", capsys)
+    assert rc == 2 and S3_CASES[case] in line, line
+    assert f"s3://{bucket}/run (endpoint {endpoint})" in line
+    assert took < PROBE_BOUND_S, took  # docs/cli.md states this bound
+    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket)
+    assert "Contents" not in listed  # nothing written into the real bucket (no probe object left either)
+    names = [b["Name"] for b in s3_server.client().list_buckets()["Buckets"]]
+    assert f"{s3_bucket}-missing" not in names
