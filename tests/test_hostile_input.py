@@ -7,7 +7,10 @@ model work, naming the value and what would do, earlier output untouched, never 
 from __future__ import annotations
 
 import builtins
+import json
+import re
 import socket
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +18,9 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 import torch
 from servers import free_ports
@@ -196,3 +202,69 @@ def test_unusable_s3_output_is_one_line_within_the_bound(
     assert "Contents" not in listed  # nothing written into the real bucket (no probe object left either)
     names = [b["Name"] for b in s3_server.client().list_buckets()["Buckets"]]
     assert f"{s3_bucket}-missing" not in names
+
+
+# --- 4. own columns whose names or values look like paths ----------------------------------------------------
+
+PATHLIKE_VALUES = ["../x", "a/b", "", "nul\x00byte", "/etc/passwd", "..", "C:\\x", "\u202eevil.png"]
+PATHLIKE_NAMES = ["../x", "a/b", "..", "/abs"]
+# Every key a local job writes below OUT (docs/output.md), whatever the manifest holds.
+LAYOUT = re.compile(
+    r"(_lease\.json|\._lease\.json\.lock|_SUCCESS|job\.json|index/committed\.bits|index/log-[^/]+\.json"
+    r"|images/\d{5}/\d{8}\.png|shards/\d{5}\.tar|data/part-\d{5}\.parquet|metadata/part-\d{5}\.parquet)"
+)
+
+
+def files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()}
+
+
+@pytest.mark.parametrize("fmt", ["png", "webdataset", "parquet"])
+def test_pathlike_own_columns_are_stored_as_data_in_every_format(
+    fmt: str, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Names like `../x` and values like `../x`, `a/b`, "" or a NUL byte are data: no key is derived from
+    them (every object lies in the documented layout below OUT) and they come back as they went in."""
+    n = len(PATHLIKE_VALUES)
+    own = {name: PATHLIKE_VALUES[i:] + PATHLIKE_VALUES[:i] for i, name in enumerate(PATHLIKE_NAMES)}
+    table = pa.table({"sample_id": range(n), "class_id": [1] * n, "seed": range(n), **own})
+    work = tmp_path / "work"
+    work.mkdir()
+    pq.write_table(table, work / "m.parquet")
+    before = files_under(tmp_path)
+    out = work / "out"
+    started = time.perf_counter()
+    assert generate("--local", "--model", tiny_ckpt, "--manifest", work / "m.parquet", *FAST, "--shard-size", 3,
+                    "--format", fmt, "--out", out) == 0  # fmt: skip
+    took = time.perf_counter() - started
+    written = files_under(tmp_path) - before
+    assert all(key.startswith("work/out/") for key in written), written  # nothing beside or above OUT
+    strays = sorted(k for k in files_under(out) if not LAYOUT.fullmatch(k))
+    assert not strays, strays
+    expected = dict(own)
+    got = ds.dataset(out / "metadata", format="parquet").to_table().sort_by("sample_id")
+    assert {name: got[name].to_pylist() for name in own} == expected
+    if fmt == "webdataset":
+        with tarfile.open(out / "shards" / "00000.tar") as tar:
+            assert sorted(tar.getnames()) == [f"{i:08d}.{e}" for i in range(3) for e in ("json", "png")]
+            rows = [json.load(tar.extractfile(f"{i:08d}.json")) for i in range(3)]
+        assert {name: [r[name] for r in rows] for name in own} == {k: v[:3] for k, v in expected.items()}
+    if fmt == "parquet":
+        data = ds.dataset(out / "data", format="parquet").to_table().sort_by("sample_id")
+        assert {name: data[name].to_pylist() for name in own} == expected
+        assert [r["path"] for r in data["image"].to_pylist()] == [f"{i:08d}.png" for i in range(n)]
+    record(f"{fmt}: exit 0 in {took:.2f} s, {len(written)} files, all in the layout below OUT", capsys)
+
+
+@pytest.mark.parametrize("name", ["", "nul\x00", "\u202eevil", " "], ids=["empty", "nul", "rtl-override", "blank"])
+def test_invisible_own_column_names_are_refused(
+    name: str, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pq.write_table(pa.table({"class_id": [1, 2], "seed": [0, 1], name: ["a", "b"]}), tmp_path / "m.parquet")
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    assert generate("--local", "--model", tiny_ckpt, "--manifest", tmp_path / "m.parquet", *FAST, "--out", out) == 2
+    line = one_line(capsys.readouterr().err)
+    record(f"column {name!r}: exit 2 in {time.perf_counter() - started:.2f} s: {line}", capsys)
+    assert f"column {name!r} is empty or holds control or format characters" in line
+    assert not out.exists()
