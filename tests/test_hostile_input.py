@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
+import shutil
 import socket
 import tarfile
 import threading
@@ -268,3 +269,99 @@ def test_invisible_own_column_names_are_refused(
     record(f"column {name!r}: exit 2 in {time.perf_counter() - started:.2f} s: {line}", capsys)
     assert f"column {name!r} is empty or holds control or format characters" in line
     assert not out.exists()
+
+
+# --- 1. markup in the report ---------------------------------------------------------------------------------
+
+# Each payload, were it interpreted, sets window.__pwned or adds an element; none holds a comma (a class
+# name is the first of its id2label synonyms).
+PAYLOADS = {
+    "script": "<script>window.__pwned='script'</script>",
+    "onerror": "\"><img src=x onerror=\"window.__pwned='onerror'\">",
+    "long": "W" * 5000,
+    "control": "tab\tnul\x00bell\x07 rtl\u202egnp.exe",
+}
+COMMAND_PAYLOAD = "jobs.fid </code><script>window.__pwned='command'</script>"
+OUT_PAYLOAD = "<img src=x onerror=window.__pwned='url'>"
+
+
+def page_facts(index: Path) -> dict:
+    """What chromium made of the page: globals, elements, texts, layout."""
+    from playwright.sync_api import sync_playwright
+    from test_report import CHROMIUM
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(index.resolve().as_uri())
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
+            return page.evaluate(
+                """() => ({
+                    pwned: typeof window.__pwned === 'undefined' ? null : String(window.__pwned),
+                    scripts: document.scripts.length,
+                    handlers: document.querySelectorAll('[onerror], [onload]').length,
+                    srcs: Array.from(document.images).map(i => i.getAttribute('src')),
+                    titles: Array.from(document.querySelectorAll('.group h3 bdi')).map(b => b.textContent),
+                    h1: document.querySelector('h1').textContent,
+                    title: document.title,
+                    command: document.querySelector('#fid-command')?.textContent ?? null,
+                    overflow: document.documentElement.scrollWidth - window.innerWidth,
+                })"""
+            )
+        finally:
+            browser.close()
+
+
+def check_inert(facts: dict, titles: list[str]) -> None:
+    assert facts["pwned"] is None and facts["scripts"] == 0 and facts["handlers"] == 0, facts
+    assert facts["srcs"] and all(s.startswith("thumbs/") and s.endswith(".jpg") for s in facts["srcs"])
+    assert facts["overflow"] <= 0, facts["overflow"]  # a 5,000-character word wraps, the page stays its width
+    for payload in (PAYLOADS["script"], PAYLOADS["onerror"]):
+        assert any(payload in t for t in facts["titles"]), payload  # shown as the text it is
+    long = next(t for t in facts["titles"] if "WWWW" in t)
+    assert len(long) < 400 and re.search(r"W… \((4700|4710) more characters\)$", long), long  # 4710: "class 3 ("
+    control = next(t for t in facts["titles"] if "rtl" in t)
+    assert "\\u202e" in control and "\\u0000" in control and "\\u0007" in control and "\\u0009" in control
+    assert "\u202e" not in control and "\x00" not in control
+    assert len(titles) == len(facts["titles"])
+
+
+def test_markup_in_prompts_class_names_and_paths_is_shown_as_text(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from metric_references import blocky
+    from output_sets import write_output_set
+
+    from dit_worker.storage.objects import open_storage
+    from jobs.report import main as report_main
+
+    # Class names, through a real job on a checkpoint whose id2label holds the payloads, with own columns
+    # holding them too.
+    ckpt = Path(shutil.copytree(tiny_ckpt, tmp_path / "ckpt"))
+    index = json.loads((ckpt / "model_index.json").read_text())
+    index["id2label"] |= {str(i + 1): payload for i, payload in enumerate(PAYLOADS.values())}
+    (ckpt / "model_index.json").write_text(json.dumps(index))
+    rows = [{"class_id": i + 1, "seed": i, "note": payload, "<b>own</b>": payload}
+            for i, payload in enumerate(PAYLOADS.values())]  # fmt: skip
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    classes = tmp_path / OUT_PAYLOAD
+    assert generate("--local", "--model", ckpt, "--manifest", tmp_path / "m.jsonl", *FAST, "--out", classes) == 0
+    (classes / "metrics.json").write_text(json.dumps({"command": COMMAND_PAYLOAD, "fid": 1.5}))
+    # Prompts, in a set of the same layout.
+    prompts = tmp_path / "prompts"
+    texts = [payload for payload in PAYLOADS.values() for _ in range(2)]
+    write_output_set(open_storage(str(prompts)), blocky(len(texts), seed=1), [-1] * len(texts), shard_size=4,
+                     prompts=texts)  # fmt: skip
+    for out in (classes, prompts):
+        started = time.perf_counter()
+        assert report_main(["--out", str(out)]) == 0
+        facts = page_facts(out / "report" / "index.html")
+        check_inert(facts, list(PAYLOADS))
+        took = time.perf_counter() - started
+        record(f"report of {out.name[:24]!r}: exit 0, built and checked in chromium in {took:.2f} s", capsys)
+    assert facts["h1"] == str(prompts)
+    facts = page_facts(classes / "report" / "index.html")
+    assert facts["h1"] == str(classes) and OUT_PAYLOAD in facts["title"] and facts["command"] == COMMAND_PAYLOAD
+    html_text = (classes / "report" / "index.html").read_text()
+    assert "<script" not in html_text and "<img src=x" not in html_text  # and by grep, for what it is worth
