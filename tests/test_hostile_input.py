@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import socket
+import subprocess
 import tarfile
 import threading
 import time
@@ -39,7 +40,8 @@ def generate(*args: object) -> int:
 
 def one_line(err: str) -> str:
     """The refusal: stderr's only non-log line, which must start with `error:`."""
-    lines = [line for line in err.strip().splitlines() if " INFO " not in line and " WARNING " not in line]
+    logged = (" INFO ", " WARNING ", "samples: ")  # log records and the progress bar's redraws
+    lines = [line for line in err.strip().splitlines() if not any(mark in line for mark in logged)]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err, err
     return lines[0]
@@ -277,7 +279,7 @@ def test_invisible_own_column_names_are_refused(
 # name is the first of its id2label synonyms).
 PAYLOADS = {
     "script": "<script>window.__pwned='script'</script>",
-    "onerror": "\"><img src=x onerror=\"window.__pwned='onerror'\">",
+    "onerror": '"><img src=x onerror="window.__pwned=\'onerror\'">',
     "long": "W" * 5000,
     "control": "tab\tnul\x00bell\x07 rtl\u202egnp.exe",
 }
@@ -365,3 +367,67 @@ def test_markup_in_prompts_class_names_and_paths_is_shown_as_text(
     assert facts["h1"] == str(classes) and OUT_PAYLOAD in facts["title"] and facts["command"] == COMMAND_PAYLOAD
     html_text = (classes / "report" / "index.html").read_text()
     assert "<script" not in html_text and "<img src=x" not in html_text  # and by grep, for what it is worth
+
+
+# --- 5. a disk that fills during a local run -----------------------------------------------------------------
+
+
+@contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` mounted at `where` (the tests run as root), unmounted afterwards."""
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def committed_ids(out: Path) -> list[int]:
+    """The committed samples' ids, read back by the project's reader (committed shards only)."""
+    from dit_worker.output.reader import OutputSet, OutputSetError
+
+    try:
+        output = OutputSet.open(str(out))
+    except OutputSetError:  # no shard committed (the index names none) and no _SUCCESS
+        return []
+    return sorted(int(i) for shard in output.shards for i in shard.sample_ids.tolist())
+
+
+def test_a_full_disk_fails_in_one_line_and_a_rerun_with_room_completes_every_sample_once(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from jobs.verify import main as verify_main
+
+    with small_disk(tmp_path / "disk", "96k") as disk:
+        out = disk / "out"
+        # 32 images in 8 shards of 4: each file takes a 4 KiB page, so about 5 shards fit in 96 KiB.
+        args = ["--local", "--model", tiny_ckpt, "--classes", "1,2", "--per-class", 16, *FAST, "--shard-size", 4,
+                "--out", out]  # fmt: skip
+        started = time.perf_counter()
+        assert generate(*args) == 1
+        line = one_line(capsys.readouterr().err)
+        record(f"full disk: exit 1 in {time.perf_counter() - started:.2f} s: {line}", capsys)
+        assert "failed, not retried: DiskFull:" in line and "no space left on device (ENOSPC) writing " in line
+        assert f"writing {out}/" in line
+        assert not (out / "_SUCCESS").exists() and not (out / "_lease.json").exists()  # released by removal
+        assert not [p for p in out.rglob(".*") if p.name != "._lease.json.lock"]  # no temporary file left
+        # Committed means named by the index, whose last log may not fit either: whole shards or none.
+        first = committed_ids(out)
+        assert len(first) < 32 and first == sorted({s * 4 + k for s in {i // 4 for i in first} for k in range(4)})
+        parts = sorted(p.name for p in (out / "metadata").glob("part-*.parquet"))
+        record(f"after it: {len(first) // 4} shard(s) committed, metadata parts on disk {parts}", capsys)
+        if first:
+            assert verify_main(["--out", str(out), "--full"]) == 0  # every committed shard intact
+            capsys.readouterr()
+
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+        started = time.perf_counter()
+        assert generate(*args) == 0
+        record(f"rerun with room: exit 0 in {time.perf_counter() - started:.2f} s", capsys)
+        summary = json.loads((out / "_SUCCESS").read_text())
+        assert summary["samples"] == 32 and summary["shards_skipped"] >= len(first) // 4
+        assert committed_ids(out) == list(range(32))  # every sample exactly once
+        assert verify_main(["--out", str(out), "--full"]) == 0

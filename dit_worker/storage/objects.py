@@ -9,10 +9,12 @@ only if absent, replace only if unchanged since it was read (by ETag).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import mimetypes
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -31,6 +33,10 @@ PROBE_BOUND_S = PROBE_ATTEMPTS * (PROBE_CONNECT_S + PROBE_READ_S) + 1.0
 
 class StorageError(RuntimeError):
     """A location that cannot be used; the message names it and says what to fix."""
+
+
+class NoSpace(StorageError):
+    """A local write failed for want of room (ENOSPC, EDQUOT): the same write fails again until room is made."""
 
 
 @dataclass(frozen=True)
@@ -176,13 +182,18 @@ class LocalStorage(Storage):
 
     def _write_temp(self, path: Path, data: bytes) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        except OSError as err:
+            raise _no_space(err, path) from None
         try:
             os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)  # never half an object: the temporary file goes
+            if isinstance(err, OSError):
+                raise _no_space(err, path) from None
             raise
         return tmp
 
@@ -272,6 +283,18 @@ class LocalStorage(Storage):
                 pass
         except OSError as err:
             raise StorageError(f"{self.root}: folder is not writable ({err.strerror}: {probe_dir})") from None
+
+
+def _no_space(err: OSError, path: Path) -> OSError:
+    """ENOSPC / EDQUOT as NoSpace naming the path and the room left; any other OSError as it is."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return err
+    try:
+        free = f"{shutil.disk_usage(path.parent).free} bytes free there"
+    except OSError:
+        free = "free space unknown"
+    name = errno.errorcode[err.errno]
+    return NoSpace(f"no space left on device ({name}) writing {path} ({free}); make room and rerun the same command")
 
 
 class S3Storage(Storage):
