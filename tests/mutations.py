@@ -79,6 +79,7 @@ OUT_OF_MEMORY = "tests/test_flags_and_limits.py::test_out_of_memory_fails_the_sh
 MANIFEST = "tests/test_manifest.py"
 TASK_SCAN = "tests/test_manifest_tasks.py"
 OPTIONS = "tests/test_pipeline_options.py"
+HOSTILE = "tests/test_hostile_input.py"
 
 BREAKAGES = [
     Breakage(
@@ -852,6 +853,64 @@ BREAKAGES = [
         '    table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))',
         '    table = table.take(pc.sort_indices(table, [("sample_id", "descending")]))',
         (f"{SELECT}::test_the_selection_is_the_filter_applied_to_the_whole_metadata",),
+    ),
+]
+BREAKAGES += [
+    Breakage(
+        "hostile: the report shows a group title unescaped",
+        "dit_worker/report/page.py",
+        "<h3>{user_text(group.title)} <small>",
+        "<h3>{group.title} <small>",
+        (f"{HOSTILE}::test_markup_in_prompts_class_names_and_paths_is_shown_as_text",),
+    ),
+    Breakage(
+        "hostile: the report shows control and format characters raw (U+202E reorders the page)",
+        "dit_worker/report/page.py",
+        'if unicodedata.category(c) in ("Cc", "Cf") else c',
+        "if False else c",
+        (f"{HOSTILE}::test_markup_in_prompts_class_names_and_paths_is_shown_as_text",),
+    ),
+    Breakage(
+        "hostile: the S3 probe uses the patient client (minutes of retries on a closed port)",
+        "dit_worker/storage/objects.py",
+        "        client = self.probe_client\n",
+        "        client = self.client\n",
+        (f"{HOSTILE}::test_unusable_s3_output_is_one_line_within_the_bound",),
+    ),
+    Breakage(
+        "hostile: the S3 probe is not read back (a web server answering 200 passes)",
+        "dit_worker/storage/objects.py",
+        "        if back != data:\n",
+        "        if False:\n",
+        (f"{HOSTILE}::test_unusable_s3_output_is_one_line_within_the_bound",),
+    ),
+    Breakage(
+        "hostile: an own column named with a NUL or U+202E is carried",
+        "dit_worker/manifest/samples.py",
+        'if not name.strip() or any(unicodedata.category(c) in ("Cc", "Cf") for c in name):',
+        "if False:",
+        (f"{HOSTILE}::test_invisible_own_column_names_are_refused",),
+    ),
+    Breakage(
+        "hostile: a full disk is retried like a transient error",
+        "dit_worker/worker/shard_worker.py",
+        "        except NoSpace as err:  # retrying",
+        "        except ZeroDivisionError as err:  # retrying",
+        (f"{HOSTILE}::test_a_full_disk_fails_in_one_line_and_a_rerun_with_room_completes_every_sample_once",),
+    ),
+    Breakage(
+        "hostile: a lease that cannot be rewritten on a full disk is left to expire",
+        "dit_worker/output/lease.py",
+        "                self.storage.delete(LEASE_KEY)\n",
+        "                pass\n",
+        (f"{HOSTILE}::test_a_full_disk_fails_in_one_line_and_a_rerun_with_room_completes_every_sample_once",),
+    ),
+    Breakage(
+        "hostile: a refused pickle's message is torch's ANSI-styled first line",
+        "dit_worker/checkpoints/files.py",
+        "arbitrary unpickling ({_refused_global(err)})",
+        "arbitrary unpickling ({str(err).splitlines()[0]})",
+        (f"{HOSTILE}::test_checkpoint_that_runs_code_is_refused_and_the_code_never_runs",),
     ),
 ]
 # The webdataset commit-order breakage also moves the tar out of store(): a second edit in the same file.

@@ -66,9 +66,10 @@ def test_local_folder_under_a_file_is_refused(tmp_path: Path) -> None:
         open_storage(str(tmp_path / "file" / "out")).check_writable()
 
 
-def test_missing_bucket_is_refused(s3_server) -> None:
+def test_missing_bucket_is_refused(s3_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
     store = open_storage("s3://no-such-bucket-here/x", s3_endpoint=s3_server.endpoint)
-    store.client = s3_server.client()
     with pytest.raises(StorageError, match="bucket 'no-such-bucket-here' does not exist"):
         store.check_writable()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,25 @@ def torch_load_weights(path: Path) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path}: refusing to load, the file needs arbitrary unpickling ({first}). Only tensors, plain "
-            "containers and argparse.Namespace are accepted; re-save it with torch.save(model.state_dict())"
+            f"{path}: refusing to load, the file needs arbitrary unpickling ({_refused_global(err)}). Only tensors, "
+            "plain containers and argparse.Namespace are accepted; re-save it with torch.save(model.state_dict())"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         # A text file reaches the legacy pickle reader, which fails with e.g. KeyError: 101.
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err!r}); it may be truncated") from None
+
+
+def _refused_global(err: pickle.UnpicklingError) -> str:
+    """What torch's weights_only unpickler refused (`GLOBAL builtins.open`), from its many-line, ANSI-styled
+    message; else that message's first plain line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"Unsupported (?:global|operand)[^.\n]*?(GLOBAL \S+|\d+)", text)
+    if found:
+        return f"it names {found.group(1).removeprefix('GLOBAL ')}, which weights_only loading refuses"
+    detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return detail.group(1).strip() if detail else lines[0] if lines else type(err).__name__
 
 
 def weight_files(folder: Path) -> list[Path]:

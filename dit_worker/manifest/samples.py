@@ -18,6 +18,7 @@ only when their shifted blocks overlap: with probability about 2N / 2**32 per pa
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -187,6 +188,12 @@ def _extra_columns(table: pa.Table, where: str, conditioning: Conditioning) -> l
     known = {"sample_id", "seed", *(c for names in _CONDITIONING_COLUMNS.values() for c in names)}
     extra = [c for c in table.column_names if c not in known]
     for name in extra:
+        if not name.strip() or any(unicodedata.category(c) in ("Cc", "Cf") for c in name):
+            # Stored, such a name would be one no reader shows or selects as typed (NUL, U+202E, "").
+            raise ManifestError(
+                f"{where}: column {name!r} is empty or holds control or format characters; name your own columns "
+                "with visible text"
+            )
         close = [k for k in sorted(known) if _misspelt(name, k)]
         if close:
             raise ManifestError(

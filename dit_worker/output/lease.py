@@ -24,7 +24,7 @@ from typing import Any
 
 from dit_worker.execution.tries import PermanentError
 from dit_worker.output.layout import LEASE_KEY
-from dit_worker.storage.objects import Storage, StorageError
+from dit_worker.storage.objects import NoSpace, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,13 @@ class Lease:
 
     def release(self) -> None:
         """Mark the lease expired, so the next run takes it at once (unless it was taken over)."""
-        etag = self.storage.replace(LEASE_KEY, self._body(0.0), self.etag)
+        try:
+            etag = self.storage.replace(LEASE_KEY, self._body(0.0), self.etag)
+        except NoSpace:  # a full disk cannot take the expired lease's bytes: remove the lease, if still ours
+            info = self.storage.stat(LEASE_KEY)
+            if info is not None and info.etag == self.etag:
+                self.storage.delete(LEASE_KEY)
+            return
         if etag is not None:
             self.etag = etag
 

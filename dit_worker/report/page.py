@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import unicodedata
 from datetime import datetime
 from typing import Any
 
@@ -43,11 +44,27 @@ pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;word-break:break-all}
 .row{display:flex;flex-wrap:wrap;gap:4px}.row figure{margin:0;text-align:center;font-size:11px;color:#666}
 .row img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;background:#eee;display:block}
 svg text{font-size:10px;fill:#444}
+h1,h3,code,bdi{overflow-wrap:anywhere}
 """
+MAX_TEXT = 300  # characters shown of one string from the set (a prompt, a class name); the rest is counted
 
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def visible(value: Any, limit: int | None = None) -> str:
+    """A string from the set or the user (prompt, class name, path, command) as inert, visible text:
+    escaped, its control and format characters (NUL, U+202E's reordering) shown as \\uXXXX, cut at `limit`."""
+    text = str(value)
+    cut = f"… ({len(text) - limit} more characters)" if limit is not None and len(text) > limit else ""
+    shown = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text[:limit])
+    return esc(shown) + cut
+
+
+def user_text(value: Any, limit: int | None = MAX_TEXT) -> str:
+    """`visible`, isolated in <bdi> so that right-to-left text cannot reorder what follows it."""
+    return f"<bdi>{visible(value, limit)}</bdi>"
 
 
 def number(value: Any) -> str:
@@ -71,7 +88,7 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     details = esc(json.dumps(extra | protocol, indent=1))
     return (
         table
-        + f"<p>Command: <code id='fid-command'>{esc(metrics.get('command') or 'not recorded')}</code></p>"
+        + f"<p>Command: <code id='fid-command'>{user_text(metrics.get('command') or 'not recorded', None)}</code></p>"
         + f"<details><summary>inputs and protocol</summary><pre>{details}</pre></details>"
     )
 
@@ -143,7 +160,7 @@ def _grid(contents: ReportContents) -> str:
             for t in group.thumbs
         )
         parts.append(
-            f'<div class="group" id="group-{i}"><h3>{esc(group.title)} <small>({group.count} samples)</small>'
+            f'<div class="group" id="group-{i}"><h3>{user_text(group.title)} <small>({group.count} samples)</small>'
             f'</h3><div class="row">{figures}</div></div>'
         )
     return "".join(parts)
@@ -167,9 +184,9 @@ def render(contents: ReportContents, command: str) -> str:
     state = "complete" if contents.complete else "incomplete (no _SUCCESS)"
     generation = esc(json.dumps(job.get("fingerprint", {}), indent=1))
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>dit-worker report: {esc(contents.url)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>dit-worker report: {visible(contents.url, MAX_TEXT)}</title>
 <style>{STYLE}</style></head><body>
-<h1>{esc(contents.url)}</h1>
+<h1>{user_text(contents.url, None)}</h1>
 <p>{contents.num_samples} samples in {contents.num_shards} shards, {state}.
 Job fingerprint <code id="fingerprint">{esc(fingerprint)}</code>.</p>
 <h2>Metrics</h2>{metrics}
@@ -177,6 +194,6 @@ Job fingerprint <code id="fingerprint">{esc(fingerprint)}</code>.</p>
 <h2>CLIP scores</h2>{clip}
 <h2>Timing</h2>{_timing(contents)}
 <h2>Samples {by}</h2>{_grid(contents)}
-<p><small>Made by <code>{esc(command)}</code>.</small></p>
+<p><small>Made by <code id="report-command">{user_text(command, None)}</code>.</small></p>
 </body></html>
 """

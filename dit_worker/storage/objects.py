@@ -9,10 +9,12 @@ only if absent, replace only if unchanged since it was read (by ETag).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import mimetypes
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -22,10 +24,19 @@ from typing import BinaryIO, Literal
 from urllib.parse import urlparse
 
 RetryMode = Literal["standard", "adaptive"]
+# check_writable's client: 2 tries of at most 3 s to connect and 5 s per read, at most 1 s apart (standard
+# mode's first backoff), so each of its requests ends within 2 x (3 + 5) + 1 s whatever is at the endpoint;
+# an endpoint that is unreachable, silent or not S3 fails the first request.
+PROBE_CONNECT_S, PROBE_READ_S, PROBE_ATTEMPTS = 3.0, 5.0, 2
+PROBE_BOUND_S = PROBE_ATTEMPTS * (PROBE_CONNECT_S + PROBE_READ_S) + 1.0
 
 
 class StorageError(RuntimeError):
     """A location that cannot be used; the message names it and says what to fix."""
+
+
+class NoSpace(StorageError):
+    """A local write failed for want of room (ENOSPC, EDQUOT): the same write fails again until room is made."""
 
 
 @dataclass(frozen=True)
@@ -171,13 +182,18 @@ class LocalStorage(Storage):
 
     def _write_temp(self, path: Path, data: bytes) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        except OSError as err:
+            raise _no_space(err, path) from None
         try:
             os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)  # never half an object: the temporary file goes
+            if isinstance(err, OSError):
+                raise _no_space(err, path) from None
             raise
         return tmp
 
@@ -269,6 +285,18 @@ class LocalStorage(Storage):
             raise StorageError(f"{self.root}: folder is not writable ({err.strerror}: {probe_dir})") from None
 
 
+def _no_space(err: OSError, path: Path) -> OSError:
+    """ENOSPC / EDQUOT as NoSpace naming the path and the room left; any other OSError as it is."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return err
+    try:
+        free = f"{shutil.disk_usage(path.parent).free} bytes free there"
+    except OSError:
+        free = "free space unknown"
+    name = errno.errorcode[err.errno]
+    return NoSpace(f"no space left on device ({name}) writing {path} ({free}); make room and rerun the same command")
+
+
 class S3Storage(Storage):
     """Keys under an s3:// prefix on AWS or any S3-compatible endpoint (SeaweedFS, MinIO), through one thread-safe
     boto3 client with retries."""
@@ -283,7 +311,16 @@ class S3Storage(Storage):
         # Its own session: credentials are resolved now, not from boto3's process-wide cached default.
         # The client is thread-safe and retries throttling and transient errors itself.
         config = Config(retries={"mode": retry_mode, "max_attempts": 10}, max_pool_connections=32)
-        self.client = boto3.session.Session().client("s3", endpoint_url=self.endpoint, config=config)
+        session = boto3.session.Session()
+        self.client = session.client("s3", endpoint_url=self.endpoint, config=config)
+        # The first touch (check_writable) is impatient: a closed port, a black hole or a server that is not
+        # S3 is one line within PROBE_BOUND_S, not minutes of the patient client's retries.
+        probe = Config(
+            connect_timeout=PROBE_CONNECT_S,
+            read_timeout=PROBE_READ_S,
+            retries={"mode": "standard", "total_max_attempts": PROBE_ATTEMPTS},
+        )
+        self.probe_client = session.client("s3", endpoint_url=self.endpoint, config=probe)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -293,14 +330,19 @@ class S3Storage(Storage):
         return f"{self.url} (endpoint {self.endpoint or 'AWS default'})"
 
     @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        """botocore's errors as one StorageError line naming the location and what to fix."""
+    def _errors(self, what: str, *, probing: bool = False) -> Iterator[None]:
+        """botocore's errors as one StorageError line naming the location and what to fix; `probing` (the
+        first touch) also names an endpoint whose errors are not S3's."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             yield
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code"))
+            answer = err.response.get("ResponseMetadata", {})
+            if probing and not answer.get("RequestId"):  # every S3 answer carries one (x-amz-request-id)
+                why = f"it answered HTTP {answer.get('HTTPStatusCode', code)} without an S3 request id to {what}"
+                raise StorageError(self._not_s3(why)) from None
             if code in ("404", "NoSuchBucket"):
                 raise StorageError(f"{self._where}: bucket {self.bucket!r} does not exist; create it first") from None
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -408,12 +450,25 @@ class S3Storage(Storage):
             self.client.download_file(self.bucket, self._key(key), str(tmp))
         os.replace(tmp, path)
 
+    def _not_s3(self, why: str) -> str:
+        return f"{self._where}: not an S3 endpoint ({why}); check --s3-endpoint / AWS_ENDPOINT_URL"
+
     def check_writable(self) -> None:
-        with self._errors("reach the bucket"):
-            self.client.head_bucket(Bucket=self.bucket)
-        probe = f".write-probe-{os.getpid()}-{os.urandom(4).hex()}"
-        self.put(probe, b"")
-        self.delete(probe)
+        """Reach the bucket, write a probe object, read it back and delete it, through the impatient
+        probe client: within PROBE_BOUND_S whatever is at the endpoint."""
+        client = self.probe_client
+        with self._errors("reach the bucket", probing=True):
+            client.head_bucket(Bucket=self.bucket)
+        probe = self._key(f".write-probe-{os.getpid()}-{os.urandom(4).hex()}")
+        data = b"dit-worker write probe"
+        with self._errors("write a probe object", probing=True):
+            client.put_object(Bucket=self.bucket, Key=probe, Body=data)
+            try:  # a web server may answer 200 to anything: what was written must read back
+                back = client.get_object(Bucket=self.bucket, Key=probe)["Body"].read()
+            finally:
+                client.delete_object(Bucket=self.bucket, Key=probe)
+        if back != data:
+            raise StorageError(self._not_s3("it accepted a probe object but returned other bytes for it"))
 
 
 def open_storage(url: str, *, s3_endpoint: str | None = None, retry_mode: RetryMode = "standard") -> Storage:

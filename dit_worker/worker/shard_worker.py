@@ -27,7 +27,7 @@ from dit_worker.manifest.samples import Samples
 from dit_worker.metrics.row_scores import ClipRowScorer, clip_row_scorers
 from dit_worker.metrics.shard_sink import feature_sinks
 from dit_worker.shard import SHARDS_IN_FLIGHT, BatchCheckTask, ShardResult, ShardTask, WorkerSpec, shard_name
-from dit_worker.storage.objects import open_storage
+from dit_worker.storage.objects import NoSpace, open_storage
 from dit_worker.worker.shard_writer import IOPool, ShardWriter
 
 
@@ -57,6 +57,10 @@ class NonFiniteSamples(PermanentError):
             f"{shard_name(shard)}: sampling produced non-finite latents for sample(s) {named}{more}; nothing of "
             "the shard was committed. Check the weights file (a corrupt checkpoint) and the sampling settings"
         )
+
+
+class DiskFull(PermanentError):
+    """The output's disk is full: the shard fails at once, not retried, naming the path it could not write."""
 
 
 class OutOfMemory(PermanentError):
@@ -132,6 +136,12 @@ class ShardWorker:
             assert self.spec.diffusers is not None, "the batch check is the diffusers generic path's"
             with self._sampling:
                 return run_batch_check(self.model, self.spec.diffusers.pipeline, task.samples.rows(), self.batch_size)
+        try:
+            return self._run_shard(task)
+        except NoSpace as err:  # retrying a full disk only fills it again: fail the job now, naming the path
+            raise DiskFull(f"{shard_name(task.shard)}: {err}") from None
+
+    def _run_shard(self, task: ShardTask) -> ShardResult:
         start = time.perf_counter()
         spec, samples = self.spec, task.rows.load()  # a portable slice is computed or read here
         writer = ShardWriter(
