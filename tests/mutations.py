@@ -561,8 +561,8 @@ BREAKAGES = [
     Breakage(
         "worker CLIP score column: prompts of the batch reversed",
         "dit_worker/metrics/row_scores.py",
-        'self.clip.texts([p or "" for p in prompts])',
-        'self.clip.texts([p or "" for p in prompts][::-1])',
+        "self.clip.texts(list(texts))",
+        "self.clip.texts(list(texts)[::-1])",
         ("tests/test_score_clip.py::test_scores_in_the_metadata_equal_torchmetrics",),
     ),
     Breakage(
