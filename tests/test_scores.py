@@ -32,9 +32,10 @@ from jobs.generate import main as generate_main
 CLASSES = "207,879,360"  # golden retriever, umbrella, otter
 NAMES = ["golden retriever", "umbrella", "otter"]
 LABELS = {0: "safe", 1: "unsafe", 2: "unsure"}
-# Measured on this CPU: the worker's aesthetic scores within 6e-8 of the MLP on transformers' embedding
-# (scores of about 0.3; batches of 2 against one of 6, float32 throughout), its probabilities within
-# 3e-8 (of 0.05..0.9). Tolerances leave room for another CPU's rounding.
+# Measured on this CPU: the worker's aesthetic scores within 3.0e-8 of the MLP on transformers' embedding
+# (scores of about 0.36, float32 spacing 3e-8; batches of 2 against one of 6), its probabilities equal
+# (0.0, of 0.1..0.6). Another image misses by at least 4.0e-4 (aesthetic) and up to 0.30 (probabilities).
+# The tolerances leave room for another CPU's rounding.
 AESTHETIC_TOL = 1e-6
 PROBABILITY_TOL = 1e-6
 
