@@ -47,9 +47,10 @@ class WorkerSpec:
     # `sampling`, and where the text encoder lives.
     diffusers: DiffusersSettings | None = None
     text_encoder: TextEncoderPlacement = "device"
-    # --score clip[=MODEL] (dit_worker.metrics.row_scores): per-image CLIP score (and embedding) columns.
-    score: str | None = None
+    # --score values (dit_worker.metrics.row_scores): per-image score (and CLIP embedding) columns.
+    score: tuple[str, ...] = ()
     score_embeddings: bool = False
+    clip_model: str | None = None  # --clip-model: the CLIP of clip and aesthetic (None: row_scores.clip_model)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also make N samples with an eager float32 pipeline on the same weights and report the image "
         "PSNR of the benchmarked path (dtype, compile) against it",
     )
+    p.add_argument("--score", action="append", help="repeatable: a jobs.generate --score value to time next to "
+                   "generation (one JSON line each; DiT checkpoints)")  # fmt: skip
+    p.add_argument("--score-random", action="store_true", default=None,
+                   help="time clip, aesthetic and a classifier on random published-size models")  # fmt: skip
+    p.add_argument("--clip-model", help="the CLIP of --score clip and aesthetic (as jobs.generate)")
     add_arguments(p)
     add_pipeline_args(p)
     args = p.parse_args(argv)
@@ -101,6 +106,7 @@ def config_fields(args: argparse.Namespace, model: type[BaseModel]) -> dict[str,
     for name, value in vars(args).items():
         if name in model.model_fields and value is not None:
             fields[name] = value.split(",") if name in COMMA_LISTS and value != "auto" else value
+            fields[name] = tuple(value) if name == "score" else fields[name]
     return fields
 
 

@@ -157,8 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     metrics.add_argument(
         "--score",
-        help="clip or clip=MODEL: each image's CLIP score against its prompt as the metadata column clip_score "
-        "(text-to-image models; default model openai/clip-vit-large-patch14-336)",
+        action="append",
+        help="repeatable: clip[=MODEL] (CLIP score against the prompt, or a class model's class name: column "
+        "clip_score), aesthetic[=WEIGHTS] (LAION aesthetic predictor: column aesthetic), classifier:NAME=MODEL "
+        "(an image classifier: columns NAME, each label's probability, and NAME_label); README, 'Per-image scores'",
+    )
+    metrics.add_argument(
+        "--clip-model",
+        help="directory or hub id: the CLIP of --score clip and aesthetic (default: clip=MODEL, else with aesthetic "
+        "the predictor's openai/clip-vit-large-patch14, else openai/clip-vit-large-patch14-336)",
     )
     metrics.add_argument(
         "--score-embeddings",
@@ -192,7 +199,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     sampling = {k: given.pop(k) for k in SAMPLING_FLAGS if k in given}
     if sampling:
         given["sampling"] = sampling
-    for repeated in ("pipeline_arg", "lora", "component_dtype"):
+    for repeated in ("pipeline_arg", "lora", "component_dtype", "score"):
         if repeated in given:
             given[repeated] = tuple(given[repeated])
     if "classes" in given:

@@ -48,6 +48,7 @@ DETERMINISM = "tests/test_determinism.py"
 FULL_IMAGES = f"{PARITY}::test_full_images_equal_diffusers_pipeline"
 POOL = "tests/test_pool.py"
 INDEX = "tests/test_commit_index.py"
+SCORES = "tests/test_scores.py"
 
 # The pool's dispatch is one loop over two transports: each of its breakages is run against each.
 POOL_BREAKAGES = [
@@ -562,8 +563,8 @@ BREAKAGES = [
     Breakage(
         "worker CLIP score column: prompts of the batch reversed",
         "dit_worker/metrics/row_scores.py",
-        'self.clip.texts([p or "" for p in prompts])',
-        'self.clip.texts([p or "" for p in prompts][::-1])',
+        "self.clip.texts(list(texts))",
+        "self.clip.texts(list(texts)[::-1])",
         ("tests/test_score_clip.py::test_scores_in_the_metadata_equal_torchmetrics",),
     ),
     Breakage(
@@ -853,6 +854,62 @@ BREAKAGES = [
         '    table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))',
         '    table = table.take(pc.sort_indices(table, [("sample_id", "descending")]))',
         (f"{SELECT}::test_the_selection_is_the_filter_applied_to_the_whole_metadata",),
+    ),
+    Breakage(
+        "aesthetic: the CLIP embedding is not L2-normalised before the MLP",
+        "dit_worker/metrics/aesthetic.py",
+        "x = x / torch.where(norm == 0, torch.ones_like(norm), norm)",
+        "x = x * 1.0",
+        (f"{SCORES}::test_aesthetic_equals_the_mlp_on_the_normalised_clip_embedding",),
+    ),
+    Breakage(
+        "aesthetic: a second CLIP pass per batch instead of clip_score's embedding",
+        "dit_worker/metrics/row_scores.py",
+        "self.aesthetic.scores(features)",
+        "self.aesthetic.scores(self.clip.images(images))",
+        (f"{SCORES}::test_aesthetic_equals_the_mlp_on_the_normalised_clip_embedding",),
+    ),
+    Breakage(
+        "classifier: the top label is the least probable one",
+        "dit_worker/metrics/row_scores.py",
+        "p.argmax(1).tolist()",
+        "p.argmin(1).tolist()",
+        (f"{SCORES}::test_classifier_columns_equal_the_model_alone",),
+    ),
+    Breakage(
+        "classifier: softmax over the batch instead of the labels",
+        "dit_worker/metrics/image_classifier.py",
+        "torch.softmax(logits, dim=-1)",
+        "torch.softmax(logits, dim=0)",
+        (f"{SCORES}::test_classifier_columns_equal_the_model_alone",),
+    ),
+    Breakage(
+        "classifier: probabilities under the next label's name",
+        "dit_worker/metrics/row_scores.py",
+        "pa.field(label, pa.float32()) for label in labels",
+        "pa.field(label, pa.float32()) for label in [*labels[1:], labels[0]]",
+        (f"{SCORES}::test_classifier_columns_equal_the_model_alone",),
+    ),
+    Breakage(
+        "CLIP on a class-conditional model: scored against an empty text, not the class name",
+        "dit_worker/worker/shard_worker.py",
+        "return [self.model.names.name(c) for c in rows.class_id.tolist()]",
+        'return [""] * len(rows)',
+        (f"{SCORES}::test_clip_scores_a_class_model_against_its_class_name",),
+    ),
+    Breakage(
+        "score set of several scores left out of the fingerprint",
+        "dit_worker/metrics/row_scores.py",
+        "    if not values:\n        return None\n    requests = parse_scores(values)\n    clip_spec",
+        "    if len(values) != 1:\n        return None\n    requests = parse_scores(values)\n    clip_spec",
+        (f"{SCORES}::test_every_score_is_in_the_fingerprint_and_a_resume_with_another_set_is_refused",),
+    ),
+    Breakage(
+        "classifier NAME: any text taken as a column name",
+        "dit_worker/metrics/row_scores.py",
+        'COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")',
+        'COLUMN_NAME = re.compile(r".*")',
+        (f"{SCORES}::test_bad_scores_are_one_line_before_any_model_loads",),
     ),
 ]
 BREAKAGES += [

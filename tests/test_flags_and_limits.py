@@ -74,7 +74,8 @@ FLAG_CASES = {
     "text encoder placement for DiT": (
         "tiny_ckpt", ["--classes", "1", "--per-class", 1, "--text-encoder", "cpu"],
         "--text-encoder is for text-to-image models; {model} is a DiTPipeline (class-conditional DiT), which takes "
-        "--preset, --classes, --per-class, --vae, --cfg-scale, --cfg-channels, --guidance-interval, --eta; "
+        "--preset, --classes, --per-class, --vae, --cfg-scale, --cfg-channels, --guidance-interval, --eta, "
+        "--score-embeddings; "
         "drop --text-encoder", None,
     ),
     "pipeline arguments for DiT": (
@@ -95,7 +96,9 @@ FLAG_CASES = {
         "--lora is for text-to-image and unconditional models whose pipeline takes LoRA adapters", None,
     ),
     "score for an unconditional model": (
-        "ddim_ckpt", ["--num-samples", 1, "--score", "clip"], "--score is for text-to-image models;", None,
+        "ddim_ckpt", ["--num-samples", 1, "--score", "clip"],
+        "--score clip scores each image against its prompt or class name, and {model} is a DDIMPipeline "
+        "(unconditional), which has neither", None,
     ),
     "several flags at once": (
         "sd_ckpt", [*PROMPTS, "--cfg-channels", 4, "--max-sequence-length", 8, "--classes", "1"],

@@ -1,6 +1,7 @@
 """`jobs.generate --score clip=MODEL [--score-embeddings]`: per-image CLIP scores (and embeddings)
 computed on the worker as images are made, in every shard's metadata part, equal to torchmetrics'
-CLIPScore on the stored images; part of the fingerprint; refused for models without prompts."""
+CLIPScore on the stored images; part of the fingerprint (class-conditional models, scored against
+their class names, and the other scores: tests/test_scores.py)."""
 
 from __future__ import annotations
 
@@ -78,19 +79,9 @@ def test_resume_without_score_is_refused(scored: tuple[Path, Path], sd_ckpt: Pat
     assert "score:" in err and "different configuration" in err
 
 
-def test_score_is_refused_for_a_class_model(tiny_ckpt: Path, clip_dir: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "out"
-    args = ["--local", "--model", str(tiny_ckpt), "--classes", "1", "--per-class", "1", "--out", str(out),
-            "--score", f"clip={clip_dir}"]  # fmt: skip
-    assert generate_main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert "--score is for text-to-image models; " in err and "DiTPipeline" in err and len(err.splitlines()) == 1
-    assert not out.exists()
-
-
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--score", "dinov2"], "expected clip or clip=MODEL"), (["--score-embeddings"], "add --score clip")],
+    [(["--score", "dinov2"], "unknown score; expected clip[=MODEL]"), (["--score-embeddings"], "add --score clip")],
 )
 def test_bad_score_flags(sd_ckpt: Path, tmp_path: Path, flags: list[str], message: str, capsys) -> None:
     (tmp_path / "p.txt").write_text("a cat\n")

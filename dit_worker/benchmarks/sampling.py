@@ -27,6 +27,7 @@ from dit_worker.backends.native.pipeline import DiTPipeline, load_pipeline
 from dit_worker.backends.settings import SamplerName, SamplingSettings
 from dit_worker.benchmarks.conditions import machine_conditions
 from dit_worker.benchmarks.pipelines import ModelBenchmarkOptions, PipelineBenchmark, run_pipeline_benchmark
+from dit_worker.benchmarks.scores import measure_scores, random_score_models, random_score_models_values
 from dit_worker.checkpoints.convert import random_checkpoint_dir
 from dit_worker.execution.tries import TaskQueue
 from dit_worker.manifest.sources import DerivedManifest
@@ -61,6 +62,11 @@ class SamplingBenchmark(ModelBenchmarkOptions):
     e2e_out: str | None = Field(None, min_length=1)  # local folder or s3:// prefix for the job's shard loop
     e2e_shards: int = Field(4, ge=1)
     psnr_samples: int = Field(0, ge=0)
+    # jobs.generate --score values to time next to generation (benchmarks/scores.py), or random
+    # published-size models for each kind.
+    score: tuple[str, ...] = ()
+    score_random: bool = False
+    clip_model: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> SamplingBenchmark:
@@ -281,6 +287,22 @@ def summarise(
     }
 
 
+def score_lines(
+    config: SamplingBenchmark, pipe: DiTPipeline, settings: SamplingSettings, batch: int, generation_s: float, tmp: Path
+) -> list[dict[str, Any]]:
+    """Each --score's cost on one batch of this benchmark's images, scored against their class names."""
+    values, clip = list(config.score), config.clip_model
+    if config.score_random:
+        if not (tmp / "scores").exists():
+            (tmp / "scores").mkdir()
+            random_score_models(tmp / "scores")
+        values, clip = random_score_models_values(tmp / "scores")
+    classes = bench_classes(batch, pipe.config.num_classes)
+    images = pipe.generate_batch(classes, list(range(batch)), pipe.sampler(settings))
+    texts = [pipe.names.name(c) for c in classes]
+    return measure_scores(values, clip, images, texts, generation_s, config.repeats)
+
+
 def run(config: SamplingBenchmark) -> list[dict[str, Any]]:
     if config.model and pipeline_class(config.model) != "DiTPipeline":  # PixArt, Stable Diffusion, DDPM, DDIM
         return run_pipeline_benchmark(config.pipeline_benchmark())
@@ -336,6 +358,10 @@ def run(config: SamplingBenchmark) -> list[dict[str, Any]]:
                 )
             for entry in lines[-3 if ref is not None else -1 :]:
                 print(json.dumps(entry | machine_conditions(pipe.device)), flush=True)
+            if config.score or config.score_random:
+                for entry in score_lines(config, pipe, settings, batch, batch / line["images_per_s"], Path(tmp)):
+                    lines.append(entry | {"steps": settings.steps, "sampler": settings.sampler})
+                    print(json.dumps(lines[-1] | machine_conditions(pipe.device)), flush=True)
             if config.e2e_out:
                 lines.append(measure_end_to_end(pipe, settings, batch, config.e2e_out, config.e2e_shards, timer))
                 print(json.dumps(lines[-1] | machine_conditions(pipe.device)), flush=True)

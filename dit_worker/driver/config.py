@@ -13,7 +13,7 @@ from dit_worker.backends import GenerationRequest, OffloadMode, TextEncoderPlace
 from dit_worker.backends.settings import DTYPES, DTypeName, SamplingSettings, resolve_device, resolve_dtype
 from dit_worker.checkpoints.sources import source_kind
 from dit_worker.manifest.samples import MAX_GLOBAL_SEED
-from dit_worker.metrics.row_scores import score_model
+from dit_worker.metrics.row_scores import clip_model, parse_scores
 from dit_worker.output.encoding import LOSSY_FORMATS, ImageEncoding, ImageFormat
 from dit_worker.output.layout import DEFAULT_SHARD_SIZE, OutputFormat
 from dit_worker.storage.objects import RetryMode
@@ -93,8 +93,10 @@ class JobConfig(BaseModel):
     compile: bool | None = None  # torch.compile + CUDA graphs; None: on for CUDA workers
     metrics: bool = False  # Inception features per shard, stored for jobs.fid
     inception_weights: str | None = None
-    score: str | None = None  # --score clip[=MODEL]: per-image CLIP score column (metrics/row_scores.py)
+    # --score, repeatable: clip[=MODEL], aesthetic[=WEIGHTS], classifier:NAME=MODEL (metrics/row_scores.py).
+    score: tuple[str, ...] = ()
     score_embeddings: bool = False  # and the CLIP image embedding column
+    clip_model: str | None = Field(None, min_length=1)  # the CLIP of --score clip and aesthetic
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -102,6 +104,13 @@ class JobConfig(BaseModel):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
         raise ValueError("must be a positive integer or 'auto'")
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _scores(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        return (value,) if isinstance(value, str) else value  # one score, as the flag was before it repeated
 
     @field_validator("manifest", mode="before")
     @classmethod
@@ -165,9 +174,9 @@ class JobConfig(BaseModel):
             raise ValueError("--manifest lists the samples itself; drop --classes and --per-class")
         if self.inception_weights is not None and not self.metrics:
             raise ValueError("--inception-weights is for --metrics; add --metrics or drop it")
-        if self.score is not None:
-            score_model(self.score)
-        elif self.score_embeddings:
+        # The form of each --score value and distinct columns; files and models are checked on the driver.
+        clip_model(parse_scores(self.score), self.clip_model)
+        if self.score_embeddings and "clip" not in {r.kind for r in parse_scores(self.score)}:
             raise ValueError("--score-embeddings stores the embeddings of --score clip; add --score clip or drop it")
         self._check_encoding()
         if (self.prompts is None) != (self.per_prompt is None):

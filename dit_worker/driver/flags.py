@@ -14,6 +14,7 @@ from dit_worker.backends import Conditioning, ModelSpec
 from dit_worker.backends.options import OPTION_TEXT, Option, model_options
 from dit_worker.driver.config import PRESETS, JobConfig, flag
 from dit_worker.driver.errors import JobError
+from dit_worker.metrics.row_scores import parse_scores
 
 KINDS: dict[Conditioning, str] = {"class": "class-conditional DiT", "text": "text-to-image", "none": "unconditional"}
 CLASS: tuple[Conditioning, ...] = ("class",)
@@ -64,14 +65,14 @@ FLAGS: dict[str, Applies] = {
     "revision": Applies(DIFFUSERS),  # the native DiT path loads a hub id's main revision only
     "offload": Applies(DIFFUSERS),
     "component_dtype": Applies(DIFFUSERS),
-    "score": Applies(TEXT),
-    "score_embeddings": Applies(TEXT),
+    "score_embeddings": Applies(("class", "text")),  # clip's: scored against a prompt or a class name
 }
 EVERY_KIND = (
     "model", "out", "s3_endpoint", "s3_retry_mode", "manifest", "seed", "sampler", "steps", "height", "width",
     "batch_size", "shard_size", "num_workers", "num_gpus_per_worker", "min_workers", "device", "dtype", "local",
     "format", "image_format", "quality", "io_threads", "max_tries", "retry_backoff", "retry_backoff_max",
-    "placement_timeout", "lease_ttl", "verify", "compile", "metrics", "inception_weights",
+    "placement_timeout", "lease_ttl", "verify", "compile", "metrics", "inception_weights", "score",
+    "clip_model",
 )  # fmt: skip
 SAMPLING = ("cfg_scale", "cfg_channels", "guidance_interval", "eta")  # FLAGS keys that live in config.sampling
 
@@ -99,6 +100,7 @@ def check_flags(config: JobConfig, spec: ModelSpec) -> None:
         if not FLAGS[field].to(kind, options):
             wrong.setdefault(FLAGS[field].describe(), []).append(name)
     if not wrong:
+        _check_clip_text(config, spec)
         return
     parts = [f"{listed(names)} {'is' if len(names) == 1 else 'are'} for {what}" for what, names in wrong.items()]
     takes = [flag(f) for f, applies in FLAGS.items() if applies.to(kind, options)]
@@ -106,6 +108,16 @@ def check_flags(config: JobConfig, spec: ModelSpec) -> None:
         f"{'; '.join(parts)}; {config.model} is a {spec.pipeline_class} ({KINDS[kind]}), which takes "
         f"{', '.join(takes) or 'none of these flags'}; drop {listed([n for names in wrong.values() for n in names])}"
     )
+
+
+def _check_clip_text(config: JobConfig, spec: ModelSpec) -> None:
+    """--score clip needs a text per row: the prompt, or the class name of a class-conditional model."""
+    if spec.conditioning == "none" and "clip" in {r.kind for r in parse_scores(config.score)}:
+        raise JobError(
+            f"--score clip scores each image against its prompt or class name, and {config.model} is a "
+            f"{spec.pipeline_class} (unconditional), which has neither; drop --score clip (aesthetic and "
+            "classifier:NAME=MODEL need no text)"
+        )
 
 
 def listed(names: list[str]) -> str:

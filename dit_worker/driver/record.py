@@ -47,8 +47,8 @@ def fingerprint(config: JobConfig, info: ModelInfo, manifest: Manifest) -> dict[
         "format": config.format,
         "image_format": config.image_format,
         "quality": config.encoding.quality,  # None for png; the resolved default for jpeg / webp
-        # --score clip: the metadata gains columns; None (unscored) equals what older job.json files lack.
-        "score": score_record(config.score, config.score_embeddings),
+        # --score: the metadata gains columns; None (unscored) equals what older job.json files lack.
+        "score": score_record(config.score, config.score_embeddings, config.clip_model),
     }
 
 

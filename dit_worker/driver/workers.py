@@ -39,6 +39,7 @@ def worker_spec(config: JobConfig, info: ModelInfo) -> WorkerSpec:
         text_encoder=config.text_encoder,
         score=config.score,
         score_embeddings=config.score_embeddings,
+        clip_model=config.clip_model,
     )
 
 

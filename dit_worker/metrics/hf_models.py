@@ -1,5 +1,5 @@
-"""transformers models the set metrics run (DINOv2, CLIP): a local directory or a hub id, checked
-and identified by content before any weights load."""
+"""transformers models the set metrics and row scores run (DINOv2, CLIP, image classifiers): a
+local directory or a hub id, checked and identified by content before any weights load."""
 
 from __future__ import annotations
 
@@ -40,9 +40,10 @@ def _hub_snapshot(spec: str, flag: str) -> Path:
         ) from None
 
 
-def resolve_hf_model(spec: str, *, flag: str, model_type: str) -> HfModel:
+def resolve_hf_model(spec: str, *, flag: str, model_type: str | None) -> HfModel:
     """The directory of `spec` (fetched once for a hub id), refused unless its config.json is a
-    `model_type` model with weights: one MetricsInputError naming `flag`, before any weights load."""
+    `model_type` model (any type for None) with weights: one MetricsInputError naming `flag`, before
+    any weights load."""
     path = Path(spec).expanduser()
     if not path.exists():
         if not HUB_ID.match(spec):
@@ -54,12 +55,12 @@ def resolve_hf_model(spec: str, *, flag: str, model_type: str) -> HfModel:
         found = json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError) as err:
         raise MetricsInputError(f"{flag} {spec}: unreadable config.json ({err})") from None
-    if found != model_type:
+    if model_type is not None and found != model_type:
         raise MetricsInputError(f"{flag} {spec}: a {found!r} model; expected a {model_type!r} model")
     identity = checkpoint_identity(str(path))
     if not identity.files:
         raise MetricsInputError(f"{flag} {spec}: no weight files (model.safetensors) in {path}")
-    return HfModel(spec, path, model_type, identity.sha256)
+    return HfModel(spec, path, model_type or str(found), identity.sha256)
 
 
 def local_copy(model: HfModel) -> Path:

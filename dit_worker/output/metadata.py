@@ -33,9 +33,10 @@ SCHEMA = pa.schema(
 
 
 # Names a manifest's own columns cannot take: the columns above, the image column of --format parquet,
-# and --score clip's (dit_worker.metrics.row_scores). Any other manifest column is carried into
-# every row's metadata as it is (docs/manifests.md, "Your own columns").
-RESERVED_COLUMNS = frozenset([*SCHEMA.names, "image", "clip_score", "clip_embedding"])
+# and --score clip's and aesthetic's (dit_worker.metrics.row_scores; a classifier's NAME columns are
+# refused against these too). Any other manifest column is carried into every row's metadata as it
+# is (docs/manifests.md, "Your own columns").
+RESERVED_COLUMNS = frozenset([*SCHEMA.names, "image", "clip_score", "clip_embedding", "aesthetic"])
 
 
 class RowSettings(Protocol):

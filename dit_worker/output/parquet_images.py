@@ -45,6 +45,9 @@ def hf_features(schema: pa.Schema) -> dict[str, Any]:
             features[field.name] = {"_type": "Image"}
         elif field.type in _VALUE_DTYPES:
             features[field.name] = {"dtype": _VALUE_DTYPES[field.type], "_type": "Value"}
+        elif pa.types.is_struct(field.type) and all(f.type in _VALUE_DTYPES for f in field.type):
+            # --score classifier:NAME's probabilities: a dict of Values is `datasets`' struct feature
+            features[field.name] = {f.name: {"dtype": _VALUE_DTYPES[f.type], "_type": "Value"} for f in field.type}
     return features
 
 

@@ -24,7 +24,7 @@ from dit_worker.backends.native.pipeline import DiTPipeline, NonFiniteLatents
 from dit_worker.execution.pool import ActorPool, make_pool
 from dit_worker.execution.tries import PermanentError
 from dit_worker.manifest.samples import Samples
-from dit_worker.metrics.row_scores import ClipRowScorer, clip_row_scorers
+from dit_worker.metrics.row_scores import RowScorer, row_scorers
 from dit_worker.metrics.shard_sink import feature_sinks
 from dit_worker.shard import SHARDS_IN_FLIGHT, BatchCheckTask, ShardResult, ShardTask, WorkerSpec, shard_name
 from dit_worker.storage.objects import NoSpace, open_storage
@@ -113,9 +113,9 @@ class ShardWorker:
         self._sinks: Callable[[int], list[BatchSink]] = lambda shard: []
         if spec.metrics:
             self._sinks = feature_sinks(spec.inception_weights, self.storage, self.model.device, spec.s3_endpoint)
-        self._scorers: Callable[[int], list[ClipRowScorer]] = lambda shard: []
-        if spec.score is not None:
-            self._scorers = clip_row_scorers(spec.score, spec.score_embeddings, self.model.device)
+        self._scorers: Callable[[int], list[RowScorer]] = lambda shard: []
+        if spec.score:
+            self._scorers = row_scorers(spec.score, spec.score_embeddings, self.model.device, spec.clip_model)
         self.pool = IOPool(spec.io_threads, max_queued=SHARDS_IN_FLIGHT * self.batch_size)
         self._sampling = threading.Lock()
 
@@ -175,8 +175,9 @@ class ShardWorker:
                 writer.add(rows, images)
                 for sink in extras:
                     sink.add(rows.sample_id, rows.class_id, images)
+                texts = self._texts(rows) if scorers else []
                 for scorer in scorers:
-                    scorer.add([] if rows.prompt is None else rows.prompt.tolist(), images)
+                    scorer.add(texts, images)
         for scorer in scorers:  # columns of the metadata part, so before store() builds it
             writer.columns.update(scorer.columns())
         image_sha256 = writer.store()
@@ -184,6 +185,15 @@ class ShardWorker:
             sink.close(image_sha256)
         writer.commit()
         return ShardResult(task.shard, len(samples), time.perf_counter() - start)
+
+    def _texts(self, rows: Samples) -> list[str]:
+        """What --score clip scores each row against: its prompt, else its class name verbatim (the
+        metadata's class_name); empty for rows with neither (the driver refused clip for them)."""
+        if rows.prompt is not None:
+            return [p or "" for p in rows.prompt.tolist()]
+        if rows.class_id is not None and self.model.names is not None:
+            return [self.model.names.name(c) for c in rows.class_id.tolist()]
+        return []
 
     def _out_of_memory(self, shard: int, rows: Samples, failure: str) -> OutOfMemory:
         """The one-line error of a batch that ran out of memory, with the batch size measured to fit:
