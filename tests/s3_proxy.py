@@ -2,7 +2,8 @@
 
 Requests are forwarded byte for byte (SigV4 signs the Host header, which the proxy leaves as the
 client sent it); a seeded fraction of them is answered instead with a 500, a 503 SlowDown, a
-connection reset, or a stall before forwarding. `outage(seconds)` refuses every request for that
+connection reset, or a stall before forwarding; `delay_writes_s` holds every write (PUT, POST, DELETE)
+that long before forwarding it, as a slow or distant store would. `outage(seconds)` refuses every request for that
 long, as a storage outage would. Bounded: it only ever serves the test's own clients on loopback.
 """
 
@@ -40,6 +41,7 @@ class Faults:
     reset: float = 0.0
     stall: float = 0.0
     stall_s: float = 2.0
+    delay_writes_s: float = 0.0
     seed: int = 0
     counts: Counter = field(default_factory=Counter)
     outage_until: float = 0.0
@@ -99,6 +101,8 @@ def _handler(upstream: tuple[str, int], faults: Faults) -> type[BaseHTTPRequestH
                 return self._reply(503, SLOW_DOWN)
             if fault == "stall":
                 time.sleep(faults.stall_s)
+            if self.command in ("PUT", "POST", "DELETE"):
+                time.sleep(faults.delay_writes_s)
             conn = http.client.HTTPConnection(*upstream, timeout=60)
             try:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}

@@ -164,6 +164,13 @@ class RayHead:
         with urllib.request.urlopen(f"{self.dashboard}/api/jobs/{submission_id}/logs", timeout=10) as r:
             return json.load(r)["logs"]
 
+    def request_stop(self, submission_id: str) -> None:
+        """What `ray job stop` asks the dashboard, without the CLI's start-up or its wait: Ray sends the
+        driver SIGTERM at once, and SIGKILL RAY_JOB_STOP_WAIT_TIME_S (3 s) later if it is still running."""
+        req = urllib.request.Request(f"{self.dashboard}/api/jobs/{submission_id}/stop", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.load(r)["stopped"], submission_id
+
     def stop_job(self, submission_id: str, timeout: float = 60) -> None:
         """`ray job stop`, which waits until the job has stopped."""
         cmd = [str(BIN / "ray"), "job", "stop", submission_id]

@@ -3,6 +3,7 @@ records, compaction, fencing by the lease, and uncommit; and the lease renewed o
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from dit_worker.output.commit_index import (
     CommitRecorder,
     committed_shards,
 )
-from dit_worker.output.lease import LeaseHeld, LeaseKeeper, LeaseLost, acquire
+from dit_worker.output.layout import LEASE_KEY
+from dit_worker.output.lease import LeaseHeld, LeaseKeeper, LeaseLost, acquire, holds
 from dit_worker.output.verify import uncommit
 from dit_worker.storage.objects import LocalStorage, StorageError
 
@@ -127,6 +129,33 @@ def test_a_lease_left_unrenewed_for_most_of_its_ttl_counts_as_lost(tmp_path: Pat
     time.sleep(0.8)
     with pytest.raises(LeaseLost, match="could not be renewed for 1 s"):
         keeper.check()
+
+
+def test_a_stop_releases_the_lease_even_when_a_renewal_lands_first(tmp_path: Path) -> None:
+    """The race of a renewal in flight when SIGTERM arrives: a renewal that wins the compare-and-swap
+    just before the release is undone by the release's retry; one that comes after it cannot resurrect
+    the lease; and the released lease fences the run's workers and is taken by the next run at once."""
+    storage = LocalStorage(tmp_path / "out")
+    lease = acquire(storage, ttl=60.0)
+    keeper = LeaseKeeper(lease)  # not entered: the renewals are played by hand, in the racing order
+    # A renewal's write lands after the release read the ETag (the release's first swap then fails).
+    raced = storage.replace(LEASE_KEY, lease._body(time.time() + 60.0, lease.token), lease.etag)
+    assert raced is not None
+    keeper.stop()
+    assert json.loads(storage.get(LEASE_KEY))["token"] is None and not holds(storage, lease.token)
+    lease.renew()  # a late beat: no write
+    assert json.loads(storage.get(LEASE_KEY))["expires_at_s"] == 0.0
+    with pytest.raises(LeaseLost, match="released, this run is stopping"):
+        keeper.check()  # the recorder's fence: nothing more is recorded
+    assert acquire(storage, ttl=60.0).token != lease.token  # not refused: the next run takes it at once
+
+    # Beside it, the same race with no time for a second swap: the release fails and the lease stays held.
+    other = acquire(LocalStorage(tmp_path / "other"), ttl=60.0)
+    other.storage.replace(LEASE_KEY, other._body(time.time() + 60.0, other.token), other.etag)
+    with pytest.raises(StorageError, match="kept changing"):
+        other.release(bound_s=0.0)
+    with pytest.raises(LeaseHeld, match="is being written by another run"):
+        acquire(other.storage, ttl=60.0)
 
 
 def test_benchmark_scale_resume_requests_do_not_grow_with_commits(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from pyarrow.fs import S3FileSystem
+from s3_proxy import Faults, s3_proxy
 
 from dit_worker.output.commit_index import committed_shards
 from dit_worker.storage.objects import open_storage
@@ -151,46 +153,88 @@ def test_killed_worker_has_its_shards_rerun(ray_cluster, s3_server, s3_bucket: s
     assert "died" in ray_cluster.job_logs(sid)
 
 
-def test_stopped_driver_resumes_with_the_same_command(
+# 24 shards of 2 samples: five stopped runs each commit a few, and the sixth still has shards to make.
+STOP_JOB = ["--classes", "1,2,3,4", "--per-class", "12", "--sampler", "ddim", "--steps", "20", "--shard-size", "2"]
+STOP_ROUNDS = 5
+STOP_GRACE_S = 3.0  # Ray's RAY_JOB_STOP_WAIT_TIME_S default: SIGKILL follows SIGTERM after this long
+WRITE_DELAY_S = 1.0  # the proxy holds every write this long: the unwinding of a stopped driver outlasts the grace
+
+
+def lease_freed_after(s3_server, bucket: str, key: str, since: float, timeout: float = 10.0) -> float:
+    """Seconds from `since` until the lease at `key` is released (no token, expired), read past the proxy."""
+    client = s3_server.client()
+    while time.monotonic() - since < timeout:
+        lease = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        if lease["token"] is None and lease["expires_at_s"] == 0.0:
+            return time.monotonic() - since
+        time.sleep(0.02)
+    raise AssertionError(f"the lease was still held {timeout} s after the stop: {lease}")
+
+
+def test_a_stopped_driver_frees_its_output_at_once_and_the_same_command_resumes(
     ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = ["--model", tiny_ckpt, *SLOW_JOB, *CPU_WORKERS, "--num-workers", 2, "--out", f"s3://{s3_bucket}/stop"]
-    sid, _ = generate(ray_cluster, s3_server, *args, wait=False)
-    wait_for(lambda: len(committed(s3_server, s3_bucket, "stop")) >= 1, 180, "a first committed shard")
-    ray_cluster.stop_job(sid)
-    assert ray_cluster.job_status(sid) == "STOPPED"
-    wait_for(lambda: not ray_cluster.actor_pids("ShardWorker"), 60, "the stopped job's workers to exit")
-
-    before = objects(s3_server, s3_bucket, "stop")
+    """`ray job stop`, then the same command at once, five times over storage that holds every write 1 s:
+    each resubmission takes the output (the stopped driver released its lease within Ray's grace), and
+    the last one completes it, every sample once, leaving what the stopped runs recorded untouched."""
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    # Committed: recorded in the commit index (a part written while the driver stopped is made again).
-    recorded = committed_shards(open_storage(f"s3://{s3_bucket}/stop", s3_endpoint=s3_server.endpoint))
-    parts = [f"metadata/part-{k:05d}.parquet" for k in sorted(recorded)]
-    assert 1 <= len(parts) < 16 and "_SUCCESS" not in before and set(parts) <= set(before)
-    shards = {f"{k:05d}" for k in recorded}
-    kept = {
-        k: v
-        for k, v in before.items()
-        if k in parts or k == "job.json" or (k.startswith("images/") and k.split("/")[1] in shards)
-    }
+    url = f"s3://{s3_bucket}/stop"
+    faults = Faults(delay_writes_s=WRITE_DELAY_S)
+    with s3_proxy(s3_server.endpoint, faults) as slow:
+        args = ["--model", tiny_ckpt, *STOP_JOB, *CPU_WORKERS, "--num-workers", 2, "--out", url]
+        env = {"AWS_ENDPOINT_URL": slow}
+        kept: dict[str, tuple[str, float]] = {}
+        freed, said, recorded = [], [], set()
+        sid, _ = generate(ray_cluster, s3_server, *args, wait=False, env=env)
+        for round_ in range(STOP_ROUNDS):
 
-    _, proc = generate(ray_cluster, s3_server, *args)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            def new_record(sid: str = sid, seen: int = len(recorded)) -> bool:
+                if ray_cluster.job_status(sid) in TERMINAL:  # refused, or failed: no point waiting
+                    raise AssertionError(ray_cluster.job_logs(sid)[-3000:])
+                return len(committed_shards(open_storage(url))) > seen
+
+            wait_for(new_record, 180, "a new shard recorded in the commit index")
+            t0 = time.monotonic()
+            ray_cluster.request_stop(sid)
+            freed.append(lease_freed_after(s3_server, s3_bucket, "stop/_lease.json", t0))
+            wait_for(lambda sid=sid: ray_cluster.job_status(sid) == "STOPPED", 30, "the job to stop")
+            logs = ray_cluster.job_logs(sid)
+            said += re.findall(r"lease released (\d+\.\d+) s after SIGTERM", logs)
+            assert len(said) == round_ + 1, logs[-3000:]  # the driver's own line
+            # Recorded in the commit index: those objects stay as they are (a part written while the
+            # driver stopped is made again, identically).
+            recorded = set(committed_shards(open_storage(url)))
+            before = objects(s3_server, s3_bucket, "stop")
+            shards = {f"{k:05d}" for k in recorded}
+            kept |= {
+                k: v
+                for k, v in before.items()
+                if k == "job.json"
+                or k in {f"metadata/part-{s:05d}.parquet" for s in recorded}
+                or (k.startswith("images/") and k.split("/")[1] in shards)
+            }
+            if round_ == STOP_ROUNDS - 1:
+                faults.delay_writes_s = 0.0  # the run that completes the set need not be slow
+            sid, _ = generate(ray_cluster, s3_server, *args, wait=False, env=env)  # at once: not refused
+        assert finish(ray_cluster, sid) == "SUCCEEDED", ray_cluster.job_logs(sid)[-3000:]
+    print(f"lease free after the stop request: {', '.join(f'{t:.2f}' for t in freed)} s; the driver's release: "
+          f"{', '.join(said)} s after its SIGTERM handler ran")  # fmt: skip
+    assert max(freed) < STOP_GRACE_S, freed
     after = objects(s3_server, s3_bucket, "stop")
-    assert {k: after[k] for k in kept} == kept  # committed objects untouched: same ETag and LastModified
-    check_complete(s3_server, s3_bucket, "stop", 64)
+    assert {k: after[k] for k in kept} == kept  # same ETag and LastModified
+    check_complete(s3_server, s3_bucket, "stop", 48)
     summary = success(s3_server, s3_bucket, "stop")
-    assert summary["shards_skipped"] == len(parts)  # exactly the shards committed before the stop
-    assert summary["shards_generated"] == 16 - summary["shards_skipped"]
+    assert 1 <= len(recorded) < 24 and summary["shards_skipped"] == len(recorded)
+    assert summary["shards_generated"] == 24 - len(recorded)
 
     # jobs.verify --full --ray checks the committed shards on Ray actors of the same cluster.
     sid = f"verify-{uuid.uuid4().hex[:12]}"
-    entry = ["python", "-m", "jobs.verify", "--out", f"s3://{s3_bucket}/stop", "--full", "--ray"]
+    entry = ["python", "-m", "jobs.verify", "--out", url, "--full", "--ray"]
     proc = ray_cluster.submit(entry, working_dir=REPO, env_vars=s3_server.env(), submission_id=sid, wait=True)
     logs = ray_cluster.job_logs(sid)
     assert proc.returncode == 0 and ray_cluster.job_status(sid) == "SUCCEEDED", logs[-3000:]
-    assert '"shards_checked": 16, "shards_broken": [], "sha256_checked": true' in logs, logs[-3000:]
+    assert '"shards_checked": 24, "shards_broken": [], "sha256_checked": true' in logs, logs[-3000:]
 
 
 def test_more_workers_than_the_cluster_can_place_is_refused(

@@ -27,7 +27,7 @@ from dit_worker.execution.stats import PoolStats
 from dit_worker.execution.tries import Backoff, TaskFailed, TaskQueue
 from dit_worker.output.commit_index import CommitRecorder
 from dit_worker.output.layout import JOB_KEY, LEASE_KEY, SUCCESS_KEY
-from dit_worker.output.lease import Lease, LeaseKeeper, LeaseLost, acquire, new_token
+from dit_worker.output.lease import Lease, LeaseKeeper, LeaseLost, acquire, new_token, released_on_sigterm
 from dit_worker.shard import BatchCheckTask, ShardResult, ShardTask, shard_name, shard_tasks
 from dit_worker.storage.objects import Storage, StorageError
 
@@ -49,7 +49,7 @@ def run_job(config: JobConfig) -> dict[str, Any]:
         pool.place()  # refuses a pool the cluster cannot place: still nothing written
     lease = take_lease(plan.storage, config.lease_ttl, token)
     try:
-        with LeaseKeeper(lease) as keeper:
+        with LeaseKeeper(lease) as keeper, released_on_sigterm(keeper):
             if pool is not None:
                 start_workers(pool, plan)
             return _run(plan, pool, config, keeper, token, started_at, t0)
@@ -83,10 +83,11 @@ def _run(
         if pool is not None:
             stats, worker_seconds = run_pending(plan, pool, queue, recorder, config.shard_size)
     except BaseException:  # keep what did commit (failed shards, Ctrl-C, lost lease: nothing is recorded)
-        try:
-            recorder.close(patience=0)  # stopping: one try, no wait for an outage
-        except Exception as err:
-            log.warning("could not record the last commits (%s): those shards will be made again", err)
+        if not keeper.lease.released:  # after a SIGTERM, the next run may already hold the output
+            try:
+                recorder.close(patience=0)  # stopping: one try, no wait for an outage
+            except Exception as err:
+                log.warning("could not record the last commits (%s): those shards will be made again", err)
         raise
     recorder.close()  # every commit of this run in the snapshot
     missing = plan.index.missing(plan.num_shards).tolist()

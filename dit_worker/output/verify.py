@@ -19,7 +19,7 @@ from dit_worker.execution.pool import make_pool
 from dit_worker.execution.tries import TaskQueue
 from dit_worker.output.commit_index import CommitIndex, committed_shards
 from dit_worker.output.layout import SUCCESS_KEY, part_key
-from dit_worker.output.lease import DEFAULT_TTL_S, LeaseKeeper, acquire
+from dit_worker.output.lease import DEFAULT_TTL_S, LeaseKeeper, acquire, released_on_sigterm
 from dit_worker.output.reader import OutputSet, OutputSetError, Shard, prefetch
 from dit_worker.storage.objects import Storage, open_storage
 
@@ -142,7 +142,8 @@ def verify_output(
     finally:
         pool.close()
     if broken and repair:
-        with LeaseKeeper(acquire(storage, DEFAULT_TTL_S)):  # never while a job writes this output
+        # Never while a job writes this output; a stop releases the lease before the process ends.
+        with LeaseKeeper(acquire(storage, DEFAULT_TTL_S)) as keeper, released_on_sigterm(keeper):
             uncommit(storage, [r.shard for r in broken])
     return {
         "out": storage.url,

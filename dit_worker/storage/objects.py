@@ -9,6 +9,7 @@ only if absent, replace only if unchanged since it was read (by ETag).
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import io
@@ -98,6 +99,12 @@ class Storage(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    def bounded(self, timeout_s: float) -> Storage:
+        """The same objects through requests that each give up after `timeout_s` seconds to connect and
+        as long to answer, tried once: for a write that must land within a deadline or not at all (a
+        stopped run's lease release). A local folder answers at once: itself."""
+        return self
 
     @abstractmethod
     def check_writable(self) -> None:
@@ -321,6 +328,16 @@ class S3Storage(Storage):
             retries={"mode": "standard", "total_max_attempts": PROBE_ATTEMPTS},
         )
         self.probe_client = session.client("s3", endpoint_url=self.endpoint, config=probe)
+        self._session = session
+
+    def bounded(self, timeout_s: float) -> S3Storage:
+        from botocore.config import Config
+
+        # A view with its own client: botocore's timeouts and retries are set per client, not per request.
+        view = copy.copy(self)
+        once = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"total_max_attempts": 1})
+        view.client = self._session.client("s3", endpoint_url=self.endpoint, config=once)
+        return view
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
