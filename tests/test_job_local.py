@@ -451,28 +451,28 @@ def test_own_manifest_columns_reach_every_format_and_hf_datasets(tiny_ckpt: Path
     import datasets
 
     rows = [{"sample_id": 40 - 3 * i, "class_id": 5 + i, "seed": 7 * i, "source_id": 1000 + i,
-             "licence": ["cc0", "cc-by"][i % 2], "aesthetic": 0.25 * i} for i in range(5)]  # fmt: skip
+             "licence": ["cc0", "cc-by"][i % 2], "rating": 0.25 * i} for i in range(5)]  # fmt: skip
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    own = {r["sample_id"]: (r["source_id"], r["licence"], r["aesthetic"]) for r in rows}
+    own = {r["sample_id"]: (r["source_id"], r["licence"], r["rating"]) for r in rows}
     args = ["--local", "--model", tiny_ckpt, "--manifest", manifest, *FAST, "--shard-size", 2]
     for fmt in ("png", "webdataset", "parquet"):
         out = tmp_path / fmt
         assert generate(*args, "--format", fmt, "--out", out) == 0
         table = metadata(out)
-        types = (table.schema.field("source_id").type, table.schema.field("aesthetic").type)
+        types = (table.schema.field("source_id").type, table.schema.field("rating").type)
         assert types == (pa.int64(), pa.float64())
-        got = {r["sample_id"]: (r["source_id"], r["licence"], r["aesthetic"]) for r in table.to_pylist()}
+        got = {r["sample_id"]: (r["source_id"], r["licence"], r["rating"]) for r in table.to_pylist()}
         assert got == own, fmt
         if fmt == "webdataset":
             with tarfile.open(out / "shards" / "00000.tar") as tar:
                 meta = json.load(tar.extractfile(f"{rows[0]['sample_id']:08d}.json"))
-            assert (meta["source_id"], meta["licence"], meta["aesthetic"]) == own[rows[0]["sample_id"]]
+            assert (meta["source_id"], meta["licence"], meta["rating"]) == own[rows[0]["sample_id"]]
         if fmt == "parquet":
             data = ds.dataset(out / "data", format="parquet").to_table(columns=["sample_id", "licence"])
             assert dict(zip(*data.to_pydict().values(), strict=True)) == {k: v[1] for k, v in own.items()}
     hf = datasets.load_dataset("parquet", data_files=str(tmp_path / "png" / "metadata" / "*.parquet"), split="train")
-    assert {r["sample_id"]: (r["source_id"], r["licence"], r["aesthetic"]) for r in hf} == own
+    assert {r["sample_id"]: (r["source_id"], r["licence"], r["rating"]) for r in hf} == own
 
     before = snapshot(tmp_path / "png")
     misspelt = tmp_path / "bad.jsonl"

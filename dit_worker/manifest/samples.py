@@ -202,7 +202,8 @@ def _extra_columns(table: pa.Table, where: str, conditioning: Conditioning) -> l
             )
         if name in RESERVED_COLUMNS:
             raise ManifestError(
-                f"{where}: column {name!r} is one the job writes into every metadata row; rename your column"
+                f"{where}: column {name!r} is one the job writes into metadata rows (its own and the --score "
+                "columns); rename your column"
             )
         kind = table.schema.field(name).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
