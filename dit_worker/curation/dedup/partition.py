@@ -1,14 +1,17 @@
 """Which rows are compared: buckets, and the exact partition of a whole set into k-means cells.
 
 --within prompt / class: a row's bucket is its prompt (128 bits of blake2b) or class; every row of a
-bucket is compared with every other. --within set: k-means cells, each vector copied into every cell
-whose centroid is within its nearest centroid's distance + 2r, r the largest distance of two linked
-vectors; a cell compares the rows it owns (nearest centroid) against all of its rows. Nothing is missed:
-for linked x, y (|x - y| <= r), with d(v) the distance of v to its nearest centroid and o(v) that cell,
+bucket is compared with every other. --within set: k-means cells, each vector copied into every cell whose centroid is within its nearest
+centroid's distance + 2r, r the largest distance of two linked vectors; a cell compares the rows it owns
+(nearest centroid) against all of its rows. With d(v) the distance of v to its nearest centroid and o(v)
+that cell, for linked x, y (|x - y| <= r) the triangle inequality gives
     d(x) <= |x - c_o(y)| <= |x - y| + d(y) <= r + d(y), and
     |y - c_o(x)| <= |y - x| + d(x) <= r + d(x) <= 2r + d(y),
-so y is copied into o(x), the cell that owns x, where the pair is compared (the triangle inequality
-twice). A margin of r alone misses pairs whose vectors have different nearest centroids.
+so y is copied into o(x): every row linked to x is in the cell that owns x, which therefore finds all
+of x's links and, when x's most similar row is linked to it, that row (the `nearest` column is exact
+whenever its similarity reaches the threshold). A margin of r would still find every link (the pair
+meets in the owner cell of whichever of x, y is nearer its centroid: |x - c_o(y)| <= r + d(y) <= r + d(x)
+when d(y) <= d(x)), but not every row's nearest; below r links are lost.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ import pyarrow as pa
 from dit_worker.curation.dedup.components import components
 from dit_worker.curation.dedup.config import DedupConfig, Within
 from dit_worker.curation.dedup.embeddings import EmbeddingSource
+from dit_worker.curation.dedup.layout import DEDUP_JSON, DEDUP_PREFIX
 from dit_worker.curation.dedup.partition import SAMPLE_PER_CELL, cells_for, train_cells
 from dit_worker.curation.dedup.steps import (
-    DEDUP_PREFIX,
     EmbedRun,
     ReducePartition,
     RouteRun,
@@ -60,7 +60,6 @@ from dit_worker.output.layout import JOB_KEY
 from dit_worker.output.reader import OutputSet, OutputSetError
 from dit_worker.storage.objects import Storage
 
-DEDUP_JSON = "dedup/dedup.json"
 NUMBERED = re.compile(r"(\d+)\.(?:bin|parquet)$")
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from dit_worker.curation.dedup.config import Within
 from dit_worker.curation.dedup.embeddings import EmbeddingSource, shard_embeddings
+from dit_worker.curation.dedup.layout import DEDUP_SCHEMA, dedup_key
 from dit_worker.curation.dedup.partition import partition_of, replicate
 from dit_worker.curation.dedup.search import bucket_pairs
 from dit_worker.curation.dedup.work_files import (
@@ -36,17 +37,6 @@ from dit_worker.curation.dedup.work_files import (
 from dit_worker.output.metadata import parquet_bytes
 from dit_worker.output.reader import OutputSet
 from dit_worker.storage.objects import open_storage
-
-DEDUP_PREFIX = "dedup/part-"
-DEDUP_SCHEMA = pa.schema(
-    [pa.field("sample_id", pa.int64(), nullable=False), pa.field("group", pa.int64(), nullable=False),
-     pa.field("group_size", pa.int32(), nullable=False), pa.field("dup_rank", pa.int32(), nullable=False),
-     pa.field("nearest", pa.int64()), pa.field("similarity", pa.float32())]
-)  # fmt: skip
-
-
-def dedup_key(shard: int) -> str:
-    return f"{DEDUP_PREFIX}{shard:05d}.parquet"
 
 
 @dataclass(frozen=True)
