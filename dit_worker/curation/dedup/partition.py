@@ -1,10 +1,11 @@
 """Which rows are compared: buckets, and the exact partition of a whole set into k-means cells.
 
 --within prompt / class: a row's bucket is its prompt (128 bits of blake2b) or class; every row of a
-bucket is compared with every other. --within set: k-means cells, each vector copied into every cell whose centroid is within its nearest
-centroid's distance + 2r, r the largest distance of two linked vectors; a cell compares the rows it owns
-(nearest centroid) against all of its rows. With d(v) the distance of v to its nearest centroid and o(v)
-that cell, for linked x, y (|x - y| <= r) the triangle inequality gives
+bucket is compared with every other. --within set: k-means cells, each vector copied into every cell
+whose centroid is within its nearest centroid's distance + 2r, r the largest distance of two linked
+vectors; a cell compares the rows it owns (nearest centroid) against all of its rows. With d(v) the
+distance of v to its nearest centroid and o(v) that cell, for linked x, y (|x - y| <= r) the triangle
+inequality gives
     d(x) <= |x - c_o(y)| <= |x - y| + d(y) <= r + d(y), and
     |y - c_o(x)| <= |y - x| + d(x) <= r + d(x) <= 2r + d(y),
 so y is copied into o(x): every row linked to x is in the cell that owns x, which therefore finds all

@@ -148,12 +148,14 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
     within = choose_within(config, set_kind(first), output.url)
     source = embedding_source(first, config.clip_model)
     generated = _read_json(storage, JOB_KEY) or {}
+    per_run = math.ceil(len(indices) / config.runs)
     settings = {
         "threshold": config.threshold,
         "within": within,
         "embeddings": source.description,
         "cells": config.cells if within == "set" else None,
         "shards": len(indices),
+        "shards_per_run": per_run,  # the work files' units
         "source_fingerprint_sha256": generated.get("fingerprint_sha256"),
     }
     finished = _read_json(storage, DEDUP_JSON)
@@ -170,7 +172,6 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
         return finished | {"wall_time_s": round(time.perf_counter() - t0, 3), "steps_run": []}
     if stored is None:
         storage.put(SETTINGS_KEY, json.dumps(settings, indent=2).encode())
-    per_run = math.ceil(len(indices) / config.runs)
     runs = [tuple(indices[lo : lo + per_run]) for lo in range(0, len(indices), per_run)]
     tasks = make_tasks(local=not config.ray, items=len(runs))
     steps: list[str] = []
