@@ -255,7 +255,9 @@ def test_the_set_partition_finds_what_brute_force_finds(tmp_path: Path) -> None:
     learnt = np.load(first / "dedup" / "work" / "cells.npy")  # the cells these vectors make
     vectors = np.concatenate([base, straddling_pairs(learnt, rng, 60, threshold)])
     out = embedding_set(tmp_path / "set", vectors, shard_size=500)
-    summary = run_dedup(DedupConfig(out=str(out), within="set", threshold=threshold, cells=cells, runs=1))
+    config = DedupConfig(out=str(out), within="set", threshold=threshold, cells=cells, runs=1, partition_rows=800)
+    summary = run_dedup(config)
+    assert summary["partitions"] == 4  # components joined across partitions' links
     centroids = np.load(out / "dedup" / "work" / "cells.npy")
     x = unit(vectors).astype(np.float16).astype(np.float32)
     owner = ((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
@@ -274,7 +276,7 @@ def test_the_set_partition_finds_what_brute_force_finds(tmp_path: Path) -> None:
     check_ranks(rows)
 
 
-def test_a_killed_run_resumes_to_the_same_parts(tmp_path: Path) -> None:
+def test_a_killed_run_resumes_to_the_same_parts(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(2)
     vectors = unit(rng.standard_normal((480, 16)))
     vectors[1::7] = unit(vectors[::7][: len(vectors[1::7])] + 0.05 * rng.standard_normal((len(vectors[1::7]), 16)))
@@ -293,7 +295,9 @@ def test_a_killed_run_resumes_to_the_same_parts(tmp_path: Path) -> None:
     proc.wait()
     done = len(list(work.iterdir()))
     assert 0 < done < 12 and not (killed / "dedup" / "dedup.json").exists()
+    capsys.readouterr()
     assert dedup_main(["--out", str(killed), "--threshold", "0.9"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps_run"][0] == f"embed {12 - done}"  # the rest only
     names = sorted(p.name for p in (whole / "dedup").glob("part-*.parquet"))
     assert names == sorted(p.name for p in (killed / "dedup").glob("part-*.parquet")) and len(names) == 12
     for name in names:

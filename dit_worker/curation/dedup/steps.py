@@ -53,7 +53,7 @@ class EmbedRun:
 
 def embed_run(task: EmbedRun) -> int:
     """Write the run's EMBED records; its rows."""
-    output = OutputSet.open(task.out, s3_endpoint=task.s3_endpoint)
+    output = OutputSet(open_storage(task.out, s3_endpoint=task.s3_endpoint))  # not `open`: no listing per task
     parts = []
     for shard in task.shards:
         ids, keys, vectors = shard_embeddings(output, shard, task.source, task.within)
