@@ -330,3 +330,21 @@ def test_bad_input_is_one_line_and_exit_2(planted: dict, args: list[str], messag
     err = capsys.readouterr().err.strip()
     assert err.startswith(message.format(**fill)) and "\n" not in err, err
     assert not (out / "dedup").exists()
+
+
+def test_ray_tasks_write_the_same_parts(tmp_path: Path, ray_cluster) -> None:
+    """`--ray` on a real local Ray head: every step on Ray tasks, the parts those of a local run."""
+    rng = np.random.default_rng(3)
+    vectors = unit(rng.standard_normal((120, 16)))
+    vectors[1::5] = unit(vectors[::5] + 0.05 * rng.standard_normal((24, 16)))
+    local = embedding_set(tmp_path / "local", vectors, shard_size=30)
+    on_ray = embedding_set(tmp_path / "ray", vectors, shard_size=30)
+    run_dedup(DedupConfig(out=str(local), within="set", threshold=0.9, cells=3, runs=1))
+    env = os.environ | {"RAY_ADDRESS": ray_cluster.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                        "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    cmd = [sys.executable, "-m", "jobs.dedup", "--out", str(on_ray), "--within", "set", "--threshold", "0.9", "--ray"]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["steps_run"][0] == "embed 4"
+    got, want = parts(on_ray), parts(local)
+    assert groups(got) == groups(want) and len(groups(want)) >= 20

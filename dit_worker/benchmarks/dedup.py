@@ -23,11 +23,13 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
-from dit_worker.curation.dedup.work_files import EMBED_PREFIX, ROUTE_PREFIX
 from dit_worker.output.layout import JOB_KEY, SUCCESS_KEY, part_key
 from dit_worker.output.metadata import parquet_bytes
 from dit_worker.storage.objects import open_storage
 
+# The work files' documented layout (docs/output.md, "Near-duplicates"); curation is this package's floor,
+# so its modules are not imported here (tests/test_layers.py).
+EMBED_PREFIX, ROUTE_PREFIX = "dedup/work/embed/", "dedup/work/route/"
 NOISE = 0.1  # per-component noise of a planted copy, in units of 1/sqrt(D): cosine ~ 1 / sqrt(1 + NOISE**2)
 
 
@@ -46,7 +48,7 @@ def write_embedding_set(out: Path, rows: int, dim: int, shard_size: int, per_pro
         vectors[copy] = vectors[copy - 1] + NOISE * rng.standard_normal((copy.size, dim), dtype=np.float32)
         prompt = ids // per_prompt
         prompt[copy] = prompt[copy - 1]  # the copy's prompt is its original's
-        copies += int(copy.size)
+        copies += int((~np.isin(copy - 1, copy)).sum())  # a copy of a copy copies a row since replaced: not counted
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         n = ids.size
         table = pa.table({
