@@ -194,7 +194,8 @@ def test_the_threshold_is_inclusive_on_stored_embeddings(tmp_path: Path) -> None
     vectors[3:, 5:] = np.eye(3)
     at = embedding_set(tmp_path / "at", vectors, shard_size=2)
     above = embedding_set(tmp_path / "above", vectors, shard_size=2)
-    run_dedup(DedupConfig(out=str(at), threshold=0.75, within="set", runs=1))
+    summary = run_dedup(DedupConfig(out=str(at), threshold=0.75, within="set", runs=1, partition_rows=1))
+    assert summary["partitions"] == 6  # one bucket (one cell): five partitions without any
     rows = parts(at)
     assert groups(rows) == {frozenset((0, 1))}
     assert (rows[0]["nearest"], rows[0]["similarity"]) == (1, 0.75)
@@ -348,3 +349,25 @@ def test_ray_tasks_write_the_same_parts(tmp_path: Path, ray_cluster) -> None:
     assert json.loads(run.stdout.strip().splitlines()[-1])["steps_run"][0] == "embed 4"
     got, want = parts(on_ray), parts(local)
     assert groups(got) == groups(want) and len(groups(want)) >= 20
+
+
+def test_an_s3_set_gives_the_parts_of_a_local_one(tmp_path: Path, s3_server, s3_bucket: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The same set on S3 (SeaweedFS) and in a folder: byte-equal parts (ranged reads of the work files,
+    the cells through a ranged file), with --within set over several cells and partitions."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)  # the task processes inherit it
+    rng = np.random.default_rng(6)
+    vectors = unit(rng.standard_normal((300, 8)))
+    vectors[1::6] = unit(vectors[::6] + 0.05 * rng.standard_normal((50, 8)))
+    local = embedding_set(tmp_path / "local", vectors, shard_size=50)
+    s3 = open_storage(f"s3://{s3_bucket}/set")
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        s3.put(path.relative_to(local).as_posix(), path.read_bytes())
+    for out in (str(local), f"s3://{s3_bucket}/set"):
+        run_dedup(DedupConfig(out=out, within="set", threshold=0.9, cells=6, runs=3, partition_rows=100))
+    names = sorted(p.name for p in (local / "dedup").glob("part-*.parquet"))
+    assert len(names) == 6 and len(groups(parts(local))) >= 40
+    for name in names:
+        assert s3.get(f"dedup/{name}") == (local / "dedup" / name).read_bytes(), name
+    assert json.loads(s3.get("dedup/dedup.json"))["partitions"] == 3

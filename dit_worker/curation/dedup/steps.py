@@ -119,8 +119,9 @@ def reduce_partition(task: ReducePartition) -> int:
     rows = rows[order]
     keys = rows["key"]
     starts = np.flatnonzero(np.concatenate([[True], (keys[1:] != keys[:-1]).any(1)])) if rows.size else []
+    ends = [*starts[1:], rows.size] if rows.size else []  # a partition may hold no bucket at all
     links, nearest = [], []
-    for lo, hi in zip(starts, [*starts[1:], rows.size], strict=True):
+    for lo, hi in zip(starts, ends, strict=True):
         bucket = rows[lo:hi]
         q, m, nq, nm, sim = bucket_pairs(bucket["vec"], bucket["owner"].astype(bool), task.threshold)
         pairs = np.zeros(q.size, LINK)
