@@ -31,6 +31,7 @@ from hf_models import save_tiny_dedup_clip
 from metric_references import blocky
 from output_sets import write_output_set
 from PIL import Image
+from s3_proxy import Faults, s3_proxy
 from scipy.ndimage import uniform_filter
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -41,7 +42,7 @@ from dit_worker.curation.dedup.run import run_dedup
 from dit_worker.metrics.clip_score import ClipEmbedder
 from dit_worker.metrics.hf_models import resolve_hf_model
 from dit_worker.output.reader import OutputSet
-from dit_worker.storage.objects import open_storage
+from dit_worker.storage.objects import Storage, open_storage
 from jobs.dedup import main as dedup_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -351,6 +352,13 @@ def test_ray_tasks_write_the_same_parts(tmp_path: Path, ray_cluster) -> None:
     assert groups(got) == groups(want) and len(groups(want)) >= 20
 
 
+def upload(local: Path, url: str) -> Storage:
+    store = open_storage(url)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        store.put(path.relative_to(local).as_posix(), path.read_bytes())
+    return store
+
+
 def test_an_s3_set_gives_the_parts_of_a_local_one(tmp_path: Path, s3_server, s3_bucket: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The same set on S3 (SeaweedFS) and in a folder: byte-equal parts (ranged reads of the work files,
@@ -361,9 +369,7 @@ def test_an_s3_set_gives_the_parts_of_a_local_one(tmp_path: Path, s3_server, s3_
     vectors = unit(rng.standard_normal((300, 8)))
     vectors[1::6] = unit(vectors[::6] + 0.05 * rng.standard_normal((50, 8)))
     local = embedding_set(tmp_path / "local", vectors, shard_size=50)
-    s3 = open_storage(f"s3://{s3_bucket}/set")
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        s3.put(path.relative_to(local).as_posix(), path.read_bytes())
+    s3 = upload(local, f"s3://{s3_bucket}/set")
     for out in (str(local), f"s3://{s3_bucket}/set"):
         run_dedup(DedupConfig(out=out, within="set", threshold=0.9, cells=6, runs=3, partition_rows=100))
     names = sorted(p.name for p in (local / "dedup").glob("part-*.parquet"))
@@ -371,3 +377,32 @@ def test_an_s3_set_gives_the_parts_of_a_local_one(tmp_path: Path, s3_server, s3_
     for name in names:
         assert s3.get(f"dedup/{name}") == (local / "dedup" / name).read_bytes(), name
     assert json.loads(s3.get("dedup/dedup.json"))["partitions"] == 3
+
+
+def test_storage_requests_grow_by_each_shards_own_work(tmp_path: Path, s3_server, s3_bucket: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Counted at an HTTP proxy in front of SeaweedFS, driver and task processes together (R = 2 runs):
+    4 more source shards cost exactly 8 more requests (each one's metadata part read and dedup part
+    written), nothing else per shard; 2 more partitions at most 2 (4R + 3) (README, "Near-duplicates")."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    faults, rng = Faults(), np.random.default_rng(8)
+
+    def requests(proxy: str, shards: int, partition_rows: int) -> tuple[int, dict]:
+        vectors = unit(rng.standard_normal((50 * shards, 8)))
+        vectors[1::2] = unit(vectors[::2] + 0.05 * rng.standard_normal((25 * shards, 8)))  # 2k + 1 near 2k
+        classes = [i // 2 % 40 for i in range(50 * shards)]  # each run holds all 40 classes
+        local = embedding_set(tmp_path / f"{shards}-{partition_rows}", vectors, shard_size=50, classes=classes)
+        url = f"s3://{s3_bucket}/{shards}-{partition_rows}"
+        upload(local, url)
+        before = faults.counts["forwarded"]
+        config = DedupConfig(out=url, s3_endpoint=proxy, threshold=0.9, runs=2, partition_rows=partition_rows)
+        summary = run_dedup(config)
+        return faults.counts["forwarded"] - before, summary
+
+    with s3_proxy(s3_server.endpoint, faults) as proxy:
+        (small, a), (large, b), (fewer, c) = (requests(proxy, *sizes) for sizes in ((4, 50), (8, 100), (8, 200)))
+    print(f"\nrequests: 4 shards, 4 partitions {small}; 8 shards, 4 partitions {large}; 8 shards, 2 partitions {fewer}")
+    assert [(s["runs"], s["partitions"]) for s in (a, b, c)] == [(2, 4), (2, 4), (2, 2)]
+    assert large - small == 2 * 4
+    assert 0 < large - fewer <= 2 * (4 * 2 + 3)
