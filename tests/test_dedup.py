@@ -334,24 +334,6 @@ def test_bad_input_is_one_line_and_exit_2(planted: dict, args: list[str], messag
     assert not (out / "dedup").exists()
 
 
-def test_ray_tasks_write_the_same_parts(tmp_path: Path, ray_cluster) -> None:
-    """`--ray` on a real local Ray head: every step on Ray tasks, the parts those of a local run."""
-    rng = np.random.default_rng(3)
-    vectors = unit(rng.standard_normal((120, 16)))
-    vectors[1::5] = unit(vectors[::5] + 0.05 * rng.standard_normal((24, 16)))
-    local = embedding_set(tmp_path / "local", vectors, shard_size=30)
-    on_ray = embedding_set(tmp_path / "ray", vectors, shard_size=30)
-    run_dedup(DedupConfig(out=str(local), within="set", threshold=0.9, cells=3, runs=1))
-    env = os.environ | {"RAY_ADDRESS": ray_cluster.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                        "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    cmd = [sys.executable, "-m", "jobs.dedup", "--out", str(on_ray), "--within", "set", "--threshold", "0.9", "--ray"]
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1])["steps_run"][0] == "embed 4"
-    got, want = parts(on_ray), parts(local)
-    assert groups(got) == groups(want) and len(groups(want)) >= 20
-
-
 def upload(local: Path, url: str) -> Storage:
     store = open_storage(url)
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -371,7 +353,7 @@ def test_an_s3_set_gives_the_parts_of_a_local_one(tmp_path: Path, s3_server, s3_
     local = embedding_set(tmp_path / "local", vectors, shard_size=50)
     s3 = upload(local, f"s3://{s3_bucket}/set")
     for out in (str(local), f"s3://{s3_bucket}/set"):
-        run_dedup(DedupConfig(out=out, within="set", threshold=0.9, cells=6, runs=3, partition_rows=100))
+        run_dedup(DedupConfig(out=out, within="set", threshold=0.9, cells=6, runs=3, partition_rows=100, workers=1))
     names = sorted(p.name for p in (local / "dedup").glob("part-*.parquet"))
     assert len(names) == 6 and len(groups(parts(local))) >= 40
     for name in names:
@@ -381,7 +363,7 @@ def test_an_s3_set_gives_the_parts_of_a_local_one(tmp_path: Path, s3_server, s3_
 
 def test_storage_requests_grow_by_each_shards_own_work(tmp_path: Path, s3_server, s3_bucket: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """Counted at an HTTP proxy in front of SeaweedFS, driver and task processes together (R = 2 runs):
+    """Counted at an HTTP proxy in front of SeaweedFS (R = 2 runs, their tasks in the driver: workers=1):
     4 more source shards cost exactly 8 more requests (each one's metadata part read and dedup part
     written), nothing else per shard; 2 more partitions at most 2 (4R + 3) (README, "Near-duplicates")."""
     for key, value in s3_server.env().items():
@@ -396,7 +378,8 @@ def test_storage_requests_grow_by_each_shards_own_work(tmp_path: Path, s3_server
         url = f"s3://{s3_bucket}/{shards}-{partition_rows}"
         upload(local, url)
         before = faults.counts["forwarded"]
-        config = DedupConfig(out=url, s3_endpoint=proxy, threshold=0.9, runs=2, partition_rows=partition_rows)
+        config = DedupConfig(out=url, s3_endpoint=proxy, threshold=0.9, runs=2, partition_rows=partition_rows,
+                             workers=1)  # fmt: skip
         summary = run_dedup(config)
         return faults.counts["forwarded"] - before, summary
 
@@ -406,3 +389,22 @@ def test_storage_requests_grow_by_each_shards_own_work(tmp_path: Path, s3_server
     assert [(s["runs"], s["partitions"]) for s in (a, b, c)] == [(2, 4), (2, 4), (2, 2)]
     assert large - small == 2 * 4
     assert 0 < large - fewer <= 2 * (4 * 2 + 3)
+
+
+# Last: the session's Ray head stays up once started, and its processes would slow every test after it.
+def test_ray_tasks_write_the_same_parts(tmp_path: Path, ray_cluster) -> None:
+    """`--ray` on a real local Ray head: every step on Ray tasks, the parts those of a local run."""
+    rng = np.random.default_rng(3)
+    vectors = unit(rng.standard_normal((120, 16)))
+    vectors[1::5] = unit(vectors[::5] + 0.05 * rng.standard_normal((24, 16)))
+    local = embedding_set(tmp_path / "local", vectors, shard_size=30)
+    on_ray = embedding_set(tmp_path / "ray", vectors, shard_size=30)
+    run_dedup(DedupConfig(out=str(local), within="set", threshold=0.9, cells=3, runs=1))
+    env = os.environ | {"RAY_ADDRESS": ray_cluster.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                        "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    cmd = [sys.executable, "-m", "jobs.dedup", "--out", str(on_ray), "--within", "set", "--threshold", "0.9", "--ray"]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["steps_run"][0] == "embed 4"
+    got, want = parts(on_ray), parts(local)
+    assert groups(got) == groups(want) and len(groups(want)) >= 20

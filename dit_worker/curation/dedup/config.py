@@ -30,3 +30,4 @@ class DedupConfig(BaseModel):
     cells: int | None = Field(None, ge=1)
     partition_rows: int = Field(250_000, ge=1)
     runs: int = Field(1024, ge=1)  # at most this many runs: shards per run = ceil(shards / runs)
+    workers: int | None = Field(None, ge=1)  # task processes without --ray (None: one per core; 1: in the driver)

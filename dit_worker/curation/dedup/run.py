@@ -174,7 +174,8 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
         storage.put(SETTINGS_KEY, json.dumps(settings, indent=2).encode())
     runs = [tuple(indices[lo : lo + per_run]) for lo in range(0, len(indices), per_run)]
     # On S3 every node reads the work files: Ray tasks anywhere; a local folder exists on this node only.
-    tasks = make_tasks(local=not config.ray, items=len(runs), here=not output.url.startswith("s3://"))
+    here = not output.url.startswith("s3://")
+    tasks = make_tasks(local=not config.ray, items=len(runs), here=here, workers=config.workers)
     steps: list[str] = []
     try:
         done = _done(storage, EMBED_PREFIX)
