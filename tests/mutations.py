@@ -887,8 +887,8 @@ BREAKAGES = [
     Breakage(
         "dedup: the merge reads the first partition's links only",
         "dit_worker/curation/dedup/run.py",
-        "for p in range(partitions)]\n    links = ",
-        "for p in range(1)]\n    links = ",
+        "LINK), range(partitions)))\n",
+        "LINK), range(1)))\n",
         (f"{DEDUP}::test_the_set_partition_finds_what_brute_force_finds",),
     ),
     Breakage(

@@ -290,12 +290,16 @@ def test_a_killed_run_resumes_to_the_same_parts(tmp_path: Path, capsys) -> None:
     cmd = [sys.executable, "-m", "jobs.dedup", "--out", str(killed), "--threshold", "0.9"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
     work = killed / "dedup" / "work" / "embed"
+
+    def finished() -> int:  # whole work files: a write in progress is a dot-named temporary beside them
+        return len(list(work.glob("[0-9]*.bin")))
+
     deadline = time.monotonic() + 120
-    while not (work.is_dir() and any(work.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+    while not finished() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the command and its task processes
     proc.wait()
-    done = len(list(work.iterdir()))
+    done = finished()
     assert 0 < done < 12 and not (killed / "dedup" / "dedup.json").exists()
     capsys.readouterr()
     assert dedup_main(["--out", str(killed), "--threshold", "0.9"]) == 0

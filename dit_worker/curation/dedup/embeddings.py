@@ -60,7 +60,9 @@ def bucket_keys(table: pa.Table, within: Within, where: str) -> np.ndarray:
     return np.asarray([prompt_key(p) for p in values.to_pylist()], np.int64).reshape(n, 2)
 
 
-def shard_embeddings(output: OutputSet, index: int, source: EmbeddingSource, within: Within) -> tuple:
+def shard_embeddings(
+    output: OutputSet, index: int, source: EmbeddingSource, within: Within
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sample_ids int64 [n], keys int64 [n, 2], unit float32 [n, dim]) of shard `index`, by sample_id."""
     table = OutputSet.read_part_table(output.storage, index)
     table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))

@@ -57,7 +57,7 @@ from dit_worker.metrics.clip_score import DEFAULT_CLIP
 from dit_worker.metrics.hf_models import resolve_hf_model
 from dit_worker.metrics.row_scores import EMBEDDING_COLUMN
 from dit_worker.output.layout import JOB_KEY
-from dit_worker.output.reader import OutputSet, OutputSetError
+from dit_worker.output.reader import OutputSet, OutputSetError, prefetch
 from dit_worker.storage.objects import Storage
 
 NUMBERED = re.compile(r"(\d+)\.(?:bin|parquet)$")
@@ -121,7 +121,7 @@ def _sample(storage: Storage, sizes: dict[int, int], dim: int, want: int) -> np.
 
 def _merge(storage: Storage, partitions: int, runs: int) -> dict[str, int]:
     """Components over every partition's links; GROUP records blocked by run; the counts."""
-    linked = [np.frombuffer(storage.get(run_key(LINKS_PREFIX, p)), LINK) for p in range(partitions)]
+    linked = list(prefetch(lambda p: np.frombuffer(storage.get(run_key(LINKS_PREFIX, p)), LINK), range(partitions)))
     links = np.concatenate(linked) if linked else np.zeros(0, LINK)
     ids, group, size, rank = components(links["a"], links["b"])
     run_of = np.zeros(ids.size, np.int64)  # every endpoint's run, from the link that names it

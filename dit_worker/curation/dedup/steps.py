@@ -35,7 +35,7 @@ from dit_worker.curation.dedup.work_files import (
     run_key,
 )
 from dit_worker.output.metadata import parquet_bytes
-from dit_worker.output.reader import OutputSet
+from dit_worker.output.reader import OutputSet, prefetch
 from dit_worker.storage.objects import open_storage
 
 
@@ -113,7 +113,9 @@ def reduce_partition(task: ReducePartition) -> int:
     """Write the partition's links, then its owned rows' nearest (blocked by run: the done marker); the links."""
     storage = open_storage(task.out, s3_endpoint=task.s3_endpoint)
     dtype = route_dtype(task.dim)
-    blocks = [read_block(storage, run_key(ROUTE_PREFIX, r), task.partition, dtype) for r in range(task.runs)]
+    # One block from every run's file: ranged reads, a window of them in flight (S3 latency, not bandwidth).
+    blocks = list(prefetch(lambda r: read_block(storage, run_key(ROUTE_PREFIX, r), task.partition, dtype),
+                           range(task.runs)))  # fmt: skip
     rows = np.concatenate(blocks) if blocks else np.zeros(0, dtype)
     order = np.lexsort((rows["key"][:, 1], rows["key"][:, 0]))  # stable: run order kept within a bucket
     rows = rows[order]
@@ -158,7 +160,8 @@ class WriteRun:
 def write_run(task: WriteRun) -> int:
     """One OUT/dedup/part-k.parquet per source shard k of the run; the rows written."""
     storage = open_storage(task.out, s3_endpoint=task.s3_endpoint)
-    blocks = [read_block(storage, run_key(NEAREST_PREFIX, p), task.run, NEAREST) for p in range(task.partitions)]
+    blocks = list(prefetch(lambda p: read_block(storage, run_key(NEAREST_PREFIX, p), task.run, NEAREST),
+                           range(task.partitions)))  # fmt: skip
     near = np.concatenate(blocks) if blocks else np.zeros(0, NEAREST)
     near = near[np.argsort(near["sample_id"], kind="stable")]
     grouped = read_block(storage, GROUPS_KEY, task.run, GROUP)  # in sample_id order
