@@ -2,7 +2,8 @@
 keeps as a new set (its own job.json naming the source and the filter), readable like any other.
 
 EXPR is over the set's metadata columns, e.g. 'clip_score > 28 and class_id in (1, 3)' (docs/cli.md);
-rows where it is null (a missing value) are not kept. Rerunning the same command resumes.
+rows where it is null (a missing value) are not kept. After jobs.dedup, EXPR may name its columns
+(`dup_rank == 0`: one image per near-duplicate group). Rerunning the same command resumes.
 """
 
 from __future__ import annotations

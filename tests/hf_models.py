@@ -28,11 +28,9 @@ def char_clip_tokenizer():
     return CLIPTokenizer(vocab={s: i for i, s in enumerate(symbols)}, merges=[], model_max_length=CLIP_TOKENS)
 
 
-def save_tiny_clip(path: Path, images: np.ndarray, prompts: list[str], seed: int = 0) -> Path:
-    """A random CLIP whose cosines between `images` (uint8 [N, H, W, 3]) and `prompts` (pairwise)
-    have both signs, so both sides of CLIP score's max(cos, 0) are exercised: random towers
-    usually put every pair on one side, so seeds from `seed` are tried until one does."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+def tiny_clip_parts():
+    """The tiny CLIP's config and its processor (character tokenizer, 32 px images)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPProcessor
 
     tokenizer = char_clip_tokenizer()
     config = CLIPConfig(
@@ -52,6 +50,17 @@ def save_tiny_clip(path: Path, images: np.ndarray, prompts: list[str], seed: int
         size={"shortest_edge": CLIP_SIZE}, crop_size={"height": CLIP_SIZE, "width": CLIP_SIZE}
     )
     processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return config, processor
+
+
+def save_tiny_clip(path: Path, images: np.ndarray, prompts: list[str], seed: int = 0) -> Path:
+    """A random CLIP whose cosines between `images` (uint8 [N, H, W, 3]) and `prompts` (pairwise)
+    have both signs, so both sides of CLIP score's max(cos, 0) are exercised: random towers
+    usually put every pair on one side, so seeds from `seed` are tried until one does."""
+    from transformers import CLIPModel
+
+    config, processor = tiny_clip_parts()
+    tokenizer = processor.tokenizer
     pixels = processor(images=[torch.from_numpy(i).permute(2, 0, 1) for i in images], return_tensors="pt")
     tokens = tokenizer(prompts, padding=True, return_tensors="pt")
     for attempt in range(seed, seed + 100):
@@ -66,6 +75,31 @@ def save_tiny_clip(path: Path, images: np.ndarray, prompts: list[str], seed: int
             processor.save_pretrained(path)
             return path
     raise RuntimeError("no seed gave cosines of both signs")
+
+
+def save_tiny_dedup_clip(path: Path, calibration: np.ndarray, seed: int = 0) -> Path:
+    """The tiny CLIP with a calibrated image projection, for near-duplicate tests: a random tower's pooled
+    outputs share one large direction (every pair of images at cosine ~0.999), so the projection is set
+    to their principal directions on `calibration` images (uint8 [N, H, W, 3], not the test's own), the
+    shared direction removed and each kept direction scaled by 1/sqrt(its singular value): what varies
+    most between images dominates, as it does in a trained CLIP."""
+    from transformers import CLIPModel
+
+    config, processor = tiny_clip_parts()
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    pixels = processor(images=[torch.from_numpy(i).permute(2, 0, 1) for i in calibration], return_tensors="pt")
+    with torch.no_grad():
+        pooled = model.vision_model(pixel_values=pixels["pixel_values"]).pooler_output.double().numpy()
+        mean = pooled.mean(0)
+        off = np.eye(pooled.shape[1]) - np.outer(mean, mean) / (mean @ mean)  # removes the shared direction
+        _, singular, directions = np.linalg.svd((pooled - mean) @ off, full_matrices=False)
+        k = config.projection_dim
+        weight = (directions[:k] / np.sqrt(singular[:k, None])) @ off
+        model.visual_projection.weight.copy_(torch.from_numpy(weight).float())
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 def save_tiny_dinov2(path: Path, seed: int = 0) -> Path:

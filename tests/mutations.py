@@ -74,6 +74,7 @@ POOL_BREAKAGES = [
 FAMILIES = "tests/test_families.py"
 SELFCHECK = "tests/test_selfcheck.py"
 SELECT = "tests/test_select.py"
+DEDUP = "tests/test_dedup.py"
 REFUSED = "tests/test_flags_and_limits.py::test_refused_in_one_line_before_loading_and_nothing_written"
 OUT_OF_MEMORY = "tests/test_flags_and_limits.py::test_out_of_memory_fails_the_shard_once_naming_a_batch_size_that_fits"
 
@@ -854,6 +855,62 @@ BREAKAGES = [
         '    table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))',
         '    table = table.take(pc.sort_indices(table, [("sample_id", "descending")]))',
         (f"{SELECT}::test_the_selection_is_the_filter_applied_to_the_whole_metadata",),
+    ),
+    Breakage(
+        "dedup: the threshold comparison is strict (a pair exactly at it is not linked)",
+        "dit_worker/curation/dedup/search.py",
+        "    keep = (sims >= t) & (found != query_of)\n",
+        "    keep = (sims > t) & (found != query_of)\n",
+        (f"{DEDUP}::test_the_threshold_is_inclusive_on_stored_embeddings",),
+    ),
+    Breakage(
+        "dedup: --within set copies a row into the cells within r of its nearest, not 2r",
+        "dit_worker/curation/dedup/partition.py",
+        "    margin = 2.0 * link_radius(threshold) + DISTANCE_SLACK\n",
+        "    margin = 1.0 * link_radius(threshold) + DISTANCE_SLACK\n",
+        (f"{DEDUP}::test_the_set_partition_finds_what_brute_force_finds",),
+    ),
+    Breakage(
+        "dedup: --within set copies a row into its nearest cell only",
+        "dit_worker/curation/dedup/partition.py",
+        "    margin = 2.0 * link_radius(threshold) + DISTANCE_SLACK\n",
+        "    margin = 0.0\n",
+        (f"{DEDUP}::test_the_set_partition_finds_what_brute_force_finds",),
+    ),
+    Breakage(
+        "dedup: dup_rank counted from 1",
+        "dit_worker/curation/dedup/components.py",
+        "    rank[order] = np.arange(n) - np.repeat(starts, sizes)\n",
+        "    rank[order] = np.arange(n) - np.repeat(starts, sizes) + 1\n",
+        (f"{DEDUP}::test_planted_pairs_are_grouped_and_distinct_images_are_not",),
+    ),
+    Breakage(
+        "dedup: the merge reads the first partition's links only",
+        "dit_worker/curation/dedup/run.py",
+        "LINK), range(partitions)))\n",
+        "LINK), range(1)))\n",
+        (f"{DEDUP}::test_the_set_partition_finds_what_brute_force_finds",),
+    ),
+    Breakage(
+        "dedup: a row's nearest may be itself",
+        "dit_worker/curation/dedup/search.py",
+        "    pick = np.where(first_other, 1, 0)\n",
+        "    pick = np.zeros_like(first_other, dtype=int)\n",
+        (f"{DEDUP}::test_planted_pairs_are_grouped_and_distinct_images_are_not",),
+    ),
+    Breakage(
+        "dedup: a rerun embeds every run again",
+        "dit_worker/curation/dedup/run.py",
+        "for r, shards in enumerate(runs) if r not in done]",
+        "for r, shards in enumerate(runs)]",
+        (f"{DEDUP}::test_a_killed_run_resumes_to_the_same_parts",),
+    ),
+    Breakage(
+        "dedup: jobs.select filters without joining the dedup parts",
+        "dit_worker/curation/select.py",
+        "config.s3_endpoint, dedup is not None)",
+        "config.s3_endpoint, False)",
+        (f"{SELECT}::test_dup_rank_zero_keeps_one_image_per_group",),
     ),
     Breakage(
         "aesthetic: the CLIP embedding is not L2-normalised before the MLP",

@@ -10,11 +10,16 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_dedup import embedding_set, groups, parts
 
 from dit_worker.backends.settings import SamplingSettings
+from dit_worker.curation.dedup.config import DedupConfig
+from dit_worker.curation.dedup.embeddings import unit
+from dit_worker.curation.dedup.run import run_dedup
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.run import run_job
 from dit_worker.output.reader import OutputSet
@@ -130,3 +135,31 @@ def test_a_bad_filter_is_one_line_and_nothing_is_written(source: Path, tmp_path:
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err, err
     assert not to.exists()
+
+
+def test_dup_rank_zero_keeps_one_image_per_group(tmp_path: Path) -> None:
+    """After jobs.dedup: `dup_rank == 0` keeps each group's smallest sample id and every unique image; the
+    joined columns are not written into the selection's metadata."""
+    rng = np.random.default_rng(4)
+    vectors = unit(rng.standard_normal((60, 16)))
+    vectors[[7, 21, 22, 40]] = unit(vectors[[3, 3, 5, 12]] + 0.02 * rng.standard_normal((4, 16)))
+    out = embedding_set(tmp_path / "set", vectors, shard_size=8)
+    run_dedup(DedupConfig(out=str(out), threshold=0.9, within="set", runs=1))
+    found = groups(parts(out))
+    assert found == {frozenset((3, 7, 21)), frozenset((5, 22)), frozenset((12, 40))}
+    to = tmp_path / "kept"
+    assert select_main(["--out", str(out), "--where", "dup_rank == 0", "--to", str(to)]) == 0
+    kept = all_rows(to)
+    assert sorted(r["sample_id"] for r in kept) == sorted(set(range(60)) - {7, 21, 22, 40})
+    assert "dup_rank" not in kept[0] and "group" not in kept[0]
+    to2 = tmp_path / "dups"  # the complement, through the other joined columns: the rows dropped above
+    assert select_main(["--out", str(out), "--where", "group_size > 1 and dup_rank > 0", "--to", str(to2)]) == 0
+    assert sorted(r["sample_id"] for r in all_rows(to2)) == [7, 21, 22, 40]
+
+
+def test_dup_rank_without_a_dedup_run_is_one_line(source: Path, tmp_path: Path, capsys) -> None:
+    to = tmp_path / "kept"
+    assert select_main(["--out", str(source), "--where", "dup_rank == 0", "--to", str(to)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --where 'dup_rank == 0': column 'dup_rank' comes from jobs.dedup") and "\n" not in err
+    assert f"run python -m jobs.dedup --out {source}" in err and not to.exists()

@@ -5,6 +5,11 @@ byte, or re-packed into another --format), shard for shard, so a killed run resu
 
 Source shard k becomes destination shard k holding the rows of k the filter keeps (possibly none), its
 metadata part written last, as generation commits. The driver holds the shard indices only.
+
+After `jobs.dedup`, the filter may also name its columns (`dup_rank == 0`, `group_size`, `similarity`, ...):
+each shard's task joins OUT/dedup/part-k.parquet on sample_id (one more request per shard, its own work);
+the joined columns decide the filter and are not written into the selection's metadata (they describe
+the source set's groups, which the selection no longer holds whole).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from dit_worker.curation.where import parse_where
+from dit_worker.curation.dedup.layout import DEDUP_JSON, DEDUP_SCHEMA, dedup_key
+from dit_worker.curation.where import WhereError, column_names, parse_where
 from dit_worker.execution.tasks import make_tasks
 from dit_worker.output.commit_index import listed_parts
 from dit_worker.output.layout import (
@@ -39,6 +46,7 @@ from dit_worker.output.webdataset import webdataset_tar
 from dit_worker.storage.objects import Storage, open_storage
 
 ROW = "__row"  # the row number carried through the filter
+DEDUP_COLUMNS = tuple(name for name in DEDUP_SCHEMA.names if name != "sample_id")
 
 
 class SelectConfig(BaseModel):
@@ -65,6 +73,7 @@ class ShardSelection:
     where: str
     format: OutputFormat
     s3_endpoint: str | None
+    dedup: bool = False  # join the shard's OUT/dedup part before filtering
 
 
 def source_format(table: pa.Table) -> OutputFormat:
@@ -75,6 +84,26 @@ def source_format(table: pa.Table) -> OutputFormat:
     return "parquet" if split[0].endswith(".parquet") else "webdataset"
 
 
+def dedup_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` plus the dedup columns it does not already hold (a set's own column of that name wins)."""
+    extra = [DEDUP_SCHEMA.field(name) for name in DEDUP_COLUMNS if name not in schema.names]
+    return pa.schema([*schema, *extra])
+
+
+def with_dedup(storage: Storage, shard: int, table: pa.Table) -> pa.Table:
+    """`table` (sorted by sample_id) with shard `shard`'s dedup columns, row for row."""
+    dedup = pq.read_table(pa.BufferReader(storage.get(dedup_key(shard))))
+    dedup = dedup.take(pc.sort_indices(dedup, [("sample_id", "ascending")]))
+    if dedup.column("sample_id").to_pylist() != table.column("sample_id").to_pylist():
+        raise OutputSetError(
+            f"{storage.child(dedup_key(shard))}: not the sample ids of metadata part {shard}; rerun jobs.dedup"
+        )
+    for name in DEDUP_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(DEDUP_SCHEMA.field(name), dedup.column(name))
+    return table
+
+
 def select_shard(task: ShardSelection) -> tuple[int, int, int]:
     """Copy shard `task.shard`'s kept rows; (shard, rows kept, rows in the source shard)."""
     src = open_storage(task.source, s3_endpoint=task.s3_endpoint)
@@ -82,8 +111,9 @@ def select_shard(task: ShardSelection) -> tuple[int, int, int]:
     table = OutputSet.read_part_table(src, task.shard)
     table = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))  # stable: Shard's row order
     shard = OutputSet.shard_of(task.shard, table, src.child(part_key(task.shard)))
-    numbered = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
-    rows = numbered.filter(parse_where(task.where, table.schema)).column(ROW).to_pylist()
+    numbered = with_dedup(src, task.shard, table) if task.dedup else table
+    numbered = numbered.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
+    rows = numbered.filter(parse_where(task.where, numbered.schema)).column(ROW).to_pylist()
     images = list(OutputSet(src).image_bytes(shard, rows))
     kept = table.take(pa.array(rows, pa.int64()))
     ids = kept.column("sample_id").to_pylist()
@@ -118,7 +148,15 @@ def run_select(config: SelectConfig) -> dict[str, Any]:
     if source.indices.size == 0:
         raise OutputSetError(f"{source.url}: no committed shard to select from")
     first = OutputSet.read_part_table(source.storage, int(source.indices[0]))
-    parse_where(config.where, first.schema)
+    named = column_names(config.where)
+    dedup = _read_json(source.storage, DEDUP_JSON) if named & set(DEDUP_COLUMNS) - set(first.column_names) else None
+    if dedup is None and named & set(DEDUP_COLUMNS) - set(first.column_names):
+        column = sorted(named & set(DEDUP_COLUMNS) - set(first.column_names))[0]
+        raise WhereError(
+            f"--where {config.where!r}: column {column!r} comes from jobs.dedup, which has not run on {source.url} "
+            f"(no {DEDUP_JSON}); run python -m jobs.dedup --out {source.url} first"
+        )
+    parse_where(config.where, dedup_schema(first.schema) if dedup is not None else first.schema)
     fmt = config.format or source_format(first)
     dest = open_storage(config.to, s3_endpoint=config.s3_endpoint)
     if dest.url.rstrip("/") == source.url.rstrip("/"):
@@ -131,6 +169,7 @@ def run_select(config: SelectConfig) -> dict[str, Any]:
         "source_fingerprint_sha256": generated.get("fingerprint_sha256"),
         "source_shards": int(source.indices.size),
         "source_complete": source.complete,
+        "dedup": dedup["settings"] if dedup is not None else None,  # the dedup run the filter reads
     }
     stored = _read_json(dest, JOB_KEY)
     if stored is None and any(True for _ in dest.list("")):
@@ -151,7 +190,8 @@ def run_select(config: SelectConfig) -> dict[str, Any]:
     tasks = make_tasks(local=not config.ray, items=len(pending))
     kept = rows = 0
     try:
-        items = (ShardSelection(k, source.url, dest.url, config.where, fmt, config.s3_endpoint) for k in pending)
+        items = (ShardSelection(k, source.url, dest.url, config.where, fmt, config.s3_endpoint, dedup is not None)
+                 for k in pending)  # fmt: skip
         for _, n_kept, n_rows in tasks.map(select_shard, items):
             kept, rows = kept + n_kept, rows + n_rows
     finally:

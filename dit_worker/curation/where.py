@@ -28,6 +28,15 @@ class WhereError(ValueError):
     """A --where expression this module cannot take: the message names the part and what is accepted."""
 
 
+def column_names(text: str) -> set[str]:
+    """The names an expression mentions (empty when it does not parse: `parse_where` says why)."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        return set()
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+
+
 def parse_where(text: str, schema: pa.Schema) -> pc.Expression:
     """`text` as a pyarrow filter over `schema`; WhereError for anything else (unknown columns named
     with the known ones, types that cannot be compared)."""

@@ -66,13 +66,16 @@ class ProcessTasks:
             self._pool = None
 
 
-def make_tasks(*, local: bool, items: int, here: bool = True, address: str | None = None) -> Tasks:
+def make_tasks(
+    *, local: bool, items: int, here: bool = True, address: str | None = None, workers: int | None = None
+) -> Tasks:
     """The tasks for `items` items: inline for one; on Ray unless `local`, pinned to this node when
-    `here` (what the tasks read exists on this node only); else processes of this machine."""
+    `here` (what the tasks read exists on this node only); else processes of this machine (`workers`
+    of them at most, default one per core; 1: inline)."""
     if items <= 1:
         return InlineTasks()
     if local:
-        workers = min(os.cpu_count() or 1, items)
+        workers = min(workers or os.cpu_count() or 1, items)
         return InlineTasks() if workers == 1 else ProcessTasks(workers)
     from dit_worker.execution.ray_tasks import RayTasks  # Ray only when asked for (as the pool's actors)
 
