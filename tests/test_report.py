@@ -305,3 +305,16 @@ def test_largest_duplicate_groups_are_shown_in_dup_rank_order(scored: tuple[Path
     assert shown["dedup"]["threshold"] == "0.95" and shown["dedup"]["within"] == "set"
     assert shown["dedup"]["duplicates"] == str(N - len(GROUPS))
     assert shown["sections"] == ["scores", "duplicates"]
+
+
+def test_an_unreadable_dedup_part_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "set"
+    write_output_set(open_storage(str(out)), blocky(8, seed=1), [-1] * 8, shard_size=4, prompts=["a cat"] * 8)
+    write_dedup(open_storage(str(out)), 8, 4, [[0, 5]])
+    assert report_main(["--out", str(out)]) == 0  # readable: the report is made
+    capsys.readouterr()
+    (out / "dedup" / "part-00001.parquet").write_bytes(b"not parquet")
+    assert report_main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "dedup/part-00001.parquet" in err, err
+    assert "Traceback" not in err

@@ -133,16 +133,23 @@ def score_schema(schema: pa.Schema) -> tuple[list[str], dict[str, list[str]]]:
     return floats, classifiers
 
 
+def _part(output: OutputSet, index: int, columns: list[str] | None) -> tuple[pa.Schema, pa.Table | None]:
+    """A metadata part's schema and (unless `columns` is None) those of `columns` that it has."""
+    key = part_key(index)
+    try:
+        part = pq.ParquetFile(output.storage.open_object(key))
+        have = None if columns is None else [c for c in columns if c in part.schema_arrow.names]
+        return part.schema_arrow, None if have is None else part.read(columns=have)
+    except (pa.ArrowException, OSError) as err:
+        raise OutputSetError(f"{output.storage.child(key)}: not a readable Parquet file ({err})") from None
+
+
 def _parts(output: OutputSet, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
     """(shard index, the part's `columns` that it has), one metadata part at a time."""
     for index in output.indices.tolist():
-        key = part_key(index)
-        try:
-            part = pq.ParquetFile(output.storage.open_object(key))
-            have = [c for c in columns if c in part.schema_arrow.names]
-            yield index, part.read(columns=have)
-        except (pa.ArrowException, OSError) as err:
-            raise OutputSetError(f"{output.storage.child(key)}: not a readable Parquet file ({err})") from None
+        table = _part(output, index, columns)[1]
+        assert table is not None
+        yield index, table
 
 
 def _label_values(table: pa.Table, name: str, labels: list[str]) -> np.ndarray:
@@ -164,7 +171,7 @@ def read_scores(output: OutputSet) -> ScoreReport:
     scores `jobs.fid --set-metrics clip_score` stored; two streaming passes (module docstring)."""
     if not output.indices.size:
         return ScoreReport([], [])
-    first = pq.ParquetFile(output.storage.open_object(part_key(int(output.indices[0])))).schema_arrow
+    first = _part(output, int(output.indices[0]), None)[0]
     floats, classes = score_schema(first)
     if not floats and not classes:
         fallback = _feature_clip_scores(output)
