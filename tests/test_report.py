@@ -318,3 +318,12 @@ def test_an_unreadable_dedup_part_is_one_line_naming_it(tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "dedup/part-00001.parquet" in err, err
     assert "Traceback" not in err
+
+
+def test_a_score_column_of_nulls_only_shows_no_histogram(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    write_output_set(open_storage(str(out)), blocky(8, seed=1), [-1] * 8, shard_size=4, prompts=["a cat"] * 8)
+    add_columns(open_storage(str(out)), {"clip_score": pa.nulls(8, pa.float32()), "aesthetic": pa.array([5.0] * 8)})
+    assert report_main(["--out", str(out)]) == 0
+    page = (out / "report" / "index.html").read_text()
+    assert 'id="hist-aesthetic"' in page and 'id="hist-clip_score"' not in page  # aesthetic: 8 equal values

@@ -213,7 +213,8 @@ def read_scores(output: OutputSet) -> ScoreReport:
     for c in floats:
         series[c].lowest = low[c].rows()
         series[c].highest = [(-v, i, s) for v, i, s in high[c].rows()]
-    scores = [series[c] for c in floats] + [s for n in found for s in label_series[n]]
+    every = [series[c] for c in floats] + [s for n in found for s in label_series[n]]
+    scores = [s for s in every if s.count]  # a column of nulls only has no histogram (nor a min and max)
     counts = [
         LabelCounts(n, list(zip(c.labels, c.top.tolist(), strict=True)), c.other, c.missing) for n, c in found.items()
     ]
