@@ -557,7 +557,7 @@ BREAKAGES = [
         "report shows sFID in FID's cell",
         "dit_worker/report/page.py",
         "{number(metrics[key])}",
-        "{number(metrics['sfid' if key == 'fid' else key])}",
+        '{number(metrics["sfid" if key == "fid" else key])}',  # double quotes: inside an f'...' (Python 3.11)
         ("tests/test_report.py::test_report_opens_and_shows_the_recorded_numbers",),
     ),
     Breakage(
