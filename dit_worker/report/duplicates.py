@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dit_worker.output.reader import OutputSet, OutputSetError
@@ -65,9 +64,16 @@ def _parts(storage: Storage, columns: list[str]) -> Iterator[tuple[int, pa.Table
     for index in indices:
         key = f"dedup/part-{index:05d}.parquet"
         try:
-            yield index, pq.ParquetFile(storage.open_object(key)).read(columns=columns)
+            # use_threads=False: a few columns need no decode threads, and with torch loaded pyarrow's
+            # threads made 1 in 16 to 1 in 8 exits abort ('terminate called without an active exception').
+            yield index, pq.ParquetFile(storage.open_object(key)).read(columns=columns, use_threads=False)
         except (pa.ArrowException, OSError, KeyError) as err:
             raise OutputSetError(f"{storage.child(key)}: not a readable dedup part ({err})") from None
+
+
+def _ints(column: pa.ChunkedArray) -> np.ndarray:
+    """int64 values, -1 for a null (no group id, size or rank is negative)."""
+    return np.asarray(column.fill_null(-1).to_numpy(), np.int64)
 
 
 def _optional(column: pa.ChunkedArray, cast: type) -> list[Any]:
@@ -85,16 +91,16 @@ def read_duplicates(output: OutputSet, max_groups: int = MAX_GROUPS, per_group: 
         raise OutputSetError(f"{output.storage.child(DEDUP_KEY)}: not JSON ({err})") from None
     largest = SmallestK(max_groups)
     for _, table in _parts(output.storage, ["group", "group_size", "dup_rank"]):  # first pass: sizes
-        kept = table.filter(pc.and_(pc.equal(table["dup_rank"], 0), pc.greater(table["group_size"], 1)))
-        sizes = np.asarray(kept["group_size"].to_numpy(), np.float64)
-        groups = np.asarray(kept["group"].to_numpy(), np.int64)
-        largest.offer(-sizes, groups, np.zeros_like(groups))  # by size descending, then group id
+        sizes, groups, ranks = (_ints(table[c]) for c in ("group_size", "group", "dup_rank"))
+        kept = (ranks == 0) & (sizes > 1)  # one row per group of two or more: its kept member
+        largest.offer(-sizes[kept].astype(np.float64), groups[kept], np.zeros(int(kept.sum()), np.int64))
     chosen = {g: int(-s) for s, g, _ in largest.rows()}
     members: dict[int, list[Member]] = {g: [] for g in chosen}
-    wanted = pa.array(list(chosen), pa.int64())
+    wanted = np.fromiter(chosen, np.int64, len(chosen))
     columns = ["sample_id", "group", "dup_rank", "nearest", "similarity"]
     for shard, table in _parts(output.storage, columns) if chosen else ():  # second pass: their members
-        table = table.filter(pc.and_(pc.is_in(table["group"], wanted), pc.less(table["dup_rank"], per_group)))
+        rows_of = np.flatnonzero(np.isin(_ints(table["group"]), wanted) & (_ints(table["dup_rank"]) < per_group))
+        table = table.take(pa.array(rows_of))
         rows = zip(
             table["sample_id"].to_pylist(), table["group"].to_pylist(), table["dup_rank"].to_pylist(),
             _optional(table["nearest"], int), _optional(table["similarity"], float), strict=True,

@@ -139,7 +139,9 @@ def _part(output: OutputSet, index: int, columns: list[str] | None) -> tuple[pa.
     try:
         part = pq.ParquetFile(output.storage.open_object(key))
         have = None if columns is None else [c for c in columns if c in part.schema_arrow.names]
-        return part.schema_arrow, None if have is None else part.read(columns=have)
+        # use_threads=False: a few columns need no decode threads, and with torch loaded pyarrow's
+        # threads made 1 in 16 to 1 in 8 exits abort ('terminate called without an active exception').
+        return part.schema_arrow, None if have is None else part.read(columns=have, use_threads=False)
     except (pa.ArrowException, OSError) as err:
         raise OutputSetError(f"{output.storage.child(key)}: not a readable Parquet file ({err})") from None
 
