@@ -1013,8 +1013,8 @@ BREAKAGES += [
     Breakage(
         "report: duplicate groups sorted ascending by size",
         "dit_worker/report/duplicates.py",
-        "largest.offer(-sizes, groups, np.zeros_like(groups))",
-        "largest.offer(sizes, groups, np.zeros_like(groups))",
+        "largest.offer(-sizes[kept].astype(np.float64),",
+        "largest.offer(sizes[kept].astype(np.float64),",
         (REPORT_DUPLICATES,),
     ),
     Breakage(
