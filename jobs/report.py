@@ -1,8 +1,9 @@
 """python -m jobs.report --out OUT: a static HTML page beside a generated set, OUT/report/index.html.
 
 Sample grids per class or per prompt (thumbnails in OUT/report/thumbs/), the metrics of
-OUT/metrics.json with the command that made them and the job's fingerprint, a histogram of CLIP
-scores where the set has them, and images/s over time from the shards' commit times. Relative
+OUT/metrics.json with the command that made them and the job's fingerprint, a histogram of each
+per-image score with its lowest and highest samples, jobs.dedup's largest duplicate groups where
+OUT/dedup/ exists, and images/s over time from the shards' commit times. Relative
 links only: open it from the folder, or from S3 (a presigned URL per object, or a website bucket).
 """
 

@@ -558,7 +558,7 @@ BREAKAGES = [
         "report shows sFID in FID's cell",
         "dit_worker/report/page.py",
         "{number(metrics[key])}",
-        "{number(metrics['sfid' if key == 'fid' else key])}",
+        '{number(metrics["sfid" if key == "fid" else key])}',  # double quotes: inside an f'...' (Python 3.11)
         ("tests/test_report.py::test_report_opens_and_shows_the_recorded_numbers",),
     ),
     Breakage(
@@ -979,7 +979,7 @@ BREAKAGES += [
     ),
     Breakage(
         "hostile: the report shows control and format characters raw (U+202E reorders the page)",
-        "dit_worker/report/page.py",
+        "dit_worker/report/text.py",
         'if unicodedata.category(c) in ("Cc", "Cf") else c',
         "if False else c",
         (f"{HOSTILE}::test_markup_in_prompts_class_names_and_paths_is_shown_as_text",),
@@ -1025,6 +1025,82 @@ BREAKAGES += [
         "arbitrary unpickling ({_refused_global(err)})",
         "arbitrary unpickling ({str(err).splitlines()[0]})",
         (f"{HOSTILE}::test_checkpoint_that_runs_code_is_refused_and_the_code_never_runs",),
+    ),
+]
+REPORT_HISTOGRAMS = "tests/test_report.py::test_each_score_histogram_is_numpys_of_its_column"
+REPORT_EXTREMES = "tests/test_report.py::test_lowest_and_highest_of_each_score_are_the_expected_samples"
+REPORT_DUPLICATES = "tests/test_report.py::test_largest_duplicate_groups_are_shown_in_dup_rank_order"
+HOSTILE_LABELS = f"{HOSTILE}::test_markup_in_classifier_labels_and_dedup_is_shown_as_text"
+BREAKAGES += [
+    Breakage(
+        "report: a score histogram's bins off by one (each count drawn in the next bar)",
+        "dit_worker/report/score_columns.py",
+        "self.counts += np.histogram(values, BINS, range=(self.min, self.max))[0]",
+        "self.counts += np.roll(np.histogram(values, BINS, range=(self.min, self.max))[0], 1)",
+        (REPORT_HISTOGRAMS,),
+    ),
+    Breakage(
+        "report: a score histogram's range from the last part only",
+        "dit_worker/report/score_columns.py",
+        "            self.min = min(self.min, float(values.min()))\n",
+        "            self.min = float(values.min())\n",
+        (REPORT_HISTOGRAMS,),
+    ),
+    Breakage(
+        "report: a classifier label's histogram is another label's values",
+        "dit_worker/report/score_columns.py",
+        "                column = values[:, j]\n",
+        "                column = values[:, (j + 1) % values.shape[1]]\n",
+        (REPORT_HISTOGRAMS,),
+    ),
+    Breakage(
+        "report: the lowest samples of a score are its highest",
+        "dit_worker/report/score_columns.py",
+        "low[c].offer(values, kept, where)",
+        "low[c].offer(-values, kept, where)",
+        (REPORT_EXTREMES,),
+    ),
+    Breakage(
+        "report: equal scores ranked by descending sample id",
+        "dit_worker/report/ranking.py",
+        "order = np.lexsort((ids, keys))[: self.k]",
+        "order = np.lexsort((-ids, keys))[: self.k]",
+        (REPORT_EXTREMES,),
+    ),
+    Breakage(
+        "report: duplicate groups sorted ascending by size",
+        "dit_worker/report/duplicates.py",
+        "largest.offer(-sizes[kept].astype(np.float64),",
+        "largest.offer(sizes[kept].astype(np.float64),",
+        (REPORT_DUPLICATES,),
+    ),
+    Breakage(
+        "report: a duplicate group's members in sample id order, not dup_rank order",
+        "dit_worker/report/duplicates.py",
+        "key=lambda m: (m.dup_rank, m.sample_id)",
+        "key=lambda m: m.sample_id",
+        (REPORT_DUPLICATES,),
+    ),
+    Breakage(
+        "hostile: the report shows a classifier's label name unescaped",
+        "dit_worker/report/sections.py",
+        "probability of {user_text(s.label)}",
+        "probability of {s.label}",
+        (HOSTILE_LABELS,),
+    ),
+    Breakage(
+        "hostile: the report's label bars show NAME_label's labels unescaped",
+        "dit_worker/report/charts.py",
+        "<td>{user_text(name, 80)}</td>",
+        "<td>{name}</td>",
+        (HOSTILE_LABELS,),
+    ),
+    Breakage(
+        "hostile: the report's element ids keep a label's characters as they are",
+        "dit_worker/report/text.py",
+        'UNSAFE_ID = re.compile(r"[^A-Za-z0-9_]+")',
+        'UNSAFE_ID = re.compile(r"$^")',
+        (HOSTILE_LABELS,),
     ),
 ]
 STOP = "tests/test_job_ray.py::test_a_stopped_driver_frees_its_output_at_once_and_the_same_command_resumes"

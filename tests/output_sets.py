@@ -122,3 +122,62 @@ def write_output_set(
         store.put(f"metadata/part-{shard:05d}.parquet", buf.getvalue())
     if complete:
         store.put("_SUCCESS", json.dumps({"num_samples": n, "num_shards": num_shards}).encode())
+
+
+def add_columns(store: Storage, columns: dict[str, pa.Array]) -> None:
+    """`columns` (pyarrow arrays indexed by sample id) appended to every committed metadata part, each row
+    its sample's value: score columns as jobs.generate --score writes them (docs/output.md), on a hand-built set."""
+    for info in list(store.list("metadata/")):
+        table = pq.read_table(pa.BufferReader(store.get(info.key)))
+        rows = pa.array(table.column("sample_id").to_numpy())
+        for name, values in columns.items():
+            table = table.append_column(pa.field(name, values.type), values.take(rows))
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        store.put(info.key, buf.getvalue())
+
+
+def write_dedup(
+    store: Storage,
+    num_samples: int,
+    shard_size: int,
+    groups: Sequence[Sequence[int]],
+    *,
+    threshold: float = 0.95,
+    within: str = "set",
+) -> dict[str, object]:
+    """OUT/dedup/ in the layout jobs.dedup documents: dedup.json and one part per source shard (sample i in
+    shard i // shard_size), one row per sample. Each of `groups` lists its members in dup_rank order (the
+    first kept, the others' nearest is the kept one, similarity 0.99 - 0.001 * rank); every other sample is
+    alone. jobs.dedup is another branch's: its own output against this reader is tested where it lives.
+    Returns what dedup.json holds."""
+    row: dict[int, tuple[int, int, int, int | None, float | None]] = {}
+    for members in groups:
+        for rank, sample in enumerate(members):
+            near, sim = (None, None) if rank == 0 else (members[0], 0.99 - 0.001 * rank)
+            row[sample] = (min(members), len(members), rank, near, sim)
+    record = {
+        "threshold": threshold,
+        "within": within,
+        "samples": num_samples,
+        "groups": len(groups),
+        "duplicates": sum(len(m) - 1 for m in groups),
+    }
+    store.put("dedup/dedup.json", json.dumps(record).encode())
+    for shard in range(-(-num_samples // shard_size)):
+        ids = list(range(shard * shard_size, min(num_samples, (shard + 1) * shard_size)))
+        got = [row.get(i, (i, 1, 0, None, None)) for i in ids]
+        table = pa.table(
+            {
+                "sample_id": pa.array(ids, pa.int64()),
+                "group": pa.array([g[0] for g in got], pa.int64()),
+                "group_size": pa.array([g[1] for g in got], pa.int32()),
+                "dup_rank": pa.array([g[2] for g in got], pa.int32()),
+                "nearest": pa.array([g[3] for g in got], pa.int64()),
+                "similarity": pa.array([g[4] for g in got], pa.float32()),
+            }
+        )
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        store.put(f"dedup/part-{shard:05d}.parquet", buf.getvalue())
+    return record

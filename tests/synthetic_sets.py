@@ -18,12 +18,16 @@ from dit_worker.output.metadata import parquet_bytes, shard_table
 from dit_worker.output.parquet_images import image_parquet_bytes
 from dit_worker.storage.objects import Storage
 
+CLASSIFIER_LABELS = ("cat", "dog", "bird")  # the synthetic classifier column `kind`'s labels, in id order
+
 
 def write_synthetic_set(
     store: Storage, n: int, *, shard_size: int, side: int = 16, num_classes: int = 100, seed: int = 0
 ) -> None:
     """`n` random `side`-pixel images of `num_classes` classes (sample i is class i % num_classes),
-    with a clip_score column as `jobs.generate --score clip` writes it, committed shard by shard."""
+    with the score columns `jobs.generate --score clip --score aesthetic --score classifier:kind=MODEL` writes
+    (clip_score, aesthetic, kind: a struct of CLASSIFIER_LABELS' probabilities, kind_label), committed shard by
+    shard."""
     rng = np.random.default_rng(seed)
     encoding = ImageEncoding()
     settings = SamplingSettings(sampler="ddim", steps=10, cfg_scale=1.5)
@@ -40,6 +44,12 @@ def write_synthetic_set(
             [hashlib.sha256(d).hexdigest() for d in images], [len(d) for d in images], side, settings,
         )  # fmt: skip
         table = table.append_column("clip_score", pa.array(rng.uniform(5, 35, len(ids)).astype(np.float32)))
+        table = table.append_column("aesthetic", pa.array(rng.normal(5, 1, len(ids)).astype(np.float32)))
+        probabilities = rng.dirichlet(np.ones(len(CLASSIFIER_LABELS)), len(ids)).astype(np.float32)
+        fields = [pa.array(probabilities[:, j]) for j in range(len(CLASSIFIER_LABELS))]
+        table = table.append_column("kind", pa.StructArray.from_arrays(fields, names=list(CLASSIFIER_LABELS)))
+        top = [CLASSIFIER_LABELS[j] for j in probabilities.argmax(axis=1).tolist()]
+        table = table.append_column("kind_label", pa.array(top, pa.string()))
         store.put(data_key(shard), image_parquet_bytes(table, images, members))
         store.put(part_key(shard), parquet_bytes(table))
     store.put(SUCCESS_KEY, json.dumps({"num_samples": n}).encode())

@@ -297,6 +297,14 @@ def page_facts(index: Path) -> dict:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(index.resolve().as_uri())
+            page.evaluate(  # lazy images load once scrolled to
+                """async () => {
+                    for (let y = 0; y <= document.body.scrollHeight; y += 500) {
+                        window.scrollTo(0, y);
+                        await new Promise(r => requestAnimationFrame(r));
+                    }
+                }"""
+            )
             page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
             return page.evaluate(
                 """() => ({
@@ -309,6 +317,13 @@ def page_facts(index: Path) -> dict:
                     title: document.title,
                     command: document.querySelector('#fid-command')?.textContent ?? null,
                     overflow: document.documentElement.scrollWidth - window.innerWidth,
+                    ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+                    scoreTitles: Array.from(document.querySelectorAll('.score h3')).map(h => h.textContent),
+                    labelRows: Array.from(document.querySelectorAll('table.labels tr'))
+                        .map(r => [r.querySelector('bdi').textContent, Number(r.dataset.count)]),
+                    labelTitles: Array.from(document.querySelectorAll('.score-labels h3')).map(h => h.textContent),
+                    dedup: Array.from(document.querySelectorAll('#dedup-record td')).map(td => td.textContent),
+                    elements: document.querySelectorAll('*').length,
                 })"""
             )
         finally:
@@ -367,6 +382,61 @@ def test_markup_in_prompts_class_names_and_paths_is_shown_as_text(
     assert facts["h1"] == str(classes) and OUT_PAYLOAD in facts["title"] and facts["command"] == COMMAND_PAYLOAD
     html_text = (classes / "report" / "index.html").read_text()
     assert "<script" not in html_text and "<img src=x" not in html_text  # and by grep, for what it is worth
+
+
+SAFE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+HOSTILE_CLASSIFIER = "<b>kind</b>"  # a hand-built set's struct column: jobs.generate refuses such a NAME
+
+
+def test_markup_in_classifier_labels_and_dedup_is_shown_as_text(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Label names (the NAME struct's field names, the model's id2label: user text), NAME_label values, the
+    classifier's column name and dedup.json's strings are shown as text; the ids made of them stay valid."""
+    import numpy as np
+    from metric_references import blocky
+    from output_sets import add_columns, write_dedup, write_output_set
+
+    from dit_worker.storage.objects import open_storage
+    from jobs.report import main as report_main
+
+    out = tmp_path / "scored"
+    labels = list(PAYLOADS.values())
+    n = 8
+    write_output_set(open_storage(str(out)), blocky(n, seed=2), [-1] * n, shard_size=4, prompts=["a cat"] * n)
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(len(labels)), n).astype(np.float32)
+    top = [labels[i % len(labels)] for i in range(n - 1)] + ["<script>window.__pwned='label'</script>"]
+    fields = [pa.array(probabilities[:, j]) for j in range(len(labels))]
+    add_columns(open_storage(str(out)), {
+        HOSTILE_CLASSIFIER: pa.StructArray.from_arrays(fields, names=labels),
+        HOSTILE_CLASSIFIER + "_label": pa.array(top),
+    })  # fmt: skip
+    write_dedup(open_storage(str(out)), n, 4, [[0, 5], [1, 2, 3]], within=PAYLOADS["onerror"])
+    started = time.perf_counter()
+    assert report_main(["--out", str(out)]) == 0
+    facts = page_facts(out / "report" / "index.html")
+    record(
+        f"report of classifier labels: built and checked in chromium in {time.perf_counter() - started:.2f} s", capsys
+    )
+    assert facts["pwned"] is None and facts["scripts"] == 0 and facts["handlers"] == 0, facts
+    assert facts["srcs"] and all(s.startswith("thumbs/") and s.endswith(".jpg") for s in facts["srcs"])
+    assert len(facts["srcs"]) == n + 2 + 3  # the grid's and the duplicates': no image from a payload
+    assert facts["overflow"] <= 0, facts["overflow"]
+    bad = [i for i in facts["ids"] if not SAFE_ID.fullmatch(i)]
+    assert not bad and len(set(facts["ids"])) == len(facts["ids"]), facts["ids"]
+    assert len([i for i in facts["ids"] if i.startswith("hist-b_kind_b-")]) == len(labels)  # one per label
+    titles = facts["scoreTitles"]
+    assert len(titles) == len(labels) and all(t.startswith(HOSTILE_CLASSIFIER + ": probability of ") for t in titles)
+    for payload in (PAYLOADS["script"], PAYLOADS["onerror"]):
+        assert any(t.endswith(payload) for t in titles), payload  # shown as the text it is
+        assert any(text == payload for text, _ in facts["labelRows"]), payload
+    long = next(t for t in titles if "WWWW" in t)
+    assert re.search(r"W… \(4700 more characters\)$", long), long[-60:]
+    control = next(t for t in titles if "rtl" in t)
+    assert "\\u202e" in control and "\\u0000" in control and "\u202e" not in control and "\x00" not in control
+    assert facts["labelTitles"] == [HOSTILE_CLASSIFIER + ": top label"]
+    assert sum(c for _, c in facts["labelRows"]) == n - 1  # the eighth's top label is none of the labels
+    assert PAYLOADS["onerror"] in facts["dedup"]
+    html_text = (out / "report" / "index.html").read_text()
+    assert "<script" not in html_text and "<img src=x" not in html_text and "<b>" not in html_text
 
 
 # --- 5. a disk that fills during a local run -----------------------------------------------------------------

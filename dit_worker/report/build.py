@@ -31,12 +31,10 @@ def write_report(
     """Read the set at `out` (complete or not) and write its report under OUT/report/."""
     output = OutputSet.open(out, s3_endpoint=s3_endpoint)
     contents = read_contents(output, max_groups, per_group)
-    size = 0
-    for group in contents.groups:
-        for thumb in group.thumbs:
-            output.storage.put(REPORT_PREFIX + thumb.key, thumb.data)
-            size += len(thumb.data)
+    thumbs = contents.thumbs()
+    for thumb in thumbs:
+        output.storage.put(REPORT_PREFIX + thumb.key, thumb.data)
     page = render(contents, command).encode()
     output.storage.put(REPORT_PREFIX + "index.html", page)
-    count = sum(len(g.thumbs) for g in contents.groups)
-    return ReportSummary(output.storage.child(REPORT_PREFIX + "index.html"), count, size + len(page))
+    size = sum(len(t.data) for t in thumbs) + len(page)
+    return ReportSummary(output.storage.child(REPORT_PREFIX + "index.html"), len(thumbs), size)

@@ -1,26 +1,28 @@
 """What the report shows, read from a set in the layout of docs/output.md: a few samples per class
-or per prompt, metrics.json, job.json, the CLIP scores and the shards' commit times.
+or per prompt, metrics.json, job.json, the per-image scores (score_columns), jobs.dedup's largest
+duplicate groups (duplicates) and the shards' commit times.
 
-Only the chosen samples' images are read (at most MAX_GROUPS x PER_GROUP of them, whatever the set's
-size), so the report's size and cost are bounded: a 10,000- or a 10,000,000-image set gives the
-same few hundred thumbnails.
+Only the chosen samples' images are read (at most MAX_GROUPS x PER_GROUP of them, plus the lowest and
+highest EXTREMES of each float score and the shown duplicates, whatever the set's size), so the
+report's size and cost are bounded: a 10,000- or a 10,000,000-image set gives the same few hundred
+thumbnails.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from dit_worker.metrics.embedding_statistics import CLIP, EmbeddingStatistics, embedding_key
-from dit_worker.output.layout import JOB_KEY, PART_KEY, SUCCESS_KEY, part_key
+from dit_worker.output.layout import JOB_KEY, PART_KEY, SUCCESS_KEY
 from dit_worker.output.reader import OutputSet, Shard
+from dit_worker.report.duplicates import Duplicates, read_duplicates
+from dit_worker.report.score_columns import LabelCounts, ScoreHistogram, read_scores
 from dit_worker.storage.objects import Storage, StorageError
 
 METRICS_KEY = "metrics.json"  # written by jobs.fid (dit_worker.metrics.evaluation)
@@ -51,6 +53,15 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Shown:
+    """A sample shown outside the grid (a score's lowest or highest, a duplicate): its thumbnail and
+    what it is of (its prompt, else its class)."""
+
+    thumb: Thumb
+    caption: str
+
+
+@dataclass(frozen=True)
 class Commit:
     """When a shard committed and how many samples it holds: the job's timing, read back."""
 
@@ -60,8 +71,8 @@ class Commit:
 
 @dataclass(frozen=True)
 class ReportContents:
-    """Everything `jobs.report` puts on its page, read from the set: groups of thumbnails, metrics, fingerprint, CLIP
-    scores, timing."""
+    """Everything `jobs.report` puts on its page, read from the set: groups of thumbnails, metrics, fingerprint,
+    scores, duplicates, timing."""
 
     url: str
     num_samples: int
@@ -71,10 +82,17 @@ class ReportContents:
     groups: list[Group]
     job: dict[str, Any] | None
     metrics: dict[str, Any] | None
-    clip_scores: np.ndarray | None  # per image; None when the set has none
-    clip_scores_from: str  # where they came from
+    scores: list[ScoreHistogram]  # one per float score (and shown classifier label); empty when the set has none
+    label_counts: list[LabelCounts]  # one per classifier
+    duplicates: Duplicates | None  # None without OUT/dedup/dedup.json
+    shown: dict[int, Shown]  # sample id -> thumbnail, for the scores' extremes and the duplicates
     commits: list[Commit]
     success: dict[str, Any] | None
+
+    def thumbs(self) -> list[Thumb]:
+        """Every thumbnail the page links to, once each."""
+        every = [t for g in self.groups for t in g.thumbs] + [s.thumb for s in self.shown.values()]
+        return list({t.key: t for t in every}.values())
 
 
 def _json(storage: Storage, key: str) -> dict[str, Any] | None:
@@ -149,29 +167,6 @@ def thumbnail(image: np.ndarray, sample_id: int) -> Thumb:
     return Thumb(sample_id, f"thumbs/{sample_id:08d}.jpg", img.width, img.height, buf.getvalue())
 
 
-def _clip_scores(output: OutputSet) -> tuple[np.ndarray | None, str]:
-    """Per-image CLIP scores: the metadata's clip_score column (jobs.generate --score clip), else
-    the CLIP parts jobs.fid --set-metrics stored (features/clip-part-*.npz)."""
-    columns = []
-    for shard in output.shards:
-        table = pq.read_table(pa.BufferReader(output.storage.get(part_key(shard.index))))
-        if "clip_score" not in table.column_names:
-            columns = []
-            break
-        columns.append(table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float64))
-    if columns:
-        return np.concatenate(columns), "metadata column clip_score (jobs.generate --score clip)"
-    parts = []
-    for shard in output.shards:
-        try:
-            parts.append(EmbeddingStatistics.from_bytes(output.storage.get(embedding_key(CLIP, shard.index))).scores)
-        except (StorageError, ValueError, KeyError):
-            return None, ""
-    scores = np.concatenate(parts) if parts else np.zeros(0)
-    scores = scores[~np.isnan(scores)]
-    return (scores, "features/clip-part-*.npz (jobs.fid --set-metrics clip_score)") if scores.size else (None, "")
-
-
 def _commits(output: OutputSet) -> list[Commit]:
     sizes = {s.index: len(s) for s in output.shards}
     commits = []
@@ -182,19 +177,56 @@ def _commits(output: OutputSet) -> list[Commit]:
     return sorted(commits, key=lambda c: c.time)
 
 
+def _caption(shard: Shard, row: int) -> str:
+    if shard.prompts is not None and shard.prompts[row]:
+        return str(shard.prompts[row])
+    name = shard.class_names[row] if shard.class_names is not None else ""
+    cid = int(shard.class_ids[row])
+    return (f"class {cid}" + (f" ({name})" if name else "")) if cid >= 0 else ""
+
+
+def _wanted_rows(shards: dict[int, Shard], samples: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
+    """{shard index: rows} of (shard index, sample id) pairs; a pair whose sample is not committed is left out."""
+    rows: dict[int, set[int]] = {}
+    for index, sample_id in samples:
+        shard = shards.get(index)
+        if shard is None:
+            continue
+        row = int(np.searchsorted(shard.sample_ids, sample_id))
+        if row < len(shard) and int(shard.sample_ids[row]) == sample_id:
+            rows.setdefault(index, set()).add(row)
+    return {index: sorted(r) for index, r in rows.items()}
+
+
 def read_contents(output: OutputSet, max_groups: int = MAX_GROUPS, per_group: int = PER_GROUP) -> ReportContents:
     grouped_by, chosen = choose_samples(output, max_groups, per_group)
-    wanted: dict[int, list[int]] = {}
+    by_index = {s.index: s for s in output.shards}
+    scores = read_scores(output)
+    duplicates = read_duplicates(output)
+    extra = [(shard, sid) for s in scores.scores for _, sid, shard in (*s.lowest, *s.highest)]
+    if duplicates is not None:
+        extra += [(m.shard, m.sample_id) for g in duplicates.groups for m in g.members]
+    wanted: dict[int, set[int]] = {}
     for _, _, picks in chosen:
         for si, ri in picks:
-            wanted.setdefault(si, []).append(ri)
-    subsets = [_rows(output.shards[si], sorted(rows)) for si, rows in sorted(wanted.items())]
+            wanted.setdefault(output.shards[si].index, set()).add(ri)
+    extra_rows = _wanted_rows(by_index, extra)
+    for index, rows in extra_rows.items():
+        wanted.setdefault(index, set()).update(rows)
+    subsets = [_rows(by_index[index], sorted(rows)) for index, rows in sorted(wanted.items())]
+    # Only these samples' images are read: the grid's, the scores' extremes and the shown duplicates.
     thumbs = {s.sample_id: thumbnail(s.image, s.sample_id) for s in output.iter_samples(subsets)}
     groups = [
         Group(title, count, [thumbs[int(output.shards[si].sample_ids[ri])] for si, ri in picks])
         for title, count, picks in chosen
     ]
-    scores, source = _clip_scores(output)
+    shown = {
+        int(by_index[index].sample_ids[row]): Shown(
+            thumbs[int(by_index[index].sample_ids[row])], _caption(by_index[index], row)
+        )
+        for index, rows in extra_rows.items()
+        for row in rows
+    }
     return ReportContents(
         url=output.url,
         num_samples=output.num_samples,
@@ -204,8 +236,10 @@ def read_contents(output: OutputSet, max_groups: int = MAX_GROUPS, per_group: in
         groups=groups,
         job=_json(output.storage, JOB_KEY),
         metrics=_json(output.storage, METRICS_KEY),
-        clip_scores=scores,
-        clip_scores_from=source,
+        scores=scores.scores,
+        label_counts=scores.label_counts,
+        duplicates=duplicates,
+        shown=shown,
         commits=_commits(output),
         success=_json(output.storage, SUCCESS_KEY),
     )

@@ -7,15 +7,15 @@ same digits JSON stores), never rounded: the number on the page is the number in
 
 from __future__ import annotations
 
-import html
 import json
-import unicodedata
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from dit_worker.report.contents import ReportContents
+from dit_worker.report.sections import duplicates_section, scores_section
+from dit_worker.report.text import MAX_TEXT, esc, user_text, visible
 
 # metrics.json keys shown in the table, in this order, with what each means.
 METRICS = {
@@ -44,27 +44,9 @@ pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;word-break:break-all}
 .row{display:flex;flex-wrap:wrap;gap:4px}.row figure{margin:0;text-align:center;font-size:11px;color:#666}
 .row img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;background:#eee;display:block}
 svg text{font-size:10px;fill:#444}
-h1,h3,code,bdi{overflow-wrap:anywhere}
+h1,h3,code,bdi{overflow-wrap:anywhere}h4{font-size:12px;margin:6px 0 2px;font-weight:600}
+.extremes figure,.dup-group figure{width:128px;overflow-wrap:anywhere}table.labels td{border:0;padding:1px 6px}
 """
-MAX_TEXT = 300  # characters shown of one string from the set (a prompt, a class name); the rest is counted
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def visible(value: Any, limit: int | None = None) -> str:
-    """A string from the set or the user (prompt, class name, path, command) as inert, visible text:
-    escaped, its control and format characters (NUL, U+202E's reordering) shown as \\uXXXX, cut at `limit`."""
-    text = str(value)
-    cut = f"… ({len(text) - limit} more characters)" if limit is not None and len(text) > limit else ""
-    shown = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) in ("Cc", "Cf") else c for c in text[:limit])
-    return esc(shown) + cut
-
-
-def user_text(value: Any, limit: int | None = MAX_TEXT) -> str:
-    """`visible`, isolated in <bdi> so that right-to-left text cannot reorder what follows it."""
-    return f"<bdi>{visible(value, limit)}</bdi>"
 
 
 def number(value: Any) -> str:
@@ -90,29 +72,6 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
         table
         + f"<p>Command: <code id='fid-command'>{user_text(metrics.get('command') or 'not recorded', None)}</code></p>"
         + f"<details><summary>inputs and protocol</summary><pre>{details}</pre></details>"
-    )
-
-
-def _histogram(scores: np.ndarray, source: str) -> str:
-    hi = max(2.0, float(np.ceil(scores.max() / 2.0) * 2.0))
-    edges = np.arange(0.0, hi + 2.0, 2.0)
-    counts, _ = np.histogram(scores, bins=edges)
-    width, height, bar = 640, 160, 640 / len(counts)
-    top = max(int(counts.max()), 1)
-    bars = "".join(
-        f'<rect x="{i * bar:.1f}" y="{height - c / top * (height - 10):.1f}" width="{bar - 1:.1f}" '
-        f'height="{c / top * (height - 10):.1f}" fill="#4a7ab5">'
-        f"<title>{edges[i]:g}–{edges[i + 1]:g}: {c}</title></rect>"
-        for i, c in enumerate(counts.tolist())
-    )
-    labels = "".join(
-        f'<text x="{i * bar:.1f}" y="{height + 12}">{edges[i]:g}</text>'
-        for i in range(0, len(counts), max(1, len(counts) // 10))
-    )
-    return (
-        f'<svg id="clip-histogram" width="{width}" height="{height + 16}" role="img">{bars}{labels}</svg>'
-        f"<p>{scores.size} images, mean <span class='value' id='clip-mean'>{float(scores.mean())!r}</span>, "
-        f"bins of 2 points; from {esc(source)}.</p>"
     )
 
 
@@ -175,11 +134,6 @@ def render(contents: ReportContents, command: str) -> str:
         if contents.metrics
         else "<p>No metrics.json: run <code>python -m jobs.fid --out OUT --ref REF</code>.</p>"
     )
-    clip = (
-        _histogram(contents.clip_scores, contents.clip_scores_from)
-        if contents.clip_scores is not None and contents.clip_scores.size
-        else "<p>No CLIP scores in this set.</p>"
-    )
     by = {"class": "per class", "prompt": "per prompt", "none": ""}[contents.grouped_by]
     state = "complete" if contents.complete else "incomplete (no _SUCCESS)"
     generation = esc(json.dumps(job.get("fingerprint", {}), indent=1))
@@ -191,9 +145,10 @@ def render(contents: ReportContents, command: str) -> str:
 Job fingerprint <code id="fingerprint">{esc(fingerprint)}</code>.</p>
 <h2>Metrics</h2>{metrics}
 <details><summary>generation fingerprint (job.json)</summary><pre>{generation}</pre></details>
-<h2>CLIP scores</h2>{clip}
+{scores_section(contents)}
 <h2>Timing</h2>{_timing(contents)}
 <h2>Samples {by}</h2>{_grid(contents)}
+{duplicates_section(contents)}
 <p><small>Made by <code id="report-command">{user_text(command, None)}</code>.</small></p>
 </body></html>
 """
