@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,7 @@ from dit_worker.metrics.hf_models import resolve_hf_model
 from dit_worker.output.reader import OutputSet
 from dit_worker.storage.objects import Storage, open_storage
 from jobs.dedup import main as dedup_main
+from jobs.report import main as report_main
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("a red barn", "a lighthouse at dusk", "an otter")
@@ -163,6 +165,21 @@ def test_a_lower_threshold_groups_distinct_images(planted: dict) -> None:
     out = copy_set(planted, "low")
     run_dedup(DedupConfig(out=str(out), clip_model=str(planted["clip"]), threshold=0.6, runs=1))
     assert len(set().union(*groups(parts(out)))) > 2 * len(planted["prompt_pairs"]) + 4
+
+
+def test_the_report_shows_the_groups_the_dedup_parts_hold(planted: dict, deduped: Path) -> None:
+    """jobs.report over this command's real output (the report's own tests write the documented format):
+    the groups on the page are the parts' groups of more than one sample, members in dup_rank order."""
+    assert report_main(["--out", str(deduped)]) == 0
+    html = (deduped / "report" / "index.html").read_text()
+    shown = {
+        int(g): [int(m) for m in re.findall(r'<figure data-sample-id="(\d+)"', body)]
+        for g, body in re.findall(r'<div class="dup-group" data-group="(\d+)"[^>]*>(.*?)</div></div>', html)
+    }
+    rows = parts(deduped)
+    expected = {min(g): sorted(g) for g in groups(rows)}  # dup_rank order is sample_id order
+    assert shown == expected == {min(g): sorted(g) for g in planted["prompt_pairs"]}
+    assert shown != {min(g): sorted(g) for g in planted["prompt_pairs"] | {planted["cross"]}}  # another prompt's: not
 
 
 def test_within_set_groups_identical_images_across_prompts(planted: dict, deduped: Path) -> None:

@@ -1,7 +1,8 @@
 """The report's view of `jobs.dedup`'s output (OUT/dedup/, documented where jobs.dedup lives):
 `dedup.json` (threshold, within, counts) and `dedup/part-<shard:05d>.parquet`, one per source shard,
 one row per sample: sample_id int64, group int64 (the smallest sample_id of its group), group_size
-int32, dup_rank int32 (0 = kept), nearest int64 and similarity float32 (null for a kept sample).
+int32, dup_rank int32 (0 = kept), nearest int64 and similarity float32 (the most similar other sample;
+null when there is none).
 
 Two streaming passes over the parts: the first reads group, group_size and dup_rank and keeps the
 MAX_GROUPS largest groups (one row per group: its dup_rank 0 member), ties by group id; the second
@@ -21,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dit_worker.curation.dedup.layout import DEDUP_JSON, DEDUP_PREFIX, dedup_key
 from dit_worker.output.reader import OutputSet, OutputSetError
 from dit_worker.report.ranking import SmallestK
 from dit_worker.storage.objects import Storage, StorageError
 
-DEDUP_KEY = "dedup/dedup.json"
-DEDUP_PART = re.compile(r"^dedup/part-(\d+)\.parquet$")
+DEDUP_PART = re.compile(rf"^{re.escape(DEDUP_PREFIX)}(\d+)\.parquet$")
 MAX_GROUPS = 8  # duplicate groups shown, the largest
 PER_GROUP = 8  # members shown per group, in dup_rank order
 
@@ -60,9 +61,10 @@ class Duplicates:
 
 
 def _parts(storage: Storage, columns: list[str]) -> Iterator[tuple[int, pa.Table]]:
-    indices = sorted(int(m.group(1)) for info in storage.list("dedup/") if (m := DEDUP_PART.match(info.key)))
+    listed = storage.list(DEDUP_PREFIX)  # the parts only, not dedup/work/
+    indices = sorted(int(m.group(1)) for info in listed if (m := DEDUP_PART.match(info.key)))
     for index in indices:
-        key = f"dedup/part-{index:05d}.parquet"
+        key = dedup_key(index)
         try:
             # use_threads=False: a few columns need no decode threads, and with torch loaded pyarrow's
             # threads made 1 in 16 to 1 in 8 exits abort ('terminate called without an active exception').
@@ -84,11 +86,11 @@ def read_duplicates(output: OutputSet, max_groups: int = MAX_GROUPS, per_group: 
     """None unless OUT/dedup/dedup.json exists; else its record and the `max_groups` largest groups of
     more than one sample (ties by group id), each with its first `per_group` members by dup_rank."""
     try:
-        record = json.loads(output.storage.get(DEDUP_KEY))
+        record = json.loads(output.storage.get(DEDUP_JSON))
     except StorageError:
         return None
     except ValueError as err:
-        raise OutputSetError(f"{output.storage.child(DEDUP_KEY)}: not JSON ({err})") from None
+        raise OutputSetError(f"{output.storage.child(DEDUP_JSON)}: not JSON ({err})") from None
     largest = SmallestK(max_groups)
     for _, table in _parts(output.storage, ["group", "group_size", "dup_rank"]):  # first pass: sizes
         sizes, groups, ranks = (_ints(table[c]) for c in ("group_size", "group", "dup_rank"))
