@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 from s3_proxy import Faults, outage, s3_proxy
 from servers import RayHead, free_ports
 from test_job_ray import CPU_WORKERS, check_complete, committed, finish, objects, wait_for
@@ -89,6 +90,9 @@ def multinode() -> Iterator[MultiNode]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     os.environ.pop("RAY_ADDRESS", None)
+    # An earlier test in this process may still be connected to another head (ray.init is process-wide):
+    # nodes then added to this cluster never reached the job's driver (seen under pytest-xdist).
+    ray.shutdown()
     cluster = MultiNode(temp_dir)
     try:
         new = listeners() - before
@@ -121,9 +125,8 @@ def summary_of(s3_server, bucket: str, prefix: str) -> dict:
 def test_a_lost_node_and_a_joining_node(multinode: MultiNode, s3_server, s3_bucket: str, tiny_ckpt: Path) -> None:
     """Start with the 2 workers that fit; a third node joins and gets a worker; then a whole node is
     SIGKILLed mid-run: its shards are rerun on the others, and the set completes exactly once."""
-    # 48 shards of 1000 steps: long enough that a node joining once the job runs still gets work, also
-    # with the machine shared (a node's start and its worker's import of torch took over 70 s at load 12).
-    job = [*JOB, "--per-class", 24, "--steps", 1000]
+    # 32 shards of 1000 steps: long enough that a node joining once the job runs still gets work.
+    job = [*JOB, "--per-class", 16, "--steps", 1000]
     sid = submit(multinode, s3_server, "--model", tiny_ckpt, *job, "--num-workers", 3, "--min-workers", 1,
                  "--out", f"s3://{s3_bucket}/nodes")  # fmt: skip
     wait_for(lambda: "started 2 worker(s)" in multinode.head.job_logs(sid), 120, "the job's first two workers")
@@ -134,10 +137,10 @@ def test_a_lost_node_and_a_joining_node(multinode: MultiNode, s3_server, s3_buck
         raise AssertionError(multinode.head.job_logs(sid)[-4000:]) from None
     assert "a node joined: started worker 2" in multinode.head.job_logs(sid)
     victim = next(n for n in multinode.workers if n is not joined)
-    assert len(committed(s3_server, s3_bucket, "nodes")) < 44  # still mid-run
+    assert len(committed(s3_server, s3_bucket, "nodes")) < 28  # still mid-run
     multinode.kill(victim)
     assert finish(multinode.head, sid, timeout=480) == "SUCCEEDED", multinode.head.job_logs(sid)[-3000:]
-    check_complete(s3_server, s3_bucket, "nodes", 96)
+    check_complete(s3_server, s3_bucket, "nodes", 64)
     summary = summary_of(s3_server, s3_bucket, "nodes")
     logs = multinode.head.job_logs(sid)
     assert summary["workers_placed"] == 3 and summary["shards_by_worker"][2] >= 1, (summary, logs[-3000:])

@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from dit_worker.curation.dedup.layout import DEDUP_JSON, DEDUP_SCHEMA, dedup_key
 from dit_worker.curation.where import WhereError, column_names, parse_where
 from dit_worker.execution.tasks import make_tasks
 from dit_worker.output.commit_index import listed_parts
+from dit_worker.output.dedup_layout import DEDUP_JSON, DEDUP_SCHEMA, dedup_key
 from dit_worker.output.layout import (
     JOB_KEY,
     SUCCESS_KEY,

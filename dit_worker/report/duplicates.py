@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dit_worker.curation.dedup.layout import DEDUP_JSON, DEDUP_PREFIX, dedup_key
+from dit_worker.output.dedup_layout import DEDUP_JSON, DEDUP_PREFIX, dedup_key
 from dit_worker.output.reader import OutputSet, OutputSetError
 from dit_worker.report.ranking import SmallestK
 from dit_worker.storage.objects import Storage, StorageError

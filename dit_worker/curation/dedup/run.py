@@ -23,7 +23,6 @@ import pyarrow as pa
 from dit_worker.curation.dedup.components import components
 from dit_worker.curation.dedup.config import DedupConfig, Within
 from dit_worker.curation.dedup.embeddings import EmbeddingSource
-from dit_worker.curation.dedup.layout import DEDUP_JSON, DEDUP_PREFIX
 from dit_worker.curation.dedup.partition import SAMPLE_PER_CELL, cells_for, train_cells
 from dit_worker.curation.dedup.steps import (
     EmbedRun,
@@ -56,6 +55,7 @@ from dit_worker.execution.tasks import Tasks, make_tasks
 from dit_worker.metrics.clip_score import DEFAULT_CLIP
 from dit_worker.metrics.hf_models import resolve_hf_model
 from dit_worker.metrics.row_scores import EMBEDDING_COLUMN
+from dit_worker.output.dedup_layout import DEDUP_JSON, DEDUP_PREFIX
 from dit_worker.output.layout import JOB_KEY
 from dit_worker.output.reader import OutputSet, OutputSetError, prefetch
 from dit_worker.storage.objects import Storage

@@ -15,7 +15,6 @@ import pyarrow as pa
 
 from dit_worker.curation.dedup.config import Within
 from dit_worker.curation.dedup.embeddings import EmbeddingSource, shard_embeddings
-from dit_worker.curation.dedup.layout import DEDUP_SCHEMA, dedup_key
 from dit_worker.curation.dedup.partition import partition_of, replicate
 from dit_worker.curation.dedup.search import bucket_pairs
 from dit_worker.curation.dedup.work_files import (
@@ -34,6 +33,7 @@ from dit_worker.curation.dedup.work_files import (
     route_dtype,
     run_key,
 )
+from dit_worker.output.dedup_layout import DEDUP_SCHEMA, dedup_key
 from dit_worker.output.metadata import parquet_bytes
 from dit_worker.output.reader import OutputSet, prefetch
 from dit_worker.storage.objects import open_storage

@@ -1,4 +1,4 @@
-"""What a dedup run leaves under OUT/dedup/ for other code to read (docs/output.md): one part per committed
+"""What `jobs.dedup` leaves under OUT/dedup/ for every reader of the set (docs/output.md): one part per committed
 source shard, and dedup.json, written last."""
 
 from __future__ import annotations
