@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from dit_worker.curation.records import differences, read_json
 from dit_worker.curation.where import WhereError, column_names, parse_where
 from dit_worker.execution.tasks import make_tasks
 from dit_worker.output.commit_index import listed_parts
@@ -135,10 +136,6 @@ def select_shard(task: ShardSelection) -> tuple[int, int, int]:
     return task.shard, len(rows), table.num_rows
 
 
-def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
-    return json.loads(storage.get(key)) if storage.exists(key) else None
-
-
 def run_select(config: SelectConfig) -> dict[str, Any]:
     """Validate (the expression against the set's columns, the destination), then copy every source shard
     not yet in the destination; `_SUCCESS` last. Raises ValueError (WhereError) and OutputSetError for a
@@ -149,7 +146,7 @@ def run_select(config: SelectConfig) -> dict[str, Any]:
         raise OutputSetError(f"{source.url}: no committed shard to select from")
     first = OutputSet.read_part_table(source.storage, int(source.indices[0]))
     named = column_names(config.where)
-    dedup = _read_json(source.storage, DEDUP_JSON) if named & set(DEDUP_COLUMNS) - set(first.column_names) else None
+    dedup = read_json(source.storage, DEDUP_JSON) if named & set(DEDUP_COLUMNS) - set(first.column_names) else None
     if dedup is None and named & set(DEDUP_COLUMNS) - set(first.column_names):
         column = sorted(named & set(DEDUP_COLUMNS) - set(first.column_names))[0]
         raise WhereError(
@@ -161,7 +158,7 @@ def run_select(config: SelectConfig) -> dict[str, Any]:
     dest = open_storage(config.to, s3_endpoint=config.s3_endpoint)
     if dest.url.rstrip("/") == source.url.rstrip("/"):
         raise ValueError(f"--to {config.to}: the destination is the source set; pick another folder or prefix")
-    generated = _read_json(source.storage, JOB_KEY) or {}
+    generated = read_json(source.storage, JOB_KEY) or {}
     record = {
         "selected_from": source.url,
         "where": config.where,
@@ -171,13 +168,11 @@ def run_select(config: SelectConfig) -> dict[str, Any]:
         "source_complete": source.complete,
         "dedup": dedup["settings"] if dedup is not None else None,  # the dedup run the filter reads
     }
-    stored = _read_json(dest, JOB_KEY)
+    stored = read_json(dest, JOB_KEY)
     if stored is None and any(True for _ in dest.list("")):
         raise ValueError(f"--to {dest.url}: not empty and not a jobs.select output; pick an empty folder or prefix")
     if stored is not None:
-        differs = [k for k in record if stored.get(k) != record[k]]
-        if differs:
-            was = "; ".join(f"{k}: {stored.get(k)!r} there, {record[k]!r} now" for k in differs)
+        if was := differences(stored, record):
             raise ValueError(
                 f"--to {dest.url} holds another selection ({was}); rerun the same command or pick another --to"
             )

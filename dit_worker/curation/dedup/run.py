@@ -51,6 +51,7 @@ from dit_worker.curation.dedup.work_files import (
     route_dtype,
     run_key,
 )
+from dit_worker.curation.records import differences, read_json
 from dit_worker.execution.tasks import Tasks, make_tasks
 from dit_worker.metrics.clip_score import DEFAULT_CLIP
 from dit_worker.metrics.hf_models import resolve_hf_model
@@ -61,10 +62,6 @@ from dit_worker.output.reader import OutputSet, OutputSetError, prefetch
 from dit_worker.storage.objects import Storage
 
 NUMBERED = re.compile(r"(\d+)\.(?:bin|parquet)$")
-
-
-def _read_json(storage: Storage, key: str) -> dict[str, Any] | None:
-    return json.loads(storage.get(key)) if storage.exists(key) else None
 
 
 def set_kind(first: pa.Table) -> str:
@@ -147,7 +144,7 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
     first = OutputSet.read_part_table(storage, indices[0])
     within = choose_within(config, set_kind(first), output.url)
     source = embedding_source(first, config.clip_model)
-    generated = _read_json(storage, JOB_KEY) or {}
+    generated = read_json(storage, JOB_KEY) or {}
     per_run = math.ceil(len(indices) / config.runs)
     settings = {
         "threshold": config.threshold,
@@ -158,16 +155,13 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
         "shards_per_run": per_run,  # the work files' units
         "source_fingerprint_sha256": generated.get("fingerprint_sha256"),
     }
-    finished = _read_json(storage, DEDUP_JSON)
-    stored = finished["settings"] if finished is not None else _read_json(storage, SETTINGS_KEY)
-    if stored is not None:
-        differs = [k for k in settings if stored.get(k) != settings[k]]
-        if differs:
-            was = "; ".join(f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in differs)
-            raise ValueError(
-                f"{storage.child('dedup/')} holds another dedup run ({was}); rerun the same command, or remove "
-                "that folder to start over"
-            )
+    finished = read_json(storage, DEDUP_JSON)
+    stored = finished["settings"] if finished is not None else read_json(storage, SETTINGS_KEY)
+    if stored is not None and (was := differences(stored, settings)):
+        raise ValueError(
+            f"{storage.child('dedup/')} holds another dedup run ({was}); rerun the same command, or remove "
+            "that folder to start over"
+        )
     if finished is not None:
         return finished | {"wall_time_s": round(time.perf_counter() - t0, 3), "steps_run": []}
     if stored is None:
@@ -185,7 +179,7 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
             steps.append(f"embed {len(pending)}")
             _map(tasks, embed_run, pending)
             done = _done(storage, EMBED_PREFIX)
-        plan = _read_json(storage, PLAN_KEY)
+        plan = read_json(storage, PLAN_KEY)
         if plan is None:
             rows = sum(done.values()) // embed_dtype(source.dim).itemsize
             cells = (config.cells or cells_for(rows)) if within == "set" else None
@@ -212,7 +206,7 @@ def run_dedup(config: DedupConfig) -> dict[str, Any]:
         if pending:
             steps.append(f"reduce {len(pending)}")
             _map(tasks, reduce_partition, pending)
-        counts = _read_json(storage, MERGE_KEY) if storage.exists(GROUPS_KEY) else None
+        counts = read_json(storage, MERGE_KEY) if storage.exists(GROUPS_KEY) else None
         if counts is None:
             steps.append("merge")
             counts = _merge(storage, partitions, len(runs))
