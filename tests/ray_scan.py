@@ -22,7 +22,7 @@ def main(scans_json: str, out_json: str) -> None:
     from checkpoints import id2label
     from ray.util.state import list_tasks
 
-    from dit_worker.backends.labels import ClassNames
+    from dit_worker.labels import ClassNames
     from dit_worker.manifest.files import ManifestError
     from dit_worker.manifest.scan import scan_files
 

@@ -209,7 +209,9 @@ def test_text_to_image_job_survives_a_killed_worker_resumes_and_refuses_a_change
     os.kill(busy[0], signal.SIGKILL)
     assert finish(ray_cluster, sid) == "SUCCEEDED", ray_cluster.job_logs(sid)[-3000:]
     table = check_complete(s3_server, s3_bucket, "kill", 64)
-    assert success(s3_server, s3_bucket, "kill")["retries"] >= 1
+    summary = success(s3_server, s3_bucket, "kill")
+    assert summary["retries"] >= 1 and summary["shards_generated"] == 16, summary
+    assert "died" in ray_cluster.job_logs(sid)  # the pool names the lost worker
     assert table["prompt"].to_pylist()[:5] == ["a red cat at night"] * 4 + ["a red dog at night"]
 
     # A shard whose worker died before its commit, rerun here with --local: only it is made again.

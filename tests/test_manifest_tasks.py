@@ -17,7 +17,7 @@ import pytest
 from checkpoints import id2label
 
 from dit_worker import distinct
-from dit_worker.backends.labels import ClassNames
+from dit_worker.labels import ClassNames
 from dit_worker.manifest.files import ManifestError
 from dit_worker.manifest.scan import scan_files
 

@@ -13,11 +13,10 @@ from typing import Any, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from dit_worker.backends.labels import ClassNames
 from dit_worker.backends.settings import SamplingSettings
+from dit_worker.labels import ClassNames
+from dit_worker.rows import Conditioning, Rows
 
-# What a row carries besides its seed: a class (DiT), a prompt (text-to-image) or nothing.
-Conditioning = Literal["class", "text", "none"]
 # Where a text encoder lives on a worker (docs/backends.md, "Memory"): on the worker's device for the
 # whole run; on the CPU, its outputs copied to the device; or loaded for each shard, all of the
 # shard's prompts encoded at once, and freed before the denoiser runs.
@@ -74,19 +73,6 @@ class GenerationRequest(BaseModel):
     def given(self) -> set[str]:
         """The sampling fields set explicitly (command-line flags), by name."""
         return set(self.sampling.model_fields_set)
-
-
-@dataclass(frozen=True)
-class Rows:
-    """One batch of samples as a generator takes them: Python lists of the batch only."""
-
-    seeds: list[int]
-    class_ids: list[int] | None = None
-    prompts: list[str] | None = None
-    negative_prompts: list[str | None] | None = None  # None entries: the job's --negative-prompt, else none
-
-    def __len__(self) -> int:
-        return len(self.seeds)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dit_worker.backends.labels import ClassNames
 from dit_worker.benchmarks.reader_memory import peak_rss_mib
+from dit_worker.labels import ClassNames
 from dit_worker.manifest.scan import scan_files
 from dit_worker.manifest.sources import DerivedManifest
 from dit_worker.output.commit_index import SNAPSHOT_KEY, CommitIndex, CommitRecorder

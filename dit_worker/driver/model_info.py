@@ -10,13 +10,13 @@ from pydantic import BaseModel
 
 from dit_worker.backends import Conditioning, ModelSpec
 from dit_worker.backends import inspect_model as inspect_backend
-from dit_worker.backends.labels import ClassNames
 from dit_worker.backends.limits import check_limits, check_memory
 from dit_worker.backends.settings import DTYPES
 from dit_worker.checkpoints.identity import WeightsIdentity, checkpoint_identity
 from dit_worker.driver.config import JobConfig
 from dit_worker.driver.errors import JobError
 from dit_worker.driver.flags import check_flags
+from dit_worker.labels import ClassNames
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dit_worker.backends import Conditioning, Rows
-from dit_worker.backends.labels import ClassNames
+from dit_worker.labels import ClassNames
 from dit_worker.manifest.files import ManifestError
 from dit_worker.manifest.text_column import TextColumn
 from dit_worker.output.metadata import RESERVED_COLUMNS
-from dit_worker.sampling.noise import MAX_SEED
+from dit_worker.rows import MAX_SEED, Conditioning, Rows
 
 SEED_SPACE = 2**32  # the seeds torch's CPU generator tells apart: it keeps the low 32 bits
 SEED_SHIFT = 2654435761  # Knuth's multiplicative-hash constant, ~2**32 / golden ratio: spreads global seeds

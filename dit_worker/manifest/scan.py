@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dit_worker.backends import Conditioning
-from dit_worker.backends.labels import ClassNames
 from dit_worker.distinct import DistinctKeys, partitions_for, split_keys
 from dit_worker.execution.tasks import Tasks, make_tasks
+from dit_worker.labels import ClassNames
 from dit_worker.manifest.checks import (
     BLOCK_ROWS,
     KeyOrder,
@@ -48,6 +47,7 @@ from dit_worker.manifest.files import (
 )
 from dit_worker.manifest.samples import SEED_SPACE, Samples, prompt_line_samples, to_samples
 from dit_worker.manifest.sources import FileManifest, FileRows
+from dit_worker.rows import Conditioning
 from dit_worker.storage.objects import ObjectInfo
 
 PIECE_ROWS = 1 << 20  # rows per piece of a large Parquet file (a multiple of BLOCK_ROWS)

@@ -25,11 +25,11 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from dit_worker.backends import Conditioning
-from dit_worker.backends.labels import ClassNames
+from dit_worker.labels import ClassNames
 from dit_worker.manifest.files import FileLayout, Location, read_rows
 from dit_worker.manifest.samples import Samples, check_derived, derived_seeds, to_samples
 from dit_worker.manifest.text_column import TextColumn
+from dit_worker.rows import Conditioning
 
 
 class RowSlice(Protocol):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-MAX_SEED = 2**63  # exclusive; seeds are stored as int64
+from dit_worker.rows import MAX_SEED
 
 
 class SampleNoise:

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dit_worker.backends.labels import ClassNames
+from dit_worker.labels import ClassNames
 from dit_worker.manifest.samples import Samples
 from dit_worker.output.encoding import PNG, ImageEncoding
 from dit_worker.output.layout import OutputFormat, data_key, image_key, member_name, part_key, tar_key

@@ -30,12 +30,12 @@ from dit_worker.backends.diffusers.families import (
     NegativeDefault,
     generic_family,
 )
-from dit_worker.backends.labels import ClassNames
 from dit_worker.backends.settings import DTypeName, SamplerName
 from dit_worker.checkpoints.errors import CheckpointError
 from dit_worker.checkpoints.files import read_json
 from dit_worker.checkpoints.identity import file_sha256, hub_revision
 from dit_worker.checkpoints.sources import resolve_source, weight_variant
+from dit_worker.labels import ClassNames
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from dit_worker.backends.diffusers.resolve import (
     diffusers_module,
     require_caption_cleaning,
 )
-from dit_worker.backends.labels import ClassNames
 from dit_worker.backends.settings import DTYPES, resolve_device, resolve_dtype
 from dit_worker.checkpoints.files import read_json
 from dit_worker.checkpoints.sources import resolve_source
+from dit_worker.labels import ClassNames
 
 log = logging.getLogger(__name__)
 Role = Literal["positive", "negative"]

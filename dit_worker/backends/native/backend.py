@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from dit_worker.backends.base import Conditioning, GenerationRequest, RowColumns, Rows
-from dit_worker.backends.labels import ClassNames
 from dit_worker.backends.native.checkpoint import load_checkpoint
 from dit_worker.backends.native.pipeline import DiTPipeline, configure_sampler, load_pipeline
 from dit_worker.backends.settings import SamplingSettings
+from dit_worker.labels import ClassNames
 from dit_worker.models.dit import DiTConfig
 
 PIPELINE_CLASS = "DiTPipeline"

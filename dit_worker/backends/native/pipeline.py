@@ -12,10 +12,10 @@ import torch
 from pydantic import ValidationError
 
 from dit_worker.backends.base import NonFiniteLatents
-from dit_worker.backends.labels import ClassNames
 from dit_worker.backends.native.checkpoint import Checkpoint, build_models, load_checkpoint
 from dit_worker.backends.settings import SamplingSettings, resolve_device, resolve_dtype
 from dit_worker.checkpoints.files import describe_validation
+from dit_worker.labels import ClassNames
 from dit_worker.models.dit import DiTConfig
 from dit_worker.models.vae import to_uint8
 from dit_worker.sampling import Sampler, make_sampler
