@@ -199,18 +199,18 @@ def test_text_to_image_job_survives_a_killed_worker_resumes_and_refuses_a_change
 ) -> None:
     prompts = tmp_path / "prompts.txt"
     words = ["red", "blue", "green", "yellow"]
-    prompts.write_text("".join(f"a {c} {t} at night\n" for c in words for t in ("cat", "dog", "house", "boat")))
+    prompts.write_text("".join(f"a {c} {t} at night\n" for c in words for t in ("cat", "dog")))  # 8 shards of 4
     out = f"s3://{s3_bucket}/kill"
     args = ["--model", pixart_ckpt, "--prompts", prompts, *SLOW_T2I]
     sid, _ = generate(ray_cluster, s3_server, *args, *CPU_WORKERS, "--num-workers", 2, "--out", out, wait=False)
     wait_for(lambda: len(committed(s3_server, s3_bucket, "kill")) >= 1, 180, "a first committed shard")
     busy = wait_for(lambda: ray_cluster.running_task_pids("ShardWorker.run"), 60, "a worker running a shard")
-    assert len(committed(s3_server, s3_bucket, "kill")) < 14  # mid-run
+    assert len(committed(s3_server, s3_bucket, "kill")) < 6  # mid-run: shards still queued
     os.kill(busy[0], signal.SIGKILL)
     assert finish(ray_cluster, sid) == "SUCCEEDED", ray_cluster.job_logs(sid)[-3000:]
-    table = check_complete(s3_server, s3_bucket, "kill", 64)
+    table = check_complete(s3_server, s3_bucket, "kill", 32)
     summary = success(s3_server, s3_bucket, "kill")
-    assert summary["retries"] >= 1 and summary["shards_generated"] == 16, summary
+    assert summary["retries"] >= 1 and summary["shards_generated"] == 8, summary
     assert "died" in ray_cluster.job_logs(sid)  # the pool names the lost worker
     assert table["prompt"].to_pylist()[:5] == ["a red cat at night"] * 4 + ["a red dog at night"]
 
@@ -221,12 +221,12 @@ def test_text_to_image_job_survives_a_killed_worker_resumes_and_refuses_a_change
     before = {k: v for k, v in objects(s3_server, s3_bucket, "kill").items() if "00005" not in k}
     assert run("--local", *args, *CPU, "--out", out) == 0, capsys.readouterr().err[-2000:]
     summary = success(s3_server, s3_bucket, "kill")
-    assert (summary["shards_generated"], summary["shards_skipped"]) == (1, 15)
+    assert (summary["shards_generated"], summary["shards_skipped"]) == (1, 7)
     after = objects(s3_server, s3_bucket, "kill")
     control = ("_SUCCESS", "_lease.json", "index/committed.bits")  # rewritten by every run; the images and
     # parts must not be
     assert {k: after[k] for k in before if k not in control} == {k: v for k, v in before.items() if k not in control}
-    check_complete(s3_server, s3_bucket, "kill", 64)
+    check_complete(s3_server, s3_bucket, "kill", 32)
 
     capsys.readouterr()
     changed = [a if a != 40 else 41 for a in args]
