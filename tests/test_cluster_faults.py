@@ -213,13 +213,17 @@ def test_storage_faults_and_a_30_s_outage(multinode: MultiNode, s3_server, s3_bu
     which then drops everything for 30 s mid-run: backoff rides it out, nothing lost or doubled."""
     faults = Faults(error_500=0.05, slow_down_503=0.05, reset=0.03, stall=0.02, stall_s=2.0, seed=7)
     with s3_proxy(s3_server.endpoint, faults) as endpoint:
-        # Tries 4-8, 8-16, 16-32, 30-60 s apart: at least a minute, so 30 s of outage cannot use up a
-        # shard's 5 tries (botocore's own retry quota drains within seconds of an outage).
-        sid = submit(multinode, s3_server, "--model", tiny_ckpt, *JOB, "--num-workers", 2, "--retry-backoff", 8,
-                     "--retry-backoff-max", 60, "--out", f"s3://{s3_bucket}/faults",
+        # Tries 2-4, then 4-8 s apart: 12 tries span at least 42 s, so 30 s of outage cannot use them up
+        # (botocore's own retry quota drains within seconds of an outage), and a shard is tried again
+        # within 8 s of the outage's end.
+        sid = submit(multinode, s3_server, "--model", tiny_ckpt, *JOB, "--num-workers", 2, "--retry-backoff", 4,
+                     "--retry-backoff-max", 8, "--max-tries", 12, "--out", f"s3://{s3_bucket}/faults",
                      env={"AWS_ENDPOINT_URL": endpoint})  # fmt: skip
         wait_for(lambda: committed(s3_server, s3_bucket, "faults"), 240, "a first committed shard")
         outage(faults, 30.0)
         assert finish(multinode.head, sid, timeout=480) == "SUCCEEDED", multinode.head.job_logs(sid)[-3000:]
     assert faults.counts["outage"] > 0 and faults.counts["error_500"] + faults.counts["slow_down_503"] > 0
     check_complete(s3_server, s3_bucket, "faults", SAMPLES)
+    summary = summary_of(s3_server, s3_bucket, "faults")
+    print(f"faults: {dict(faults.counts)}; retries {summary['retries']}, wall {summary['wall_time_s']} s")
+    assert summary["retries"] >= 1  # the outage failed shards, and their tries brought them back
