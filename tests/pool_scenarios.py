@@ -81,5 +81,11 @@ def run(scenario: str, folder: Path, local: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     import ray
 
+    # python tests/pool_scenarios.py FOLDER NAME...: each scenario in FOLDER/NAME, one after another
+    # through one Ray connection (making one costs seconds here); one JSON line of outcomes by name.
     ray.init(address="auto", logging_level="warning", log_to_driver=False)
-    print(json.dumps(run(sys.argv[1], Path(sys.argv[2]), local=False)))
+    outcomes = {}
+    for name in sys.argv[2:]:
+        (Path(sys.argv[1]) / name).mkdir()
+        outcomes[name] = run(name, Path(sys.argv[1]) / name, local=False)
+    print(json.dumps(outcomes))

@@ -17,6 +17,7 @@ from pool_scenarios import BACKOFF_S, FLAKY, run
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = {k: k * 10 for k in range(6)}
+SCENARIOS = ("flaky", "permanent", "exhausted", "start-failure")
 
 
 @pytest.fixture(params=["local", "ray"])
@@ -24,15 +25,23 @@ def transport(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def scenario(name: str, transport: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
-    if transport == "local":
-        return run(name, tmp_path, local=True)
-    head = request.getfixturevalue("ray_cluster")
-    env = os.environ | {"RAY_ADDRESS": head.address, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    cmd = [sys.executable, str(ROOT / "tests" / "pool_scenarios.py"), name, str(tmp_path)]
+@pytest.fixture(scope="module")
+def on_ray(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Every scenario through Ray actors on the session's head, one after another in one driver process."""
+    folder = tmp_path_factory.mktemp("pool-ray")
+    env = os.environ | {
+        "RAY_ADDRESS": ray_cluster.address, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "tests" / "pool_scenarios.py"), str(folder), *SCENARIOS]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def scenario(name: str, transport: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    if transport == "local":
+        return run(name, tmp_path, local=True)
+    return request.getfixturevalue("on_ray")[name]
 
 
 def tries_of(outcome: dict[str, Any]) -> dict[int, list[float]]:
