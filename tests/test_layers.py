@@ -26,6 +26,8 @@ FLOORS = {
     "dit_worker.storage": 1,
     "dit_worker.execution": 1,
     "dit_worker.distinct": 1,  # distinct keys in bounded memory (manifest checks, output sets)
+    "dit_worker.rows": 0,  # what a sample is (conditioning, a batch of rows, the seed range): no torch
+    "dit_worker.labels": 0,  # class names by id and ids by name
     "dit_worker.models": 1,
     "dit_worker.sampling": 1,
 }
