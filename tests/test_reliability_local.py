@@ -101,8 +101,8 @@ def test_a_killed_driver_lease_is_taken_over_after_it_expires(
     tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    # 200 steps a shard: the run outlasts the index's first logs (LOG_SECONDS), so it dies mid-run.
-    job = [*slow_job(tiny_ckpt), "--steps", "200", "--lease-ttl", "4"]
+    # 16 shards of 200 steps: the run outlasts the index's first logs (LOG_SECONDS), so it dies mid-run.
+    job = [*slow_job(tiny_ckpt), "--per-class", "4", "--steps", "200", "--lease-ttl", "4"]
     proc = popen_job(out, *job)
     recorded = lambda: len(committed_shards(open_storage(str(out)))) if (out / "index").is_dir() else 0  # noqa: E731
     wait_for(lambda: recorded() >= 2, 120, "two shards recorded in the commit index")
@@ -113,7 +113,7 @@ def test_a_killed_driver_lease_is_taken_over_after_it_expires(
     assert "is being written by another run" in line and "lease expires" in line, line
     time.sleep(4.5)  # the dead driver's lease expires: the rerun takes it over and finishes the set
     assert generate(*job, "--out", out) == 0
-    rows_check(out, 24)
+    rows_check(out, 16)
     assert json.loads((out / "_SUCCESS").read_text())["shards_skipped"] >= 2
 
 
