@@ -198,8 +198,9 @@ def test_driver_sigkill_then_resubmit(multinode: MultiNode, s3_server, s3_bucket
 
 def test_two_concurrent_submits_one_proceeds(multinode: MultiNode, s3_server, s3_bucket: str, tiny_ckpt) -> None:
     out = f"s3://{s3_bucket}/twice"
-    # 6 shards: the loser is refused at its start whatever the job's length; the winner need not run long.
-    args = ["--model", tiny_ckpt, *JOB, "--per-class", 3, "--num-workers", 1, "--out", out]
+    # 6 shards of 20 steps: the loser is refused at its start whatever the job's length; the winner need
+    # not run long.
+    args = ["--model", tiny_ckpt, *JOB, "--per-class", 3, "--steps", 20, "--num-workers", 1, "--out", out]
     first, second = submit(multinode, s3_server, *args), submit(multinode, s3_server, *args)
     ends = {sid: finish(multinode.head, sid, timeout=480) for sid in (first, second)}
     assert sorted(ends.values()) == ["FAILED", "SUCCEEDED"], ends
