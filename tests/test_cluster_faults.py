@@ -171,9 +171,10 @@ def recorded(s3_server, bucket: str, prefix: str) -> list[str]:
 
 def test_driver_sigkill_then_resubmit(multinode: MultiNode, s3_server, s3_bucket: str, tiny_ckpt: Path) -> None:
     out = f"s3://{s3_bucket}/driver"
-    # The dead driver's lease must outlive the next submission's start (imports, planning: tens of
-    # seconds on a loaded 2-core machine), and then expire within the test.
-    ttl = 30
+    # The dead driver's lease (renewed every ttl/4) must outlive the next submission's start, sent the
+    # moment the driver dies (its refusal came 6.7 s after the kill here; the lease holds 15 s at least),
+    # then expire within the test.
+    ttl = 20
     args = ["--model", tiny_ckpt, *JOB, "--num-workers", 2, "--lease-ttl", ttl, "--out", out]
     sid = submit(multinode, s3_server, *args)
     # A commit counts for the next run once the driver has recorded it in the commit index (a log
@@ -184,10 +185,11 @@ def test_driver_sigkill_then_resubmit(multinode: MultiNode, s3_server, s3_bucket
     for pid in pids:
         os.kill(pid, signal.SIGKILL)  # no cleanup at all: the lease is left to expire
     killed = time.monotonic()
+    early = submit(multinode, s3_server, *args)  # at once: the dead driver's lease still holds
     assert finish(multinode.head, sid) in ("FAILED", "STOPPED")
     assert "_SUCCESS" not in [k.rpartition("/")[2] for k in committed(s3_server, s3_bucket, "driver")]
-    early = submit(multinode, s3_server, *args)  # the dead driver's lease still holds
     assert finish(multinode.head, early) == "FAILED"
+    print(f"the early submission was refused within {time.monotonic() - killed:.1f} s of the kill (ttl {ttl} s)")
     assert "is being written by another run" in multinode.head.job_logs(early)
     time.sleep(max(0.0, killed + ttl + 0.5 - time.monotonic()))
     again = submit(multinode, s3_server, *args)
