@@ -4,6 +4,8 @@ down, never up or sideways into another package of the same floor, so there are 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +85,18 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     assert check(probe, "dit_worker.manifest.probe") == [
         "dit_worker.manifest.probe:1: floor 4 imports dit_worker.metrics.frechet (floor 4)"
     ]
+
+
+def modules_loaded_by(module: str) -> set[str]:
+    """The top-level packages a fresh process holds after importing `module` (as a spawned task does)."""
+    code = f"import sys, {module}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(proc.stdout.split())
+
+
+def test_a_manifest_scan_task_starts_without_torch() -> None:
+    """A scan's task processes import only the manifest side (seconds of torch and diffusers saved in
+    each); the same question of the worker side, which does need torch, answers the other way."""
+    assert not {"torch", "diffusers", "transformers"} & modules_loaded_by("dit_worker.manifest.scan")
+    assert "torch" in modules_loaded_by("dit_worker.worker.shard_worker")

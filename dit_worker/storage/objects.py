@@ -12,6 +12,7 @@ import contextlib
 import copy
 import errno
 import fcntl
+import functools
 import io
 import mimetypes
 import os
@@ -304,12 +305,22 @@ def _no_space(err: OSError, path: Path) -> OSError:
     return NoSpace(f"no space left on device ({name}) writing {path} ({free}); make room and rerun the same command")
 
 
+@functools.cache
+def _service_models():  # -> botocore.loaders.Loader
+    """botocore's service models, read once per process and shared by every session: each new session
+    would parse the same JSON again (a fifth of a second of CPU per storage opened)."""
+    from botocore.loaders import create_loader
+
+    return create_loader()
+
+
 class S3Storage(Storage):
     """Keys under an s3:// prefix on AWS or any S3-compatible endpoint (SeaweedFS, MinIO), through one thread-safe
     boto3 client with retries."""
 
     def __init__(self, bucket: str, prefix: str, *, endpoint: str | None, retry_mode: RetryMode) -> None:
         import boto3
+        import botocore.session
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
@@ -318,17 +329,24 @@ class S3Storage(Storage):
         # Its own session: credentials are resolved now, not from boto3's process-wide cached default.
         # The client is thread-safe and retries throttling and transient errors itself.
         config = Config(retries={"mode": retry_mode, "max_attempts": 10}, max_pool_connections=32)
-        session = boto3.session.Session()
+        core = botocore.session.Session()
+        core.register_component("data_loader", _service_models())
+        session = boto3.session.Session(botocore_session=core)
         self.client = session.client("s3", endpoint_url=self.endpoint, config=config)
-        # The first touch (check_writable) is impatient: a closed port, a black hole or a server that is not
-        # S3 is one line within PROBE_BOUND_S, not minutes of the patient client's retries.
+        self._session = session
+
+    @functools.cached_property
+    def probe_client(self):  # -> botocore client; made on first use: most storages are never probed
+        """The first touch's client (check_writable) is impatient: a closed port, a black hole or a server
+        that is not S3 is one line within PROBE_BOUND_S, not minutes of the patient client's retries."""
+        from botocore.config import Config
+
         probe = Config(
             connect_timeout=PROBE_CONNECT_S,
             read_timeout=PROBE_READ_S,
             retries={"mode": "standard", "total_max_attempts": PROBE_ATTEMPTS},
         )
-        self.probe_client = session.client("s3", endpoint_url=self.endpoint, config=probe)
-        self._session = session
+        return self._session.client("s3", endpoint_url=self.endpoint, config=probe)
 
     def bounded(self, timeout_s: float) -> S3Storage:
         from botocore.config import Config
