@@ -175,7 +175,8 @@ def test_driver_sigkill_then_resubmit(multinode: MultiNode, s3_server, s3_bucket
     # moment the driver dies (its refusal came 6.7 s after the kill here; the lease holds 15 s at least),
     # then expire within the test.
     ttl = 20
-    args = ["--model", tiny_ckpt, *JOB, "--num-workers", 2, "--lease-ttl", ttl, "--out", out]
+    # 150-step shards: the run is still young when it is killed, and the resubmission has less to redo.
+    args = ["--model", tiny_ckpt, *JOB, "--steps", 150, "--num-workers", 2, "--lease-ttl", ttl, "--out", out]
     sid = submit(multinode, s3_server, *args)
     # A commit counts for the next run once the driver has recorded it in the commit index (a log
     # object, written at most 2 s after the commit): a shard committed but not yet recorded when the
