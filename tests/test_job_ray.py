@@ -185,8 +185,7 @@ def test_a_stopped_driver_frees_its_output_at_once_and_the_same_command_resumes(
             t0 = time.monotonic()
             ray_cluster.request_stop(sid)
             freed.append(lease_freed_after(s3_server, s3_bucket, "stop/_lease.json", t0))
-            wait_for(lambda sid=sid: ray_cluster.job_status(sid) == "STOPPED", 30, "the job to stop")
-            stopped.append(sid)
+            stopped.append(sid)  # it may still be unwinding: the next run starts beside it, as a user's would
             # Recorded in the commit index: those objects stay as they are (a part written while the
             # driver stopped is made again, identically).
             recorded = set(committed_shards(open_storage(url)))
@@ -205,6 +204,7 @@ def test_a_stopped_driver_frees_its_output_at_once_and_the_same_command_resumes(
             sid, _ = generate(ray_cluster, s3_server, *args, wait=False, env=env)  # at once: not refused
             submitted = time.monotonic()
             print(f"round {round_}: resubmitted {submitted - t0:.1f} s after the stop request")
+            wait_for(lambda old=stopped[-1]: ray_cluster.job_status(old) == "STOPPED", 30, "the stopped job's end")
         assert finish(ray_cluster, sid) == "SUCCEEDED", ray_cluster.job_logs(sid)[-3000:]
     said = []  # each stopped driver's own line (read now: the dashboard's copy of a log may trail its end)
     for sid in stopped:
