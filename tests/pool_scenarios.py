@@ -86,6 +86,7 @@ if __name__ == "__main__":
     ray.init(address="auto", logging_level="warning", log_to_driver=False)
     outcomes = {}
     for name in sys.argv[2:]:
-        (Path(sys.argv[1]) / name).mkdir()
-        outcomes[name] = run(name, Path(sys.argv[1]) / name, local=False)
+        folder = Path(sys.argv[1]) / name
+        folder.mkdir()
+        outcomes[name] = run(name, folder, local=False)
     print(json.dumps(outcomes))

@@ -155,10 +155,10 @@ def test_a_stopped_driver_frees_its_output_at_once_and_the_same_command_resumes(
     ray_cluster, s3_server, s3_bucket: str, tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`ray job stop`, then the same command at once, five times, with storage holding every write 1 s from
-    a moment before each stop (so writes are in flight when SIGTERM lands, and every write the stopping
-    driver makes is slow): each resubmission takes the output (the stopped driver released its lease
-    within Ray's grace), and the last one completes it, every sample once, leaving what the stopped runs
-    recorded untouched."""
+    a moment before each stop until its lease is free (so writes are in flight when SIGTERM lands, and
+    the release goes through slow storage): each resubmission takes the output (the stopped driver
+    released its lease within Ray's grace), and the last one completes it, every sample once, leaving
+    what the stopped runs recorded untouched."""
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     url = f"s3://{s3_bucket}/stop"
